@@ -1,0 +1,3 @@
+from havs.cli import main
+
+raise SystemExit(main())

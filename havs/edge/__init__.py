@@ -1,0 +1,1 @@
+"""Edges: one OS facility per module, idempotent, no policy."""
