@@ -1,0 +1,320 @@
+"""Boot user-mode Linux (UML) once and run one command inside it.
+
+The host kernel has no IPVS; UML 6.1 ships it as modules. UML boots with the
+host's filesystem as its root (hostfs) and ``integration/uml_init.sh`` as PID 1,
+so the repo and its venv are visible at the same paths inside.
+
+Usage::
+
+    python -m integration.lab check
+    python -m integration.lab run -- ipvsadm -Ln
+    python -m integration.lab pytest integration -q     # adds "-m uml" unless -m is given
+
+The exit status is the inner command's. UML's own exit status does not carry it,
+so the init script writes it to a host file that we read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INIT = REPO / "integration" / "uml_init.sh"
+# Job files and status files: inside the repo (never under /tmp or /run, which are
+# tmpfs inside UML) and git-ignored.
+OUT = REPO / "integration" / "out"
+VENV = REPO / ".venv"
+UML_MODULES = Path("/usr/lib/uml/modules")
+
+# Exit codes for failures of the lab itself (the inner command's own codes pass through).
+EXIT_TIMEOUT = 124
+EXIT_NO_STATUS = 125
+
+# Host environment worth forwarding into the guest (PID 1 starts with an empty one).
+_FORWARD_ENV = ("CI", "PYTEST_ADDOPTS", "PY_COLORS", "NO_COLOR", "COLUMNS", "PYTHONHASHSEED", "TERM")
+_FORWARD_PREFIXES = ("HAVS_",)
+# Set by uml_init.sh or by us for the job itself; never forwarded from the host.
+_RESERVED = {"HAVS_JOB", "HAVS_STATUS", "HAVS_CWD", "HAVS_HOSTFS", "HAVS_IN_UML"}
+# Mount points that are fresh tmpfs inside the guest: host paths below them are hidden.
+_HIDDEN_ROOTS = (Path("/tmp"), Path("/run"))
+
+
+class LabError(RuntimeError):
+    """The lab cannot boot or run (missing binary, bad path, ...)."""
+
+
+def uml_binary() -> str | None:
+    return shutil.which("linux.uml") or ("/usr/bin/linux.uml" if os.access("/usr/bin/linux.uml", os.X_OK) else None)
+
+
+def problems() -> list[str]:
+    """Static reasons why UML cannot be used here (empty list = looks usable)."""
+    out: list[str] = []
+    if uml_binary() is None:
+        out.append("linux.uml not found (apt-get install user-mode-linux)")
+    if not list(UML_MODULES.glob("*/kernel/net/netfilter/ipvs/ip_vs.ko")):
+        out.append(f"no ip_vs.ko under {UML_MODULES} (user-mode-linux package incomplete?)")
+    for tool in ("ipvsadm", "ip", "modprobe", "depmod"):
+        if shutil.which(tool, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            out.append(f"{tool} not installed on the host (the guest uses the host's binaries)")
+    if not os.access(INIT, os.X_OK):
+        out.append(f"{INIT} is not executable")
+    if not (VENV / "bin" / "python").exists():
+        out.append(f"no venv at {VENV} (run scripts/setup)")
+    return out
+
+
+def _is_hidden(p: Path) -> bool:
+    return any(p == r or r in p.parents for r in _HIDDEN_ROOTS)
+
+
+def _hostfs_grafts(paths: Sequence[Path]) -> list[Path]:
+    """Host directories that the guest's tmpfs would hide and that must be mounted back."""
+    hidden = sorted({p for p in paths if _is_hidden(p)}, key=lambda p: len(p.parts))
+    grafts: list[Path] = []
+    for p in hidden:
+        if p in _HIDDEN_ROOTS:
+            raise LabError(f"{p} itself cannot be exposed inside UML (it is a tmpfs there)")
+        if not any(g == p or g in p.parents for g in grafts):
+            grafts.append(p)
+    return grafts
+
+
+def _no_space(p: Path | str) -> str:
+    # Boot parameters and HAVS_HOSTFS are whitespace-separated.
+    s = str(p)
+    if any(c.isspace() for c in s):
+        raise LabError(f"path with whitespace is not supported by the UML lab: {s!r}")
+    return s
+
+
+def _guest_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (k in _FORWARD_ENV or k.startswith(_FORWARD_PREFIXES)) and k not in _RESERVED
+    }
+    # The guest's console is a tty: tell tools about the host's real output instead.
+    env.setdefault("PY_COLORS", "1" if sys.stdout.isatty() else "0")
+    env.setdefault("COLUMNS", str(shutil.get_terminal_size((120, 40)).columns))
+    env["PYTHONUNBUFFERED"] = "1"  # stream output as it happens
+    env["VIRTUAL_ENV"] = str(VENV)
+    env["PATH"] = f"{VENV / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _write_job(job_dir: Path, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Path:
+    """The job file is sourced by uml_init.sh; every value is shell-quoted."""
+    status = job_dir / "status"
+    python_home = Path(os.path.realpath(VENV / "bin" / "python")).parent.parent
+    grafts = _hostfs_grafts([REPO, cwd, job_dir, python_home])
+    lines = [
+        "# generated by integration/lab.py; sourced by uml_init.sh",
+        f"HAVS_STATUS={shlex.quote(str(status))}",
+        f"HAVS_CWD={shlex.quote(str(cwd))}",
+        f"HAVS_HOSTFS={shlex.quote(' '.join(_no_space(g) for g in grafts))}",
+    ]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k.isidentifier()]
+    lines.append(f"havs_cmd() {{ {shlex.join(argv)}; }}")
+    job = job_dir / "job.sh"
+    job.write_text("\n".join(lines) + "\n")
+    return job
+
+
+def _pump(proc: subprocess.Popen[bytes], deadline: float, sink: int) -> bool:
+    """Copy the guest console to ``sink`` until it closes; False on timeout."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    pending_cr = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not sel.select(timeout=min(left, 1.0)):
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            return True
+        # The init script turns off the tty's "\n" -> "\r\n", but early output
+        # (and anything written before stty) may still carry CRs: drop CR before LF.
+        if pending_cr:
+            chunk = b"\r" + chunk
+        pending_cr = chunk.endswith(b"\r")
+        if pending_cr:
+            chunk = chunk[:-1]
+        data = chunk.replace(b"\r\n", b"\n")
+        while data:
+            n = os.write(sink, data)
+            data = data[n:]
+
+
+def run_in_uml(
+    argv: Sequence[str],
+    *,
+    mem: str = "1G",
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout_fd: int | None = None,
+) -> int:
+    """Boot UML, run ``argv`` in ``cwd`` (default: repo root) with the repo's venv
+    first on PATH, stream its output to ``stdout_fd`` (default: our stdout), halt.
+
+    Returns the command's exit status; EXIT_TIMEOUT if ``timeout`` seconds pass;
+    EXIT_NO_STATUS if the guest halts without reporting one (boot failure).
+    """
+    if not argv:
+        raise LabError("empty command")
+    binary = uml_binary()
+    if binary is None:
+        raise LabError("linux.uml not found (apt-get install user-mode-linux)")
+    work_dir = Path(cwd).resolve() if cwd is not None else REPO
+    OUT.mkdir(parents=True, exist_ok=True)
+    job_dir = OUT / f"uml-{os.getpid()}-{time.time_ns()}"
+    job_dir.mkdir()
+    sink = sys.stdout.fileno() if stdout_fd is None else stdout_fd
+    try:
+        job = _write_job(job_dir, argv, work_dir, _guest_env(env))
+        cmdline = [
+            binary,
+            f"mem={mem}",
+            "root=/dev/root",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "rw",
+            # No printk noise on the console: it shares fd 1 with the command's output.
+            "quiet",
+            "loglevel=0",
+            f"init={_no_space(INIT)}",
+            # Unknown key=value boot parameters become init's environment.
+            f"HAVS_JOB={_no_space(job)}",
+            # UML's per-instance dir (pid file, mconsole socket): keep it with the job.
+            f"uml_dir={_no_space(job_dir)}",
+            "con=null",
+            "con0=fd:0,fd:1",
+            "ssl=null",
+        ]
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.flush()
+        proc = subprocess.Popen(
+            cmdline,
+            stdin=subprocess.DEVNULL,  # keep UML from putting a host tty into raw mode
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # UML forks helpers: kill the whole group on timeout
+        )
+        finished = False
+        try:
+            finished = _pump(proc, time.monotonic() + timeout, sink)
+        finally:
+            if proc.poll() is None:
+                # Grace for halt -f after the console closed, then the whole group.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10 if finished else 0)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        status_file = job_dir / "status"
+        if not finished:
+            print(f"\n[integration.lab] UML timed out after {timeout:.0f}s; killed", file=sys.stderr)
+            return EXIT_TIMEOUT
+        try:
+            return int(status_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            print(
+                f"\n[integration.lab] UML halted without an exit status (linux.uml rc={proc.returncode}):"
+                " the guest failed to boot or the init script failed early",
+                file=sys.stderr,
+            )
+            return EXIT_NO_STATUS
+    finally:
+        if not os.environ.get("HAVS_LAB_KEEP"):
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def in_uml() -> bool:
+    """True when running inside the UML guest."""
+    if os.environ.get("HAVS_IN_UML") == "1":
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "User Mode Linux" in f.read()
+    except OSError:
+        return False
+
+
+def _has_marker_option(args: Sequence[str]) -> bool:
+    return any(a == "-m" or (a.startswith("-m") and not a.startswith("--")) for a in args)
+
+
+def pytest_argv(args: Sequence[str]) -> list[str]:
+    """``python -m pytest ARGS`` with ``-m uml`` unless the caller chose markers."""
+    extra = [] if _has_marker_option(args) else ["-m", "uml"]
+    return ["python", "-m", "pytest", *extra, *args]
+
+
+def _check(mem: str, timeout: float) -> int:
+    found = problems()
+    for p in found:
+        print(f"UML lab: {p}")
+    if found:
+        print("UML lab: NOT usable")
+        return 1
+    t0 = time.monotonic()
+    rc = run_in_uml(["sh", "-c", "test -e /proc/net/ip_vs && ipvsadm -Ln >/dev/null"], mem=mem, timeout=timeout)
+    took = time.monotonic() - t0
+    if rc != 0:
+        print(f"UML lab: boot or IPVS check failed (rc={rc}, {took:.1f}s)")
+        return 1
+    print(f"UML lab: usable (boot + ipvsadm + halt in {took:.1f}s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m integration.lab", description=__doc__.split("\n")[0])
+    parser.add_argument("--mem", default=os.environ.get("HAVS_UML_MEM", "1G"))
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("HAVS_UML_TIMEOUT", "1200")),
+        help="seconds for the whole boot+command+halt (default 1200)",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="say whether UML is usable here (boots once)")
+    p_run = sub.add_parser("run", help="run a command inside UML: run -- CMD ARGS...")
+    p_run.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("pytest", help="run python -m pytest ARGS inside UML (default -m uml)", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.cmd == "check":
+            return _check(args.mem, min(args.timeout, 120))
+        if args.cmd == "run":
+            command = list(args.command) + rest
+            if command[:1] == ["--"]:
+                command = command[1:]
+            if not command:
+                parser.error("run needs a command: run -- CMD ARGS...")
+            return run_in_uml(command, mem=args.mem, timeout=args.timeout)
+        return run_in_uml(pytest_argv(rest), mem=args.mem, timeout=args.timeout)
+    except LabError as e:
+        print(f"integration.lab: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
