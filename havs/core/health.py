@@ -1,0 +1,243 @@
+"""Health hysteresis and weight policy: pure decisions about real servers.
+
+`ServerHealth` turns a stream of probe results into state changes with rise/fall counting, and says
+when the next probe is due (the fast interval while a server is changing state). `effective_weight`
+turns health, slow start, the agent's weight and maintenance into the weight IPVS should carry, and
+`quorum_met` says whether a service still has enough healthy weight.
+
+No clock and no randomness here: `now` (monotonic seconds) and the jitter fraction are arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Literal
+
+from havs.core.model import Check, VirtualService
+
+State = Literal["unknown", "up", "down"]
+Initial = Literal["down", "up"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's outcome. `reason` is short and stable: ok, timeout, refused, reset, closed,
+    unreachable, garbage, `status 503`, `body mismatch`, `tls: <detail>`, `error: <detail>`."""
+
+    ok: bool
+    reason: str
+    latency: float = 0.0
+    agent_weight: float | None = None  # 0..1 from the agent header, None when absent
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChanged:
+    """A real server changed state after `after` consecutive agreeing results."""
+
+    server: str  # "192.168.72.128:80"
+    from_: State
+    to: State
+    reason: str  # the reason of the result that tipped it
+    after: int
+    latency: float
+    service: str = ""  # "TCP 192.168.0.108:80"
+    at: float = 0.0  # monotonic time of the change (slow start counts from here)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentWeightChanged:
+    """The agent header's fraction changed (None: the header disappeared)."""
+
+    server: str
+    service: str
+    fraction: float | None
+    at: float
+
+
+def server_name(address: IPv4Address | IPv6Address | str, port: int) -> str:
+    """A real server as ipvsadm writes it: 192.168.72.128:80, [2001:db8::1]:80."""
+    text = str(address)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The parts of a check the hysteresis needs."""
+
+    rise: int = 2
+    fall: int = 2
+    interval: float = 1.0
+    fast_interval: float = 0.2
+    jitter: float = 0.1
+
+    @classmethod
+    def of(cls, check: Check) -> Timing:
+        return cls(check.rise, check.fall, check.interval, check.effective_fast_interval, check.jitter)
+
+
+class ServerHealth:
+    """Rise/fall hysteresis for one real server.
+
+    States: `unknown` (no verdict yet; treated as `initial`), `up`, `down`. From `unknown`, `rise`
+    consecutive successes make it up and `fall` consecutive failures make it down. From `up`, `fall`
+    consecutive failures make it down; from `down`, `rise` consecutive successes make it up. A result
+    that agrees with the current state resets the count.
+    """
+
+    __slots__ = ("_fails", "_oks", "agent_weight", "initial", "last", "server", "service", "since", "state",
+                 "timing")
+
+    def __init__(
+        self,
+        server: str,
+        timing: Timing,
+        *,
+        service: str = "",
+        initial: Initial = "down",
+        now: float = 0.0,
+    ) -> None:
+        self.server = server
+        self.service = service
+        self.timing = timing
+        self.initial: Initial = initial
+        self.state: State = "unknown"
+        self.since = now
+        self.last: ProbeResult | None = None
+        self.agent_weight: float | None = None
+        self._oks = 0  # consecutive successes
+        self._fails = 0  # consecutive failures
+
+    @property
+    def is_up(self) -> bool:
+        """Whether traffic may go to the server now (`unknown` counts as `initial`)."""
+        return self.state == "up" or (self.state == "unknown" and self.initial == "up")
+
+    @property
+    def changing(self) -> bool:
+        """A verdict is pending: results disagree with the state, or there is no state yet."""
+        if self.state == "unknown":
+            return True
+        return self._fails > 0 if self.state == "up" else self._oks > 0
+
+    def observe(self, result: ProbeResult, now: float) -> HealthChanged | None:
+        self.last = result
+        self.agent_weight = result.agent_weight if result.ok else None
+        if result.ok:
+            self._oks += 1
+            self._fails = 0
+            if self.state != "up" and self._oks >= self.timing.rise:
+                return self._become("up", result, self._oks, now)
+        else:
+            self._fails += 1
+            self._oks = 0
+            if self.state != "down" and self._fails >= self.timing.fall:
+                return self._become("down", result, self._fails, now)
+        return None
+
+    def _become(self, to: State, result: ProbeResult, after: int, now: float) -> HealthChanged:
+        change = HealthChanged(
+            server=self.server, from_=self.state, to=to, reason=result.reason, after=after,
+            latency=result.latency, service=self.service, at=now,
+        )
+        self.state = to
+        self.since = now
+        return change
+
+    def retime(self, timing: Timing) -> None:
+        """A reload changed the check's numbers: keep state and counts (a count already past the new
+        threshold tips on the next agreeing result)."""
+        self.timing = timing
+
+    def next_interval(self, fraction: float = 0.5) -> float:
+        """Seconds until the next probe: the fast interval while changing state, else the interval;
+        spread by ±jitter. `fraction` in [0, 1) comes from the shell's random source (0.5 = none)."""
+        base = self.timing.fast_interval if self.changing else self.timing.interval
+        return base * (1.0 + self.timing.jitter * (2.0 * fraction - 1.0))
+
+    def next_check_at(self, now: float, fraction: float = 0.5) -> float:
+        return now + self.next_interval(fraction)
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True, slots=True)
+class WeightPlan:
+    """Everything that decides one real server's IPVS weight, as of a moment.
+
+    `weight(now)`: None = not in the table (down with on_down=remove), 0 = present but takes no new
+    connections (down with inhibit, drained, agent 0%), else 1..65535.
+    """
+
+    configured: int
+    up: bool
+    since_up: float  # when it last became up (ignored while down)
+    slow_start: float = 0.0
+    agent_fraction: float | None = None
+    drained: bool = False
+    on_down: Literal["remove", "inhibit"] = "remove"
+
+    def weight(self, now: float) -> int | None:
+        return effective_weight(
+            self.configured, self.up, self.since_up, now, self.slow_start, self.agent_fraction, self.drained,
+            on_down=self.on_down,
+        )
+
+    def next_change(self, now: float) -> float | None:
+        """When the weight next needs re-evaluating (the slow-start ramp), or None if it is settled."""
+        if not self.up or self.drained or self.slow_start <= 0:
+            return None
+        end = self.since_up + self.slow_start
+        if now >= end:
+            return None
+        target = self.weight(end) or 0
+        if target <= 1:
+            return None
+        # the ramp moves one unit every slow_start/(target-1) seconds; wake at the next step, not later
+        step = self.slow_start / (target - 1)
+        elapsed = max(0.0, now - self.since_up)
+        return min(end, self.since_up + (math.floor(elapsed / step) + 1) * step)
+
+
+def effective_weight(
+    configured: int,
+    up: bool | str,
+    since_up: float,
+    now: float,
+    slow_start: float = 0.0,
+    agent_fraction: float | None = None,
+    drained: bool = False,
+    *,
+    on_down: Literal["remove", "inhibit"] = "remove",
+) -> int | None:
+    """The IPVS weight of one real server. `up` is a bool or a state name ("up" is up; "unknown"
+    and "down" are not: pass `ServerHealth.is_up` to honour `initial="up"`)."""
+    is_up = up if isinstance(up, bool) else up == "up"
+    if not is_up:
+        return None if on_down == "remove" else 0
+    if drained:
+        return 0
+    weight = configured
+    if agent_fraction is not None:
+        weight = round(configured * min(1.0, max(0.0, agent_fraction)))
+    if weight <= 0:
+        return 0
+    if slow_start > 0:
+        elapsed = now - since_up
+        if elapsed < slow_start:
+            # linear ramp from 1 at the moment it came up to the full weight at slow_start
+            # (the epsilon keeps a step exactly at next_change() from rounding down to the previous one)
+            weight = 1 + math.floor((weight - 1) * max(0.0, elapsed) / slow_start + 1e-9)
+    return min(weight, 65535)
+
+
+def quorum_met(service: VirtualService, weights: Mapping[object, int | None] | Iterable[int | None]) -> bool:
+    """Whether the service's healthy weight reaches its quorum (always true without a quorum).
+    `weights`: the effective weights of its real servers (a mapping's values, or an iterable)."""
+    if service.quorum is None:
+        return True
+    values = weights.values() if isinstance(weights, Mapping) else weights
+    return sum(w for w in values if w) >= service.quorum.min_weight
