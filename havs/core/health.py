@@ -199,7 +199,7 @@ class WeightPlan:
         # the ramp moves one unit every slow_start/(target-1) seconds; wake at the next step, not later
         step = self.slow_start / (target - 1)
         elapsed = max(0.0, now - self.since_up)
-        return min(end, self.since_up + (math.floor(elapsed / step) + 1) * step)
+        return min(end, self.since_up + (math.floor(elapsed / step + 1e-9) + 1) * step)
 
 
 def effective_weight(
