@@ -1,0 +1,216 @@
+"""YAML text → Config, with every error naming file, line and key path.
+
+PyYAML's composer gives each node a start mark; we build plain Python data from the node tree while
+recording the line of every key path, let pydantic validate, and map each pydantic error location back
+to the line of the deepest path we know. Duplicate keys (which YAML silently lets the last one win) are
+errors too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from havs.core.model import Config, NodeView, Problem
+from havs.errors import ConfigError, ConfigProblem
+
+Path = tuple[str | int, ...]
+
+
+def path_str(path: Iterable[str | int]) -> str:
+    """('virtual_services', 0, 'weight') → 'virtual_services[0].weight'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from."""
+
+    config: Config
+    file: str
+
+
+class _Builder:
+    """Node tree → Python data, remembering the line (1-based) of every path."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self._scalars = yaml.SafeLoader("")  # resolves a scalar's tag: int, float, bool, null, str
+        self.lines: dict[Path, int] = {}
+        self.problems: list[ConfigProblem] = []
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self._problem(key_node.start_mark.line + 1, path, "keys must be plain words")
+                    continue
+                key = key_node.value
+                if key == "<<":
+                    self._problem(key_node.start_mark.line + 1, path, "YAML merge keys (<<) are not supported")
+                    continue
+                if key in out:
+                    self._problem(key_node.start_mark.line + 1, (*path, key), "duplicate key")
+                    continue
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._scalars.construct_object(node, deep=True)
+
+    def _problem(self, line: int, path: Path, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, line, path_str(path), message))
+
+    def line_of(self, path: Path) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err.get("msg", "invalid"))
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    # An address field is a union of IPv4 and IPv6: one message for both branches.
+    msg = re.sub(r"^Input is not a valid IPv[46] (address|interface)$", r"not a valid IP \1", msg)
+    if kind in ("int_parsing", "int_type", "float_parsing", "float_type", "bool_parsing", "bool_type"):
+        msg = {"int": "must be a whole number", "flo": "must be a number", "boo": "must be true or false"}[
+            kind[:3]
+        ]
+    if (
+        "input" in err
+        and not isinstance(err["input"], dict | list)
+        and repr(err["input"]) not in msg
+        and kind not in ("model_type", "dict_type", "list_type")
+    ):
+        msg += f", got {err['input']!r}"
+    return msg
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Path:
+    """pydantic puts union branch names and validator tags into locations; keep only real keys."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+        elif isinstance(part, str) and (
+            part.startswith(("function-", "constrained-", "literal[", "IPv4", "IPv6", "lax-", "json-"))
+            or part in ("int", "str", "float", "bool", "none", "list[...]", "dict[str,str]")
+            or "[" in part
+        ):
+            continue
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    """Parse and validate; raise ConfigError listing every problem with file:line: path: message."""
+    builder = _Builder(file)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError([ConfigProblem(file, line, "", f"YAML syntax: {e.problem or e}")]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([ConfigProblem(file, None, "", f"YAML: {e}")]) from None
+    if root is None:
+        raise ConfigError([ConfigProblem(file, 1, "", "the file is empty")])
+    try:
+        data = builder.build(root, ())
+    except yaml.constructor.ConstructorError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        raise ConfigError([ConfigProblem(file, line, "", f"YAML: {e.problem}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(file, 1, "", "the top level must be a mapping of keys")])
+    _merge_real_server_checks(data)
+    problems = list(builder.problems)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors(include_url=False):
+            loc = _clean_loc(tuple(err["loc"]))
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, Problem):
+                loc = (*loc, *cause.where)
+            problems.append(ConfigProblem(file, builder.line_of(loc), path_str(loc), _message(dict(err))))
+        config = None
+    if problems or config is None:
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ConfigError(_dedupe(problems))
+    return config
+
+
+def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    seen: set[tuple[int | None, str, str]] = set()
+    out = []
+    for p in problems:
+        key = (p.line, p.path, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _merge_real_server_checks(data: dict[str, Any]) -> None:
+    """A real server's `check:` overrides its service's check key by key: merge before validation so
+    the merged check is validated as a whole (a real server's timeout against the service's interval)."""
+    services = data.get("virtual_services")
+    if not isinstance(services, list):
+        return
+    for vs in services:
+        if not isinstance(vs, dict) or not isinstance(vs.get("real_servers"), list):
+            continue
+        base = vs.get("check") if isinstance(vs.get("check"), dict) else {}
+        for rs in vs["real_servers"]:
+            if isinstance(rs, dict) and isinstance(rs.get("check"), dict):
+                rs["check"] = {**base, **rs["check"]}
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a config file; errors name the file as given."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([ConfigProblem(path, None, "", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([ConfigProblem(path, None, "", f"not UTF-8 text: {e.reason}")]) from None
+    return parse_config(text, path)
+
+
+def select_node(config: Config, name: str | None, hostname: str, file: str = "<config>") -> NodeView:
+    """The node named on the command line, else the one whose key or `hostname` matches this host."""
+    if name is not None:
+        if name not in config.nodes:
+            known = ", ".join(sorted(config.nodes))
+            raise ConfigError([ConfigProblem(file, None, "nodes", f"no node named {name!r} (nodes: {known})")])
+        return NodeView(name=name, node=config.nodes[name], config=config)
+    for key, node in config.nodes.items():
+        if hostname in (key, node.hostname) or hostname.split(".")[0] in (key, node.hostname):
+            return NodeView(name=key, node=node, config=config)
+    known = ", ".join(sorted(config.nodes))
+    raise ConfigError(
+        [ConfigProblem(file, None, "nodes", f"this host ({hostname}) is none of the nodes ({known}); use --node")]
+    )

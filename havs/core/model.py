@@ -1,0 +1,420 @@
+"""The configuration model: what an operator declares in havs.yaml.
+
+pydantic models, frozen and strict about unknown keys (a typo in keepalived's config is the classic cause of
+two MASTERs). Validation lives here as constraints; `core.config` turns pydantic's error locations back into
+`file:line: path: message`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+
+def Range(lo: float, hi: float) -> AfterValidator:
+    """An inclusive range with the message operators expect: `must be 0..65535, got -1`."""
+
+    def check(v: float) -> float:
+        if not lo <= v <= hi:
+            raise ValueError(f"must be {lo}..{hi}")
+        return v
+
+    return AfterValidator(check)
+
+
+class Problem(ValueError):
+    """A cross-field problem that knows which key (relative to the object being validated) it is about,
+    so the error can name that key's line rather than the object's."""
+
+    def __init__(self, where: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
+SCHEDULER_FLAGS = ("sh-fallback", "sh-port", "mh-fallback", "mh-port")
+Port = Annotated[int, Range(0, 65535)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+_STATUS_RANGE = re.compile(r"^(\d{3})(?:-(\d{3}))?$")
+
+
+class Strict(BaseModel):
+    """Every config object: unknown keys are errors, objects are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+class Check(Strict):
+    """How one real server's health is probed. Every field has a default; a service's `check` is the
+    default for its real servers, and a real server's `check` overrides it key by key."""
+
+    type: Literal["http", "https", "tcp", "none"] = "tcp"
+    interval: Seconds = 1.0
+    fast_interval: Seconds | None = Field(
+        default=None, description="re-check interval while a server is changing state; default interval/5"
+    )
+    timeout: Seconds = 1.0
+    rise: Annotated[int, Range(1, 100)] = 2
+    fall: Annotated[int, Range(1, 100)] = 2
+    jitter: Annotated[float, Range(0, 1)] = 0.1
+    # HTTP(S)
+    method: Literal["GET", "HEAD"] = "GET"
+    path: str = "/"
+    host: str | None = None
+    expect_status: list[int | str] = Field(default_factory=lambda: ["200-399"])
+    expect_body: str | None = None
+    max_body: Annotated[int, Range(0, 16 * 1024 * 1024)] = 64 * 1024
+    verify_tls: bool = False
+    sni: str | None = None
+    agent_weight_header: str | None = None
+    # where to connect (defaults: the real server's address and port)
+    connect_address: IPAddress | None = None
+    connect_port: Port | None = None
+    source_address: IPAddress | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"must start with '/', got {v!r}")
+        return v
+
+    @field_validator("expect_status")
+    @classmethod
+    def _status_codes(cls, v: list[int | str]) -> list[int | str]:
+        for item in v:
+            text = str(item)
+            m = _STATUS_RANGE.match(text)
+            if not m or not all(100 <= int(g) <= 599 for g in m.groups() if g):
+                raise ValueError(f"status codes are 100..599 or ranges like '200-399', got {item!r}")
+        return v
+
+    @field_validator("expect_body")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> Check:
+        if self.timeout > self.interval:
+            raise Problem(("timeout",), f"must not exceed interval ({self.interval}), got {self.timeout}")
+        return self
+
+    def status_ok(self, status: int) -> bool:
+        for item in self.expect_status:
+            m = _STATUS_RANGE.match(str(item))
+            assert m is not None  # validated above
+            lo = int(m.group(1))
+            hi = int(m.group(2) or lo)
+            if lo <= status <= hi:
+                return True
+        return False
+
+    @property
+    def effective_fast_interval(self) -> float:
+        return self.fast_interval if self.fast_interval is not None else max(self.interval / 5, 0.05)
+
+
+# -------------------------------------------------------------------------------------- IPVS services
+
+
+class Tunnel(Strict):
+    """Tunnel settings for TUN forwarding (ipvsadm --tun-type/--tun-port/--tun-*csum)."""
+
+    type: Literal["ipip", "gue", "gre"] = "ipip"
+    port: Port | None = None
+    checksum: Literal["nocsum", "csum", "remcsum"] = "nocsum"
+
+    @model_validator(mode="after")
+    def _gue_needs_port(self) -> Tunnel:
+        if self.type == "gue" and not self.port:
+            raise Problem(("port",), "a gue tunnel needs a port")
+        if self.type != "gue" and self.port:
+            raise Problem(("port",), f"only gue tunnels have a port, not {self.type}")
+        return self
+
+
+class RealServer(Strict):
+    """A destination of a virtual service (ipvsadm -a)."""
+
+    address: IPAddress
+    port: Port | None = Field(default=None, description="default: the service's port")
+    weight: Annotated[int, Range(0, 65535)] = 1
+    forwarding: Literal["nat", "dr", "tun"] | None = Field(default=None, description="default: the service's")
+    upper_threshold: Annotated[int, Field(ge=0)] = 0
+    lower_threshold: Annotated[int, Field(ge=0)] = 0
+    tunnel: Tunnel | None = None
+    check: Check | None = Field(
+        default=None, description="overrides of the service's check, merged key by key when the file is loaded"
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> RealServer:
+        if self.upper_threshold and self.lower_threshold > self.upper_threshold:
+            raise Problem(
+                ("lower_threshold",),
+                f"must not exceed upper_threshold ({self.upper_threshold}), got {self.lower_threshold}",
+            )
+        return self
+
+
+class Persistence(Strict):
+    timeout: Annotated[int, Range(1, 2**31)] = 300
+    netmask: str | None = Field(default=None, description="IPv4 mask (255.255.255.0) or IPv6 prefix length")
+    engine: Literal["sip"] | None = None
+
+
+class SorryServer(Strict):
+    address: IPAddress
+    port: Port | None = None
+    forwarding: Literal["nat", "dr", "tun"] | None = None
+
+
+class Quorum(Strict):
+    """Minimum healthy weight for the service; below it the sorry server takes the traffic and the
+    director's VRRP priority drops by `priority_decrement` so a healthier director takes over."""
+
+    min_weight: Annotated[int, Field(ge=1)] = 1
+    sorry_server: SorryServer | None = None
+    priority_decrement: Annotated[int, Range(0, 254)] = 0
+
+
+class VirtualService(Strict):
+    """A virtual service (ipvsadm -A): address:port/protocol or a firewall mark."""
+
+    address: IPAddress | None = None
+    port: Port | None = None
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    fwmark: Annotated[int, Range(1, 2**32 - 1)] | None = None
+    family: Literal["inet", "inet6"] | None = Field(default=None, description="needed with fwmark only")
+    scheduler: str = "wlc"
+    scheduler_flags: list[Literal["sh-fallback", "sh-port", "mh-fallback", "mh-port"]] = Field(
+        default_factory=list
+    )
+    one_packet: bool = Field(default=False, description="ops: one-packet scheduling (UDP)")
+    forwarding: Literal["nat", "dr", "tun"] = "nat"
+    persistence: Persistence | None = None
+    on_down: Literal["remove", "inhibit"] = "remove"
+    slow_start: Annotated[float, Range(0, 3600)] = 0.0
+    quorum: Quorum | None = None
+    check: Check = Field(default_factory=Check)
+    real_servers: list[RealServer] = Field(default_factory=list)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; one of {', '.join(SCHEDULERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> VirtualService:
+        if self.fwmark is None:
+            if self.address is None or self.port is None:
+                raise ValueError("a service needs address and port, or fwmark")
+            if self.family is not None:
+                raise Problem(("family",), "only fwmark services have a family (it follows from the address)")
+        else:
+            if self.address is not None or self.port is not None:
+                raise Problem(("fwmark",), "a fwmark service has no address or port")
+        for i, flag in enumerate(self.scheduler_flags):
+            if not flag.startswith(self.scheduler + "-"):
+                raise Problem(("scheduler_flags", i), f"{flag} does not apply to scheduler {self.scheduler}")
+        if self.persistence and self.persistence.netmask:
+            try:
+                _check_netmask(self.persistence.netmask, self.ip_version)
+            except ValueError as e:
+                raise Problem(("persistence", "netmask"), str(e)) from None
+        seen: set[tuple[str, int | None]] = set()
+        for i, rs in enumerate(self.real_servers):
+            key = (str(rs.address), self.real_server_port(rs))
+            if key in seen:
+                raise Problem(("real_servers", i), f"{rs.address}:{key[1]} is listed twice")
+            seen.add(key)
+            fwd = self.real_server_forwarding(rs)
+            if fwd == "nat" and rs.address.version != self.ip_version:
+                raise Problem(("real_servers", i, "address"), "NAT needs the service's address family")
+            if rs.tunnel is not None and fwd != "tun":
+                raise Problem(("real_servers", i, "tunnel"), "tunnel settings need forwarding: tun")
+        return self
+
+    @property
+    def ip_version(self) -> int:
+        if self.address is not None:
+            return self.address.version
+        return 6 if self.family == "inet6" else 4
+
+    @property
+    def name(self) -> str:
+        """The service as ipvsadm writes it: TCP 192.168.0.108:80, FWM 42."""
+        if self.fwmark is not None:
+            return f"FWM {self.fwmark}"
+        host = f"[{self.address}]" if self.ip_version == 6 else str(self.address)
+        return f"{self.protocol.upper()} {host}:{self.port}"
+
+    def real_server_check(self, rs: RealServer) -> Check:
+        """The check that applies to one real server (overrides were merged at load time)."""
+        return rs.check or self.check
+
+    def real_server_port(self, rs: RealServer) -> int:
+        return rs.port if rs.port is not None else (self.port or 0)
+
+    def real_server_forwarding(self, rs: RealServer) -> str:
+        return rs.forwarding or self.forwarding
+
+
+def _check_netmask(netmask: str, version: int) -> None:
+    if version == 4:
+        try:
+            ipaddress.IPv4Network(f"0.0.0.0/{netmask}")
+        except ValueError:
+            raise ValueError(f"{netmask!r} is not an IPv4 netmask") from None
+    elif not (netmask.isdigit() and 1 <= int(netmask) <= 128):
+        raise ValueError(f"an IPv6 netmask is a prefix length 1..128, got {netmask!r}")
+
+
+# ------------------------------------------------------------------------------------------------ VRRP
+
+
+class FloatingAddress(Strict):
+    """An address owned by whichever director is MASTER, on one of its interfaces (by role name)."""
+
+    address: Interface
+    interface: str
+
+
+class Garp(Strict):
+    """Gratuitous ARP: a burst on takeover, then a refresh while MASTER (0 = off)."""
+
+    burst: Annotated[int, Range(1, 100)] = 5
+    burst_interval: Annotated[float, Range(0, 10)] = 0.02
+    refresh: Annotated[float, Range(0, 3600)] = 10.0
+
+
+class Notify(Strict):
+    """Commands run (without a shell) on state changes, in order, with a timeout."""
+
+    master: list[str] | None = None
+    backup: list[str] | None = None
+    fault: list[str] | None = None
+    stop: list[str] | None = None
+    timeout: Seconds = 10.0
+
+
+class Vrrp(Strict):
+    router_id: Annotated[int, Range(1, 255)]
+    version: Literal[2, 3] = 3
+    advert_interval: Annotated[float, Range(0.01, 40.95)] = 1.0
+    preempt: bool = True
+    preempt_delay: Annotated[float, Range(0, 3600)] = 0.0
+    interface: str = Field(description="role name of the heartbeat interface")
+    unicast_peers: list[IPAddress] = Field(default_factory=list)
+    auth_pass: Annotated[str, Field(min_length=1, max_length=8)] | None = None
+    v3_checksum: Literal["pseudo_header", "message"] = "pseudo_header"
+    addresses: list[FloatingAddress] = Field(min_length=1)
+    track_interfaces: list[str] = Field(default_factory=list)
+    garp: Garp = Field(default_factory=Garp)
+    notify: Notify = Field(default_factory=Notify)
+
+    @model_validator(mode="after")
+    def _version_rules(self) -> Vrrp:
+        if self.version == 2:
+            if self.advert_interval != int(self.advert_interval):
+                raise Problem(("advert_interval",), f"VRRPv2 adverts are whole seconds, got {self.advert_interval}")
+        else:
+            if self.auth_pass is not None:
+                raise Problem(("auth_pass",), "VRRPv2 only (VRRPv3 has no authentication)")
+            if abs(self.advert_interval * 100 - round(self.advert_interval * 100)) > 1e-6:
+                raise Problem(
+                    ("advert_interval",), f"VRRPv3 adverts are whole centiseconds, got {self.advert_interval}"
+                )
+        seen: set[str] = set()
+        for i, fa in enumerate(self.addresses):
+            if fa.address.version != self.addresses[0].address.version:
+                raise Problem(("addresses", i), "floating addresses of one VRRP instance must share a family")
+            if str(fa.address.ip) in seen:
+                raise Problem(("addresses", i), f"{fa.address.ip} is listed twice")
+            seen.add(str(fa.address.ip))
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- nodes
+
+
+class Node(Strict):
+    """One director: its identity and overrides."""
+
+    hostname: str | None = Field(default=None, description="default: the node's key")
+    priority: Annotated[int, Range(1, 254)] = 100
+    interfaces: dict[str, str] = Field(description="role name (client, server, …) → interface name")
+    unicast_src: IPAddress | None = None
+
+    @field_validator("interfaces")
+    @classmethod
+    def _ifnames(cls, v: dict[str, str]) -> dict[str, str]:
+        for role, name in v.items():
+            if not name or len(name) > 15 or "/" in name or " " in name:
+                raise ValueError(f"{role}: {name!r} is not a valid interface name")
+        return v
+
+
+class Settings(Strict):
+    reconcile_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    drain_timeout: Annotated[float, Range(0, 86400)] = 300.0
+    purge_unmanaged: bool = False
+    control_socket: str = "/run/havs/control.sock"
+    state_dir: str = "/var/lib/havs"
+    metrics_listen: str | None = Field(default=None, description="host:port for Prometheus; off by default")
+
+
+class Config(Strict):
+    """The whole file: one config for both directors."""
+
+    settings: Settings = Field(default_factory=Settings)
+    nodes: dict[str, Node] = Field(min_length=1)
+    vrrp: Vrrp | None = None
+    virtual_services: list[VirtualService] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.vrrp is not None:
+            v = self.vrrp
+            roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
+            for name, node in self.nodes.items():
+                missing = sorted(roles - node.interfaces.keys())
+                if missing:
+                    raise Problem(
+                        ("nodes", name, "interfaces"), f"no interface for role(s) {', '.join(missing)} used by vrrp"
+                    )
+        keys: set[str] = set()
+        for i, vs in enumerate(self.virtual_services):
+            if vs.name in keys:
+                raise Problem(("virtual_services", i), f"{vs.name} is declared twice")
+            keys.add(vs.name)
+        return self
+
+
+class NodeView(Strict):
+    """The effective config of one director: the shared config with that node's identity applied."""
+
+    name: str
+    node: Node
+    config: Config
+
+    def ifname(self, role: str) -> str:
+        return self.node.interfaces[role]

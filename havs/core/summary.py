@@ -1,0 +1,64 @@
+"""One screen that says what a node's effective config is (`havs check`), in ipvsadm's and keepalived's words."""
+
+from __future__ import annotations
+
+from havs.core.model import NodeView, VirtualService
+
+_FORWARD = {"nat": "Masq", "dr": "Route", "tun": "Tunnel"}
+
+
+def _service_flags(vs: VirtualService) -> str:
+    parts = []
+    if vs.persistence:
+        parts.append(f"persistent {vs.persistence.timeout}")
+        if vs.persistence.netmask:
+            parts.append(f"mask {vs.persistence.netmask}")
+        if vs.persistence.engine:
+            parts.append(f"pe {vs.persistence.engine}")
+    if vs.one_packet:
+        parts.append("ops")
+    if vs.scheduler_flags:
+        parts.append("(" + ",".join(vs.scheduler_flags) + ")")
+    return " ".join(parts)
+
+
+def config_summary(view: NodeView, file: str) -> str:
+    cfg = view.config
+    node = view.node
+    lines = [f"{file}: OK — node {view.name}"]
+    if cfg.vrrp:
+        v = cfg.vrrp
+        ifaces = ", ".join(f"{role}={name}" for role, name in node.interfaces.items())
+        lines.append(
+            f"VRRP v{v.version} router_id {v.router_id} priority {node.priority} advert {v.advert_interval:g}s "
+            f"preempt {'on' if v.preempt else 'off'}"
+            + (f" delay {v.preempt_delay:g}s" if v.preempt and v.preempt_delay else "")
+            + f" heartbeat {view.ifname(v.interface)}"
+            + (f" unicast {', '.join(map(str, v.unicast_peers))}" if v.unicast_peers else " multicast 224.0.0.18")
+        )
+        lines.append(f"  interfaces: {ifaces}")
+        for fa in v.addresses:
+            lines.append(f"  floating {fa.address} on {view.ifname(fa.interface)} ({fa.interface})")
+    else:
+        lines.append("VRRP: off (this director owns no floating addresses)")
+    lines.append(f"{len(cfg.virtual_services)} virtual service(s):")
+    lines.append("Prot LocalAddress:Port Scheduler Flags")
+    lines.append("  -> RemoteAddress:Port           Forward Weight Check")
+    for vs in cfg.virtual_services:
+        name = vs.name.split(" ", 1)
+        lines.append(f"{name[0]:<4} {name[1]:<21} {vs.scheduler:<8} {_service_flags(vs)}".rstrip())
+        for rs in vs.real_servers:
+            chk = vs.real_server_check(rs)
+            port = vs.real_server_port(rs)
+            host = f"[{rs.address}]" if rs.address.version == 6 else str(rs.address)
+            desc = chk.type if chk.type in ("tcp", "none") else f"{chk.type} {chk.method} {chk.path}"
+            lines.append(
+                f"  -> {host + ':' + str(port):<28} {_FORWARD[vs.real_server_forwarding(rs)]:<7} {rs.weight:<6} "
+                f"{desc} every {chk.interval:g}s rise {chk.rise} fall {chk.fall}"
+            )
+    s = cfg.settings
+    lines.append(
+        f"reconcile every {s.reconcile_interval:g}s, drain {s.drain_timeout:g}s, "
+        f"purge_unmanaged {'on' if s.purge_unmanaged else 'off'}"
+    )
+    return "\n".join(lines)

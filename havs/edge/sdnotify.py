@@ -1,0 +1,46 @@
+"""systemd's notify protocol: datagrams like `READY=1` to $NOTIFY_SOCKET (no libsystemd needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class SystemdNotifier:
+    """Sends state lines to the service manager; silently does nothing when not run by systemd."""
+
+    def __init__(self, address: str | None = None) -> None:
+        addr = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        if addr.startswith("@"):  # abstract namespace socket
+            addr = "\0" + addr[1:]
+        self._address = addr or None
+        self._sock: socket.socket | None = None
+        if self._address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def notify(self, *lines: str) -> bool:
+        """Send e.g. notify("READY=1", "STATUS=MASTER"); True when sent."""
+        if self._sock is None or self._address is None:
+            return False
+        try:
+            self._sock.sendto("\n".join(lines).encode(), self._address)
+        except OSError:
+            return False  # the manager went away: never let that take the daemon down
+        return True
+
+    def watchdog_interval(self) -> float | None:
+        """Half of WatchdogSec (systemd's advice), when the watchdog is on for this process."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 2e6
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
