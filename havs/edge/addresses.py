@@ -1,0 +1,123 @@
+"""Floating addresses and link state over rtnetlink (pyroute2), in the current network namespace.
+
+Idempotent: `add` of a present address and `remove` of an absent one are no-ops that report False.
+Async (pyroute2's AsyncIPRoute) because the synchronous IPRoute of pyroute2 0.9 drives an event loop of
+its own and cannot be called from inside a running one, which is where the VRRP thread lives.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40  # operstate UP (or UNKNOWN for carrier-less devices such as dummy/lo)
+IFA_F_SECONDARY = 0x01
+
+
+class AddressError(OSError):
+    pass
+
+
+class Addresses:
+    """One rtnetlink socket, opened in the current namespace by `open()` inside the caller's loop."""
+
+    def __init__(self) -> None:
+        self._ipr: AsyncIPRoute | None = None
+
+    async def open(self) -> Addresses:
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute()
+            await self._ipr.setup_endpoint()
+        return self
+
+    async def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    @property
+    def ipr(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            raise RuntimeError("Addresses.open() first")
+        return self._ipr
+
+    async def index(self, ifname: str) -> int:
+        found = await self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise AddressError(errno.ENODEV, f"no interface {ifname}")
+        return int(found[0])
+
+    async def list(self, ifname: str, family: int = socket.AF_INET) -> list[tuple[Interface, bool]]:
+        """(address/prefix, is_primary) on `ifname`, kernel order (primary first)."""
+        idx = await self.index(ifname)
+        out: list[tuple[Interface, bool]] = []
+        async for msg in await self.ipr.addr("dump", index=idx, family=family):
+            if msg.get("index") != idx:
+                continue
+            addr = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+            if addr is None:
+                continue
+            iface = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
+            out.append((iface, not (msg["flags"] & IFA_F_SECONDARY)))
+        return out
+
+    async def present(self, ifname: str, address: Interface) -> bool:
+        return any(iface.ip == address.ip for iface, _ in await self.list(ifname, _family(address)))
+
+    async def add(self, ifname: str, address: Interface) -> bool:
+        """Ensure `address` is on `ifname`. True if it was added."""
+        if await self.present(ifname, address):
+            return False
+        idx = await self.index(ifname)
+        await self.ipr.addr(
+            "replace", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
+            family=_family(address),
+        )
+        return True
+
+    async def remove(self, ifname: str, address: Interface) -> bool:
+        """Ensure `address` is not on `ifname`. True if it was removed."""
+        try:
+            idx = await self.index(ifname)
+            await self.ipr.addr(
+                "del", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
+                family=_family(address),
+            )
+        except NetlinkError as e:
+            if e.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        except AddressError:
+            return False
+        return True
+
+    async def link_up(self, ifname: str) -> bool:
+        """Administratively up and running (carrier). A missing interface is down."""
+        try:
+            links = await self.ipr.link("get", ifname=ifname)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise
+        flags = int(links[0]["flags"]) if links else 0
+        return bool(flags & IFF_UP and flags & IFF_RUNNING)
+
+    async def primary_ipv4(self, ifname: str, exclude: set[IPAddress] | None = None) -> ipaddress.IPv4Address | None:
+        """The interface's primary IPv4 address (the advert source), ignoring our floating ones."""
+        candidates = [(iface, primary) for iface, primary in await self.list(ifname) if iface.ip not in (exclude or ())]
+        for iface, primary in candidates:
+            if primary:
+                return ipaddress.IPv4Address(iface.ip)
+        return ipaddress.IPv4Address(candidates[0][0].ip) if candidates else None
+
+
+def _family(address: Interface) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
