@@ -75,7 +75,8 @@ LINKS = (
 )
 
 _CLONE_NEWNET = 0x40000000
-_PREFIX_RE = re.compile(r"^havs(\d+)-(?:" + "|".join((*NODES, SWITCH)) + ")$")
+# Host namespaces we make are named havs<pid>-[anything-]<node>: stale once <pid> is gone.
+_PREFIX_RE = re.compile(r"^havs(\d+)-(?:.*-)?(?:" + "|".join((*NODES, SWITCH)) + ")$")
 
 # A tiny docroot web server: starts much faster than `python3 -m http.server`
 # (syscalls are slow in UML) and behaves the same for our needs: GET/HEAD of
@@ -515,10 +516,17 @@ class SeedLab:
         """Run ``havs run -c CONFIG --node NODE --log-format json`` inside ``node``.
 
         stdout (JSON log lines) and stderr go to ``log_path`` (default workdir/havs-NODE.log)."""
-        if node in self._havs and self._havs[node].poll() is None:
-            raise TopologyError(f"havs already running in {node}")
         havs = REPO / ".venv" / "bin" / "havs"
         argv = [str(havs), "run", "-c", str(config_path), "--node", node, "--log-format", "json", *extra_args]
+        return self.start_daemon(node, argv, log_path)
+
+    def start_daemon(
+        self, node: str, argv: Sequence[str], log_path: str | os.PathLike[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``node``'s director daemon (havs, or e.g. keepalived for interop tests):
+        the process that stop_havs()/crash() act on. One per node."""
+        if node in self._havs and self._havs[node].poll() is None:
+            raise TopologyError(f"a daemon is already running in {node}")
         proc = self.popen(node, argv, log_path or self.workdir / f"havs-{node}.log")
         self._havs[node] = proc
         return proc
