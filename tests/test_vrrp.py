@@ -255,20 +255,30 @@ def test_equal_priority_tie_broken_by_higher_primary_address() -> None:
 # ------------------------------------------------------------------------------------- split brain
 
 
-def test_split_brain_heals_within_one_interval_and_survivor_reannounces() -> None:
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_split_brain_heals_within_one_interval_and_survivor_reannounces(first: str) -> None:
     link = elected()
     link.connected = False
     link.run_until(20.0)
     assert link.state("a") == MASTER and link.state("b") == MASTER
-    heal = 20.25
+    # heal just before `first` sends its next advert, so that advert is the first to cross
+    first_inst, other_inst = link.nodes[first].inst, link.nodes["b" if first == "a" else "a"].inst
+    while (nxt := first_inst.get_timer()) > (other := other_inst.get_timer()):  # type: ignore[operator]
+        link.run_until(other + 1e-4)
+    heal = nxt - 0.001
+    assert heal > link.now
     link.run_until(heal)
     link.connected = True
+    link.run_until(heal + 0.002)
+    first_send = next(n for t, n, a in link.log if isinstance(a, SendAdvertisement) and t >= heal)
+    assert first_send == first
     link.run_until(heal + 1.0)
     assert link.state("a") == MASTER and link.state("b") == BACKUP
     (t_b, _, to, reason) = link.changes("b")[-1]
     assert to == BACKUP and reason == "higher_priority" and heal <= t_b <= heal + 1.0
     assert link.actions("b", ReleaseAddresses, since=heal)
-    # the survivor answered the lower-priority advert at once and re-announced its addresses
+    # the survivor heard a lower priority (b's advert, or b's parting advert when a's crossed first),
+    # answered at once and re-announced its addresses
     reannounce = link.actions("a", AnnounceAddresses, since=heal)
     assert reannounce and reannounce[0][1] == AnnounceAddresses(burst=False, reason="lower_priority")
     assert reannounce[0][0] == t_b
@@ -386,3 +396,11 @@ def test_params_validated() -> None:
         params(A_ADDR, 0)
     with pytest.raises(ValueError):
         params(A_ADDR, 100, router_id=0)
+
+
+def test_start_in_fault_then_recover_starts_as_backup() -> None:
+    inst = VrrpInstance(params(A_ADDR, 200), 0.0)
+    assert inst.fault(0.0) == [StateChanged(INIT, FAULT, "interface_down")]
+    assert inst.get_timer() is None
+    assert inst.recover(2.0) == [StateChanged(FAULT, BACKUP, "interface_up")]
+    assert inst.get_timer() == pytest.approx(2.0 + 3 + skew(200))

@@ -56,6 +56,10 @@ class VrrpParams:
     garp_refresh: float = 0.0  # re-announce every N s while MASTER; 0 = off
     # RFC 9568 change 5 (keepalived default): a master that hears a lower priority answers at once.
     lower_priority_advert: bool = True
+    # keepalived `higher_prio_send_advert`: a master stepping down for a higher priority advertises once
+    # more, so the winner hears a lower priority and re-announces its addresses. Without it a split brain
+    # can heal with the winner's advert arriving first and hosts keep the loser's MAC until ARP times out.
+    higher_priority_advert: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.priority <= 255:
@@ -167,7 +171,9 @@ class VrrpInstance:
         return self._transition(INIT, "shutdown", now)
 
     def fault(self, now: float, reason: str = "interface_down") -> list[Action]:
-        if self.state in (FAULT, INIT):
+        """A tracked interface went down. From INIT too: a node that starts with a dead link waits in
+        FAULT and `recover` starts it."""
+        if self.state == FAULT:
             return []
         return self._transition(FAULT, reason, now)
 
@@ -269,7 +275,11 @@ class VrrpInstance:
         if adv.priority > self.priority or (
             adv.priority == self.priority and _addr_key(src) > _addr_key(self.params.primary_address)
         ):
-            actions = self._transition(BACKUP, "higher_priority", now)
+            actions: list[Action] = []
+            if self.params.higher_priority_advert:
+                self.counters.adverts_sent += 1
+                actions.append(SendAdvertisement(self._advert(self.priority)))
+            actions += self._transition(BACKUP, "higher_priority", now)
             self._accept_master(adv, src, now)
             return actions
         if not self.params.lower_priority_advert:
