@@ -9,13 +9,15 @@ stty -onlcr 2>/dev/null || true
 
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+
+# Read the job before the tmpfs mounts below can hide it (the repo may be under /tmp).
+# shellcheck disable=SC1090
+. "$HAVS_JOB"   # sets HAVS_STATUS, HAVS_CWD, HAVS_HOSTFS, havs_cmd() and exports
+
 # Fresh tmpfs for /tmp and /run so nothing the lab does leaks onto the host.
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mkdir -p /run/netns
-
-# shellcheck disable=SC1090
-. "$HAVS_JOB"   # sets HAVS_STATUS, HAVS_CWD, HAVS_HOSTFS, havs_cmd() and exports
 
 # The tmpfs mounts above may hide the repo (CI clones may live under /tmp):
 # graft those host directories back at the same paths.
