@@ -1,0 +1,281 @@
+"""The health-check shell: one probe loop per real server, feeding the pure hysteresis in core.health.
+
+Each loop probes, hands the result and the loop's clock to `ServerHealth.observe`, reports a
+`HealthChanged` (log line `health.change` + `on_change`), and sleeps until the next check — the fast
+interval while the server is changing state, with jitter drawn here and passed to the core. First
+checks are spread at random over one interval so a reload does not fire every probe at once.
+
+Kept-alive HTTP connections live in one `ConnectionPool` shared by all loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from havs.core.health import (
+    AgentWeightChanged,
+    HealthChanged,
+    Initial,
+    ProbeResult,
+    ServerHealth,
+    Timing,
+    server_name,
+)
+from havs.core.model import Check, RealServer, VirtualService
+from havs.edge.probe import ConnectionPool, HttpProbe, probe_http, probe_tcp
+
+Key = tuple[str, str]  # (service name, real server "address:port")
+
+
+@functools.lru_cache(maxsize=256)
+def _ok_codes(expect_status: tuple[str, ...]) -> frozenset[int]:
+    # the model parses ranges on each call; a frozenset makes the per-check test one hash lookup
+    check = Check(expect_status=list(expect_status))
+    return frozenset(code for code in range(100, 600) if check.status_ok(code))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one loop probes: the check as it applies to one real server of one service."""
+
+    service: str
+    server: str
+    address: str
+    port: int
+    check: Check
+
+    @classmethod
+    def of(cls, vs: VirtualService, rs: RealServer) -> Target:
+        check = vs.real_server_check(rs)
+        port = vs.real_server_port(rs)
+        return cls(
+            service=vs.name,
+            server=server_name(rs.address, port),
+            address=str(check.connect_address or rs.address),
+            port=check.connect_port or port,
+            check=check,
+        )
+
+    @property
+    def key(self) -> Key:
+        return (self.service, self.server)
+
+
+def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[ProbeResult]]:
+    """The probe coroutine factory for one target (a check of type `none` has none)."""
+    check = target.check
+    source = str(check.source_address) if check.source_address else None
+    if target.port == 0:
+        async def no_port() -> ProbeResult:
+            return ProbeResult(False, "error: no port to check (set check.connect_port)", 0.0)
+        return no_port
+    if check.type == "tcp":
+        return functools.partial(probe_tcp, target.address, target.port, timeout=check.timeout,
+                                 source_address=source)
+    probe = HttpProbe(
+        target.address,
+        target.port,
+        timeout=check.timeout,
+        tls=check.type == "https",
+        method=check.method,
+        path=check.path,
+        host=check.host,
+        ok_status=_ok_codes(tuple(str(s) for s in check.expect_status)),
+        expect_body=check.expect_body,
+        max_body=check.max_body,
+        verify_tls=check.verify_tls,
+        sni=check.sni,
+        agent_header=check.agent_weight_header,
+        source_address=source,
+    )
+    return functools.partial(probe_http, probe, pool)
+
+
+class _Loop:
+    """One real server's state, probe and task."""
+
+    __slots__ = ("health", "probe", "target", "task")
+
+    def __init__(self, target: Target, health: ServerHealth, probe: Callable[[], Awaitable[ProbeResult]] | None):
+        self.target = target
+        self.health = health
+        self.probe = probe
+        self.task: asyncio.Task[None] | None = None
+
+
+class HealthService:
+    """Runs the checks of every real server of `services`.
+
+    `start()` (inside the running loop) launches the probe loops; `update(services)` on reload keeps
+    unchanged servers' state and timers, re-targets changed checks without losing state, starts new
+    servers and stops removed ones; `stop()` cancels everything and closes kept-alive connections.
+    Real servers whose check type is `none` are reported up at once (reason `no check`).
+    """
+
+    def __init__(
+        self,
+        services: Iterable[VirtualService],
+        *,
+        log: Any,
+        on_change: Callable[[HealthChanged], None],
+        on_agent_weight: Callable[[AgentWeightChanged], None] | None = None,
+        initial: Initial = "down",
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._log = log
+        self._on_change = on_change
+        self._on_agent_weight = on_agent_weight
+        self._initial: Initial = initial
+        self._rand = rand
+        self._pool = ConnectionPool()
+        self._loops: dict[Key, _Loop] = {}
+        self._running = False
+        self._targets = self._collect(services)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        for target in self._targets.values():
+            self._add(target)
+
+    def update(self, services: Iterable[VirtualService]) -> None:
+        self._targets = targets = self._collect(services)
+        if not self._running:
+            return
+        for key in [k for k in self._loops if k not in targets]:
+            self._remove(key)
+        for key, target in targets.items():
+            current = self._loops.get(key)
+            if current is None:
+                self._add(target)
+            elif current.target != target:
+                self._retarget(current, target)
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops.clear()
+        self._pool.close()
+
+    # -- queries
+
+    def states(self) -> Mapping[Key, ServerHealth]:
+        """(service, server) → its hysteresis, for the desired-table builder (`.is_up`, `.since`,
+        `.agent_weight`)."""
+        return {key: loop.health for key, loop in self._loops.items()}
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """service → server → state, last reason, latency, since (monotonic), agent weight, check type."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (service, server), loop in sorted(self._loops.items()):
+            h = loop.health
+            last = h.last
+            out.setdefault(service, {})[server] = {
+                "state": h.state,
+                "up": h.is_up,
+                "reason": last.reason if last else None,
+                "latency_ms": round(last.latency * 1000, 3) if last else None,
+                "since": h.since,
+                "agent_weight": h.agent_weight,
+                "check": loop.target.check.type,
+            }
+        return out
+
+    # -- internals
+
+    @staticmethod
+    def _collect(services: Iterable[VirtualService]) -> dict[Key, Target]:
+        targets: dict[Key, Target] = {}
+        for vs in services:
+            for rs in vs.real_servers:
+                target = Target.of(vs, rs)
+                targets[target.key] = target
+        return targets
+
+    def _add(self, target: Target) -> None:
+        now = asyncio.get_running_loop().time()
+        health = ServerHealth(target.server, Timing.of(target.check), service=target.service,
+                              initial=self._initial, now=now)
+        if target.check.type == "none":
+            self._loops[target.key] = _Loop(target, health, None)
+            self._observe(self._loops[target.key], ProbeResult(True, "no check", 0.0), now, force=True)
+            return
+        loop = _Loop(target, health, make_probe(target, self._pool))
+        self._loops[target.key] = loop
+        loop.task = asyncio.get_running_loop().create_task(self._run(loop), name=f"health {target.server}")
+
+    def _remove(self, key: Key) -> None:
+        loop = self._loops.pop(key)
+        if loop.task is not None:
+            loop.task.cancel()
+        self._drop_connection(loop.probe)
+
+    def _retarget(self, loop: _Loop, target: Target) -> None:
+        """Same server, new check settings: keep the verdict, swap the probe."""
+        if (loop.target.check.type == "none") != (target.check.type == "none"):
+            # switching checking on or off is a new server as far as the loop goes
+            self._remove(target.key)
+            self._add(target)
+            return
+        self._drop_connection(loop.probe)
+        loop.target = target
+        loop.health.retime(Timing.of(target.check))
+        loop.probe = make_probe(target, self._pool)
+
+    def _drop_connection(self, probe: Callable[[], Awaitable[ProbeResult]] | None) -> None:
+        if isinstance(probe, functools.partial) and probe.args and isinstance(probe.args[0], HttpProbe):
+            self._pool.discard(probe.args[0].key)
+
+    async def _run(self, loop: _Loop) -> None:
+        ev = asyncio.get_running_loop()
+        # spread first checks over one interval
+        await asyncio.sleep(self._rand() * loop.health.timing.interval)
+        while True:
+            started = ev.time()
+            probe = loop.probe
+            assert probe is not None
+            try:
+                result = await probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a probe must not raise; if one does, it is a failed check, not a dead loop
+                self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
+                result = ProbeResult(False, f"error: {exc!r}", ev.time() - started)
+            self._observe(loop, result, ev.time())
+            delay = started + loop.health.next_interval(self._rand()) - ev.time()
+            await asyncio.sleep(max(delay, 0.0))
+
+    def _observe(self, loop: _Loop, result: ProbeResult, now: float, force: bool = False) -> None:
+        h = loop.health
+        agent_before = h.agent_weight
+        if force:  # `none` checks: up at once
+            h.retime(Timing(rise=1, fall=h.timing.fall))
+        change = h.observe(result, now)
+        if change is not None:
+            self._log.info(
+                "health.change", server=change.server, service=change.service, from_=change.from_,
+                to=change.to, reason=change.reason, after=change.after,
+                latency_ms=round(change.latency * 1000, 1),
+            )
+            self._notify(self._on_change, change)
+        if h.agent_weight != agent_before and self._on_agent_weight is not None:
+            self._log.info("health.agent_weight", server=h.server, service=h.service, weight=h.agent_weight)
+            self._notify(self._on_agent_weight, AgentWeightChanged(h.server, h.service, h.agent_weight, now))
+
+    def _notify(self, callback: Callable[[Any], None], event: object) -> None:
+        # a failing subscriber must not stop the probe loop that called it
+        try:
+            callback(event)
+        except Exception as exc:
+            self._log.error("health.callback_error", kind=type(event).__name__, error=repr(exc))

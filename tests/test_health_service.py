@@ -1,0 +1,209 @@
+"""The health shell against a real loopback server that is killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from havs.core.health import HealthChanged
+from havs.core.model import VirtualService
+from havs.health_service import HealthService
+
+LOOPBACK = "127.0.0.1"
+
+
+class Log:
+    """Records structlog-style calls."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.events.append((event, kw))
+
+    error = warning = debug = info
+
+
+class Backend:
+    """A minimal keep-alive HTTP server that can be stopped and started on the same port."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            self.port = s.getsockname()[1]
+        self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.status = 200
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, LOOPBACK, self.port, reuse_address=True)
+
+    async def stop(self) -> None:
+        if self.server is None:
+            return
+        self.server.close()
+        for t in list(self.handlers):
+            t.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+        await self.server.wait_closed()
+        self.server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 2\r\n\r\nok".encode())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.handlers.discard(task)
+            writer.transport.abort()
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    b = Backend()
+    await b.start()
+    yield b
+    await b.stop()
+
+
+def service(port: int, *, vip_port: int = 80, check: dict | None = None, servers: list[dict] | None = None
+            ) -> VirtualService:
+    check = {"type": "http", "interval": 0.05, "fast_interval": 0.02, "timeout": 0.05, "rise": 2, "fall": 3,
+             "jitter": 0.1, **(check or {})}
+    return VirtualService.model_validate({
+        "address": "127.0.0.100", "port": vip_port, "check": check,
+        "real_servers": servers if servers is not None else [{"address": LOOPBACK, "port": port}],
+    })
+
+
+async def wait_for(events: list[HealthChanged], n: int, timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while len(events) < n:
+            await asyncio.sleep(0.005)
+
+
+async def test_down_after_fall_up_after_rise(backend: Backend) -> None:
+    events: list[HealthChanged] = []
+    log = Log()
+    hs = HealthService([service(backend.port)], log=log, on_change=events.append)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        first = events[0]
+        assert (first.server, first.service, first.from_, first.to, first.after) == (
+            f"127.0.0.1:{backend.port}", "TCP 127.0.0.100:80", "unknown", "up", 2,
+        )
+        await backend.stop()
+        await wait_for(events, 2)
+        assert (events[1].from_, events[1].to, events[1].reason, events[1].after) == ("up", "down", "refused", 3)
+        await backend.start()
+        await wait_for(events, 3)
+        assert (events[2].from_, events[2].to, events[2].reason, events[2].after) == ("down", "up", "ok", 2)
+        backend.status = 503
+        await wait_for(events, 4)
+        assert (events[3].to, events[3].reason) == ("down", "status 503")
+        # exactly one log line per change, with the agreed keys
+        changes = [kw for name, kw in log.events if name == "health.change"]
+        assert len(changes) == 4
+        assert set(changes[0]) == {"server", "service", "from_", "to", "reason", "after", "latency_ms"}
+        snap = hs.snapshot()["TCP 127.0.0.100:80"][f"127.0.0.1:{backend.port}"]
+        assert snap["state"] == "down" and snap["reason"] == "status 503" and snap["up"] is False
+    finally:
+        await hs.stop()
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("health ")] == []
+
+
+async def test_fast_rechecks_while_changing_state(backend: Backend) -> None:
+    # slow interval, fast re-checks: fall=3 is reached in about 2 fast intervals after the first failure
+    events: list[HealthChanged] = []
+    check = {"interval": 1.0, "fast_interval": 0.05, "timeout": 0.2, "jitter": 0.0, "rise": 1}
+    hs = HealthService([service(backend.port, check=check)], log=Log(), on_change=events.append, rand=lambda: 0.0)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        loop = asyncio.get_running_loop()
+        await backend.stop()
+        t0 = loop.time()
+        await wait_for(events, 2, timeout=3)
+        # at most one normal interval to notice, then two fast ones; far below 3 normal intervals
+        assert loop.time() - t0 < 1.0 + 2 * 0.05 + 0.3
+        assert events[1].to == "down"
+    finally:
+        await hs.stop()
+
+
+async def test_tcp_and_none_checks(backend: Backend) -> None:
+    events: list[HealthChanged] = []
+    vs_tcp = service(backend.port, vip_port=81, check={"type": "tcp", "rise": 1})
+    vs_none = service(backend.port, vip_port=82, check={"type": "none"})
+    hs = HealthService([vs_tcp, vs_none], log=Log(), on_change=events.append)
+    hs.start()
+    try:
+        await wait_for(events, 2)
+        by_service = {e.service: e for e in events}
+        assert by_service["TCP 127.0.0.100:82"].reason == "no check"
+        assert by_service["TCP 127.0.0.100:81"].to == "up"
+        assert all(h.is_up for h in hs.states().values())
+    finally:
+        await hs.stop()
+
+
+async def test_update_keeps_unchanged_starts_new_stops_removed(backend: Backend) -> None:
+    events: list[HealthChanged] = []
+    other = Backend()
+    await other.start()
+    a = {"address": LOOPBACK, "port": backend.port}
+    b = {"address": LOOPBACK, "port": other.port}
+    hs = HealthService([service(0, servers=[a])], log=Log(), on_change=events.append)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        key_a = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+        key_b = ("TCP 127.0.0.100:80", f"127.0.0.1:{other.port}")
+        health_a = hs.states()[key_a]
+        task_a = hs._loops[key_a].task
+        # reload: a unchanged, b new
+        hs.update([service(0, servers=[a, b])])
+        assert hs.states()[key_a] is health_a and hs._loops[key_a].task is task_a
+        await wait_for(events, 2)
+        assert events[1].server == key_b[1] and events[1].to == "up"
+        # reload: a's check changes (state kept, no new event), b removed
+        hs.update([service(0, servers=[a], check={"path": "/health", "rise": 3})])
+        assert hs.states()[key_a] is health_a and health_a.state == "up" and health_a.timing.rise == 3
+        assert key_b not in hs.states()
+        await asyncio.sleep(0.1)
+        assert task_a is not None and not task_a.done()
+        assert [t for t in asyncio.all_tasks() if t.get_name() == f"health {key_b[1]}"] == []
+        assert len(events) == 2
+    finally:
+        await hs.stop()
+        await other.stop()
+
+
+async def test_a_failing_subscriber_does_not_stop_the_loop(backend: Backend) -> None:
+    calls: list[HealthChanged] = []
+
+    def boom(change: HealthChanged) -> None:
+        calls.append(change)
+        raise RuntimeError("subscriber bug")
+
+    log = Log()
+    hs = HealthService([service(backend.port)], log=log, on_change=boom)
+    hs.start()
+    try:
+        await wait_for(calls, 1)
+        await backend.stop()
+        await wait_for(calls, 2)
+        assert any(name == "health.callback_error" for name, _ in log.events)
+    finally:
+        await hs.stop()
