@@ -10,7 +10,6 @@ failure, not a skip: a green CI run must mean the tests ran.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ from integration.lab import in_uml
 from integration.topology import SeedLab, ipvs_available
 
 UML_REASON = "uml tier: runs only inside the UML lab; run via python -m integration.lab pytest integration"
-_fresh_ids = itertools.count(1)
 _up_times = pytest.StashKey[list[float]]()
 _report_key = pytest.StashKey[pytest.TestReport]()
 _unavailable = pytest.StashKey[str]()
@@ -141,9 +139,7 @@ def lab(request: pytest.FixtureRequest, seed_lab: SeedLab) -> Iterator[SeedLab]:
 @pytest.fixture
 def fresh_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SeedLab]:
     """A brand-new seed topology of its own (distinct namespace names), torn down after the test."""
-    n = next(_fresh_ids)
-    prefix = f"f{n}-" if in_uml() else f"havs{os.getpid()}-f{n}-"
-    lab = SeedLab(prefix=prefix, workdir=tmp_path / "fresh-lab")
+    lab = SeedLab(workdir=tmp_path / "fresh-lab")  # default prefix: unique among live labs
     try:
         yield _up(request, lab)
     finally:

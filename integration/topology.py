@@ -130,9 +130,23 @@ class TopologyError(RuntimeError):
     pass
 
 
+# Default prefixes held by live SeedLabs of this process (several may coexist).
+_claimed: set[str] = set()
+_claimed_lock = threading.Lock()
+
+
 def default_prefix() -> str:
-    # Inside UML the kernel is ours alone; on the host, parallel runs must not collide.
-    return "" if in_uml() else f"havs{os.getpid()}-"
+    """Claim the first free default prefix: "" inside UML (the kernel is ours
+    alone), ``havs<pid>-`` on the host (parallel runs must not collide); then
+    "<that>2-", "<that>3-"... for further labs alive in the same process."""
+    base = "" if in_uml() else f"havs{os.getpid()}-"
+    with _claimed_lock:
+        candidate, n = base, 1
+        while candidate in _claimed:
+            n += 1
+            candidate = f"{base}{n}-"
+        _claimed.add(candidate)
+        return candidate
 
 
 def ipvs_available() -> bool:
@@ -238,11 +252,13 @@ class SeedLab:
     """The seed topology. Use as a context manager, or call up()/down().
 
     ``prefix`` is prepended to every namespace name (default: none in UML,
-    ``havs<pid>-`` on the host). ``workdir`` holds docroots and logs (default: a
-    fresh temporary directory, removed on down()).
+    ``havs<pid>-`` on the host; see default_prefix() when several labs coexist).
+    ``workdir`` holds docroots and logs (default: a fresh temporary directory,
+    removed on down()).
     """
 
     def __init__(self, prefix: str | None = None, workdir: str | os.PathLike[str] | None = None) -> None:
+        self._claimed_prefix = prefix is None
         self.prefix = default_prefix() if prefix is None else prefix
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="havs-lab-") if workdir is None else workdir)
@@ -323,6 +339,10 @@ class SeedLab:
             delete_netns(names)
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._claimed_prefix:
+                with _claimed_lock:
+                    _claimed.discard(self.prefix)
+                self._claimed_prefix = False
         atexit.unregister(self.down)
 
     def reset(self) -> None:
