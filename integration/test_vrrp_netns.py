@@ -1,0 +1,288 @@
+"""VRRP between two directors in network namespaces on the host kernel (root).
+
+Each director runs `python -m havs.vrrp_service` in its namespace of the seed topology (SeedLab): lvs1
+(priority 150) and lvs2 (100) float the VIP 192.168.0.108/24 on eth0 and the gateway 192.168.72.130/24 on
+eth1 together, heartbeat on eth1. Takeover times are printed (run with -s), never asserted tightly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from integration.topology import GATEWAY, REAL_SERVERS, VIP, SeedLab
+
+pytestmark = pytest.mark.netns
+
+if os.geteuid() != 0:
+    pytest.skip("needs root for network namespaces", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+PRIORITY = {"lvs1": 150, "lvs2": 100}
+VIP_CIDR = f"{VIP}/24"
+GW_CIDR = f"{GATEWAY}/24"
+
+
+def config_text(interval: float, notify_dir: Path) -> str:
+    hook = f'echo "$HAVS_STATE $HAVS_PREVIOUS $HAVS_REASON" >> {notify_dir}/$PPID'
+    hooks = "\n".join(f"    {s}: [/bin/sh, -c, '{hook}']" for s in ("master", "backup", "fault", "stop"))
+    return f"""
+nodes:
+  lvs1:
+    priority: {PRIORITY["lvs1"]}
+    interfaces: {{client: eth0, server: eth1}}
+  lvs2:
+    priority: {PRIORITY["lvs2"]}
+    interfaces: {{client: eth0, server: eth1}}
+vrrp:
+  router_id: 51
+  version: 3
+  advert_interval: {interval}
+  interface: server
+  addresses:
+    - {{address: {VIP_CIDR}, interface: client}}
+    - {{address: {GW_CIDR}, interface: server}}
+  track_interfaces: [client, server]
+  garp: {{burst: 3, burst_interval: 0.01, refresh: 10}}
+  notify:
+    timeout: 5
+{hooks}
+"""
+
+
+class Pair:
+    """Both directors' VRRP services over one SeedLab."""
+
+    def __init__(self, lab: SeedLab, interval: float) -> None:
+        self.lab = lab
+        self.interval = interval
+        self.notify_dir = lab.workdir / f"notify-{time.time_ns()}"
+        self.notify_dir.mkdir()
+        self.config = lab.workdir / f"vrrp-{time.time_ns()}.yaml"
+        self.config.write_text(config_text(interval, self.notify_dir))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, node: str) -> subprocess.Popen[bytes]:
+        self.logs[node] = self.lab.workdir / f"vrrp-{node}-{time.time_ns()}.log"
+        argv = [sys.executable, "-m", "havs.vrrp_service", "-c", str(self.config), "--node", node,
+                "--log-format", "json"]
+        proc = self.lab.popen(node, argv, self.logs[node], cwd=str(REPO))
+        self.procs[node] = proc
+        return proc
+
+    def signal(self, node: str, sig: int) -> float:
+        t = time.monotonic()
+        os.kill(self.procs[node].pid, sig)
+        return t
+
+    def events(self, node: str, name: str) -> list[dict[str, object]]:
+        out = []
+        for line in self.logs[node].read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") == name:
+                out.append(ev)
+        return out
+
+    def holds(self, node: str) -> tuple[bool, bool]:
+        return (VIP_CIDR in self.lab.addresses(node, "eth0"), GW_CIDR in self.lab.addresses(node, "eth1"))
+
+    def mac(self, node: str, ifname: str) -> str:
+        return self.lab.mac(node, ifname)
+
+    def hooks(self, node: str) -> list[str]:
+        path = self.notify_dir / str(self.procs[node].pid)
+        return path.read_text().splitlines() if path.exists() else []
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for node, path in self.logs.items():  # pytest shows this only when the test failed
+            print(f"--- {node} log ---\n{path.read_text()[-6000:]}")
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.005) -> float:
+    """Poll `pred` until true; return the time it took. Every wait is bounded."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def learn(lab: SeedLab) -> None:
+    """Give the client an ARP entry for the VIP and a real server one for the gateway."""
+    lab.exec("client", ["ping", "-c1", "-W1", VIP])
+    lab.exec("rs1", ["ping", "-c1", "-W1", GATEWAY])
+
+
+def block_vrrp(lab: SeedLab) -> None:
+    """Split the heartbeat: isolate both directors' ports on the server-LAN bridge from each other (they
+    still reach the real servers). No netfilter or tc actions needed, which minimal kernels lack."""
+    for node in ("lvs1", "lvs2"):
+        subprocess.run(["ip", "netns", "exec", lab.ns("sw"), "bridge", "link", "set", "dev", f"{node}-eth1",
+                        "isolated", "on"], check=True, capture_output=True)
+
+
+def unblock_vrrp(lab: SeedLab) -> None:
+    for node in ("lvs1", "lvs2"):
+        subprocess.run(["ip", "netns", "exec", lab.ns("sw"), "bridge", "link", "set", "dev", f"{node}-eth1",
+                        "isolated", "off"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[SeedLab]:
+    with SeedLab() as lab:
+        yield lab
+
+
+@pytest.fixture
+def fresh(lab: SeedLab) -> Iterator[SeedLab]:
+    unblock_vrrp(lab)
+    for node in ("lvs1", "lvs2"):
+        lab.recover(node)  # baseline addresses, links up
+    for node in ("client", "rs1"):
+        subprocess.run(["ip", "-n", lab.ns(node), "neigh", "flush", "all"], capture_output=True)
+    yield lab
+
+
+def elect(lab: SeedLab, interval: float) -> Pair:
+    """lvs1 MASTER, then lvs2 joins as BACKUP. (Started together, lvs2 may win the first election by
+    process start-up jitter — its down interval is only (150-100)/256 × interval longer — and be
+    preempted a moment later; that is VRRP, but it makes the starting point of a test vary.)"""
+    pair = Pair(lab, interval)
+    pair.start("lvs1")
+    wait_until(lambda: pair.holds("lvs1") == (True, True), 3 * interval + 5, "lvs1 holds VIP and gateway")
+    pair.start("lvs2")
+    wait_until(lambda: bool(pair.events("lvs2", "vrrp.state")), 5, "lvs2 started")
+    time.sleep(3 * interval + 0.1)  # past its down interval: it heard lvs1 and stayed BACKUP
+    assert pair.holds("lvs2") == (False, False)
+    assert [e["to"] for e in pair.events("lvs2", "vrrp.state")] == ["BACKUP"]
+    return pair
+
+
+def test_higher_priority_becomes_master_and_holds_both_addresses(fresh: SeedLab) -> None:
+    pair = Pair(fresh, 0.1)
+    pair.start("lvs2")
+    pair.start("lvs1")  # started together (lvs2 first): whatever happens first, lvs1 ends up MASTER
+    try:
+        wait_until(lambda: pair.holds("lvs1") == (True, True) and pair.holds("lvs2") == (False, False), 5,
+                   "lvs1 holds both addresses, lvs2 none")
+        time.sleep(0.5)  # stable: 5 adverts later nothing has moved
+        assert pair.holds("lvs1") == (True, True) and pair.holds("lvs2") == (False, False)
+        learn(fresh)
+        assert fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
+        assert fresh.neigh("rs1", GATEWAY) == pair.mac("lvs1", "eth1")
+        assert [e["to"] for e in pair.events("lvs1", "vrrp.state")] == ["BACKUP", "MASTER"]
+        assert [e["to"] for e in pair.events("lvs2", "vrrp.state")][-1] == "BACKUP"
+        assert not pair.events("lvs2", "vrrp.advert_dropped")
+        wait_until(lambda: pair.hooks("lvs1") == ["BACKUP INIT start", "MASTER BACKUP master_down"], 5,
+                   "notify hooks ran in order with HAVS_* env")
+    finally:
+        pair.stop_all()
+
+
+@pytest.mark.parametrize("interval", [0.1, 1.0])
+def test_kill_9_master_backup_takes_over_and_neighbours_follow(fresh: SeedLab, interval: float) -> None:
+    pair = elect(fresh, interval)
+    try:
+        learn(fresh)
+        assert fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
+        t0 = pair.signal("lvs1", signal.SIGKILL)
+        fresh.links_down("lvs1")  # the director is gone, not just the daemon (it would keep the VIP)
+        took = wait_until(lambda: pair.holds("lvs2") == (True, True), 3 * interval + 1 + 2, "lvs2 takes over")
+        garp = wait_until(
+            lambda: fresh.neigh("client", VIP) == pair.mac("lvs2", "eth0")
+            and fresh.neigh("rs1", GATEWAY) == pair.mac("lvs2", "eth1"),
+            2.0, "client and real server follow the new MAC",
+        )
+        expected = 3 * interval + (256 - PRIORITY["lvs2"]) * interval / 256
+        print(f"\nkill -9 at advert {interval}s: addresses on lvs2 after {took * 1000:.0f} ms "
+              f"(3×interval+skew = {expected * 1000:.0f} ms), neighbours +{garp * 1000:.0f} ms")
+        # how far behind master_down the takeover was, from the survivor's own log (clock of the kill
+        # is this process's monotonic; the log has wall time, so compare durations only)
+        assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "MASTER"
+        assert took >= expected - interval  # did not take over before the master could have been heard
+    finally:
+        pair.stop_all()
+        _ = t0
+
+
+def test_sigterm_hands_over_after_skew_not_master_down(fresh: SeedLab) -> None:
+    interval = 1.0  # wide gap between skew (0.61 s) and master_down (3.61 s) so the check is not timing-fragile
+    pair = elect(fresh, interval)
+    try:
+        pair.signal("lvs1", signal.SIGTERM)
+        took = wait_until(lambda: pair.holds("lvs2") == (True, True), 5, "lvs2 takes over after priority 0")
+        skew = (256 - PRIORITY["lvs2"]) * interval / 256
+        print(f"\nSIGTERM at advert {interval}s: lvs2 holds the addresses after {took * 1000:.0f} ms "
+              f"(skew {skew * 1000:.0f} ms, master_down {(3 * interval + skew) * 1000:.0f} ms)")
+        assert took < 3 * interval  # the priority-0 advert worked: no master_down wait
+        assert pair.procs["lvs1"].wait(5) == 0
+        assert pair.holds("lvs1") == (False, False)  # released on the way out
+        assert pair.hooks("lvs1")[-1] == "INIT MASTER shutdown"
+    finally:
+        pair.stop_all()
+
+
+def test_split_brain_heals_to_one_master_and_neighbours_follow_it(fresh: SeedLab) -> None:
+    interval = 0.1
+    pair = elect(fresh, interval)
+    try:
+        learn(fresh)
+        block_vrrp(fresh)
+        wait_until(lambda: pair.holds("lvs2") == (True, True), 3, "split brain: lvs2 becomes MASTER too")
+        assert pair.holds("lvs1") == (True, True)
+        # lvs2's takeover GARP moved the client to lvs2's MAC: the heal must move it back
+        wait_until(lambda: fresh.neigh("client", VIP) == pair.mac("lvs2", "eth0"), 2, "client follows lvs2")
+        time.sleep(0.3)
+        unblock_vrrp(fresh)
+        healed = wait_until(lambda: pair.holds("lvs2") == (False, False), 2, "lvs2 steps down")
+        neigh = wait_until(
+            lambda: fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
+            and fresh.neigh("rs1", GATEWAY) == pair.mac("lvs1", "eth1"),
+            2, "client and real server point at the survivor again",
+        )
+        print(f"\nsplit brain heal at advert {interval}s: lvs2 released after {healed * 1000:.0f} ms, "
+              f"neighbours on lvs1 +{neigh * 1000:.0f} ms")
+        assert pair.holds("lvs1") == (True, True)
+        assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "BACKUP"
+        time.sleep(0.3)
+        assert pair.holds("lvs2") == (False, False) and pair.holds("lvs1") == (True, True)
+    finally:
+        pair.stop_all()
+
+
+def test_deleted_address_is_put_back_and_link_down_is_fault(fresh: SeedLab) -> None:
+    pair = elect(fresh, 0.1)
+    try:
+        fresh.del_address("lvs1", "eth0", VIP_CIDR)
+        wait_until(lambda: pair.holds("lvs1") == (True, True), 2, "the master re-adds a deleted VIP")
+        assert any(e["action"] == "readd" for e in pair.events("lvs1", "vrrp.addresses"))
+        # the server-side link of the master goes down: FAULT, release, the peer takes over
+        subprocess.run(["ip", "-n", fresh.ns("sw"), "link", "set", "lvs1-eth0", "down"], check=True)
+        wait_until(lambda: pair.holds("lvs2") == (True, True), 3, "peer takes over from the faulty master")
+        wait_until(lambda: pair.holds("lvs1") == (False, False), 2, "faulty master released its addresses")
+        assert pair.events("lvs1", "vrrp.state")[-1]["to"] == "FAULT"
+        subprocess.run(["ip", "-n", fresh.ns("sw"), "link", "set", "lvs1-eth0", "up"], check=True)
+        # recovered: back to BACKUP, then preempts (higher priority)
+        wait_until(lambda: pair.holds("lvs1") == (True, True), 3, "recovered master preempts again")
+        wait_until(lambda: pair.holds("lvs2") == (False, False), 2, "peer steps down")
+        assert [e["to"] for e in pair.events("lvs1", "vrrp.state")][-2:] == ["BACKUP", "MASTER"]
+        _ = REAL_SERVERS
+    finally:
+        pair.stop_all()
