@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.topology import GATEWAY, REAL_SERVERS, VIP, SeedLab
+from integration.topology import GATEWAY, VIP, SeedLab
 
 pytestmark = pytest.mark.netns
 
@@ -202,7 +202,7 @@ def test_kill_9_master_backup_takes_over_and_neighbours_follow(fresh: SeedLab, i
     try:
         learn(fresh)
         assert fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
-        t0 = pair.signal("lvs1", signal.SIGKILL)
+        pair.signal("lvs1", signal.SIGKILL)
         fresh.links_down("lvs1")  # the director is gone, not just the daemon (it would keep the VIP)
         took = wait_until(lambda: pair.holds("lvs2") == (True, True), 3 * interval + 1 + 2, "lvs2 takes over")
         garp = wait_until(
@@ -213,13 +213,10 @@ def test_kill_9_master_backup_takes_over_and_neighbours_follow(fresh: SeedLab, i
         expected = 3 * interval + (256 - PRIORITY["lvs2"]) * interval / 256
         print(f"\nkill -9 at advert {interval}s: addresses on lvs2 after {took * 1000:.0f} ms "
               f"(3×interval+skew = {expected * 1000:.0f} ms), neighbours +{garp * 1000:.0f} ms")
-        # how far behind master_down the takeover was, from the survivor's own log (clock of the kill
-        # is this process's monotonic; the log has wall time, so compare durations only)
         assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "MASTER"
         assert took >= expected - interval  # did not take over before the master could have been heard
     finally:
         pair.stop_all()
-        _ = t0
 
 
 def test_sigterm_hands_over_after_skew_not_master_down(fresh: SeedLab) -> None:
@@ -283,6 +280,5 @@ def test_deleted_address_is_put_back_and_link_down_is_fault(fresh: SeedLab) -> N
         wait_until(lambda: pair.holds("lvs1") == (True, True), 3, "recovered master preempts again")
         wait_until(lambda: pair.holds("lvs2") == (False, False), 2, "peer steps down")
         assert [e["to"] for e in pair.events("lvs1", "vrrp.state")][-2:] == ["BACKUP", "MASTER"]
-        _ = REAL_SERVERS
     finally:
         pair.stop_all()
