@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +33,9 @@ VIP_CIDR = f"{VIP}/24"
 GW_CIDR = f"{GATEWAY}/24"
 
 
-def config_text(interval: float, notify_dir: Path) -> str:
+def config_text(
+    interval: float, notify_dir: Path, version: int = 3, auth_pass: str | None = None, preempt: bool = True
+) -> str:
     hook = f'echo "$HAVS_STATE $HAVS_PREVIOUS $HAVS_REASON" >> {notify_dir}/$PPID'
     hooks = "\n".join(f"    {s}: [/bin/sh, -c, '{hook}']" for s in ("master", "backup", "fault", "stop"))
     return f"""
@@ -44,8 +48,9 @@ nodes:
     interfaces: {{client: eth0, server: eth1}}
 vrrp:
   router_id: 51
-  version: 3
+  version: {version}
   advert_interval: {interval}
+  preempt: {str(preempt).lower()}{f"{chr(10)}  auth_pass: {auth_pass}" if auth_pass else ""}
   interface: server
   addresses:
     - {{address: {VIP_CIDR}, interface: client}}
@@ -61,13 +66,13 @@ vrrp:
 class Pair:
     """Both directors' VRRP services over one SeedLab."""
 
-    def __init__(self, lab: SeedLab, interval: float) -> None:
+    def __init__(self, lab: SeedLab, interval: float, **cfg: Any) -> None:
         self.lab = lab
         self.interval = interval
         self.notify_dir = lab.workdir / f"notify-{time.time_ns()}"
         self.notify_dir.mkdir()
         self.config = lab.workdir / f"vrrp-{time.time_ns()}.yaml"
-        self.config.write_text(config_text(interval, self.notify_dir))
+        self.config.write_text(config_text(interval, self.notify_dir, **cfg))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
@@ -280,5 +285,89 @@ def test_deleted_address_is_put_back_and_link_down_is_fault(fresh: SeedLab) -> N
         wait_until(lambda: pair.holds("lvs1") == (True, True), 3, "recovered master preempts again")
         wait_until(lambda: pair.holds("lvs2") == (False, False), 2, "peer steps down")
         assert [e["to"] for e in pair.events("lvs1", "vrrp.state")][-2:] == ["BACKUP", "MASTER"]
+    finally:
+        pair.stop_all()
+
+
+# ------------------------------------------------------------------------ keepalived on the other side
+
+KEEPALIVED = shutil.which("keepalived")
+
+
+def keepalived_conf(version: int, interval: float, priority: int) -> str:
+    auth = "    authentication {\n        auth_type PASS\n        auth_pass secret\n    }\n" if version == 2 else ""
+    return f"""global_defs {{
+    router_id havs_interop
+}}
+vrrp_instance VI_1 {{
+    state BACKUP
+    interface eth1
+    virtual_router_id 51
+    version {version}
+    priority {priority}
+    advert_int {interval:g}
+{auth}    virtual_ipaddress {{
+        {VIP_CIDR} dev eth0
+        {GW_CIDR} dev eth1
+    }}
+}}
+"""
+
+
+def start_keepalived(lab: SeedLab, node: str, version: int, interval: float, priority: int,
+                     pair: Pair) -> subprocess.Popen[bytes]:
+    tag = f"{node}-{time.time_ns()}"
+    conf = lab.workdir / f"keepalived-{tag}.conf"
+    conf.write_text(keepalived_conf(version, interval, priority))
+    argv = [str(KEEPALIVED), "-n", "-l", "-D", "-G", "-P", "-f", str(conf),
+            "-p", str(lab.workdir / f"ka-{tag}.pid"), "-r", str(lab.workdir / f"ka-vrrp-{tag}.pid")]
+    log = lab.workdir / f"keepalived-{tag}.log"
+    proc = lab.popen(node, argv, log)
+    pair.procs[f"keepalived-{node}"] = proc
+    pair.logs[f"keepalived-{node}"] = log
+    return proc
+
+
+@pytest.mark.skipif(KEEPALIVED is None, reason="keepalived not installed")
+@pytest.mark.parametrize(("version", "interval"), [(3, 0.1), (2, 1.0)])
+def test_interop_with_keepalived(fresh: SeedLab, version: int, interval: float) -> None:
+    """Both directions on the wire: keepalived obeys our adverts, we obey keepalived's (v3 with the
+    IPv4 pseudo-header checksum; v2 with PASS authentication)."""
+    extra = {"version": version, "auth_pass": "secret" if version == 2 else None}
+    mdi = 3 * interval + 1
+
+    # 1. havs MASTER (150) → a keepalived BACKUP (100) that accepts our adverts never takes the VIP
+    pair = Pair(fresh, interval, **extra)
+    try:
+        pair.start("lvs1")
+        wait_until(lambda: pair.holds("lvs1") == (True, True), mdi + 5, "havs lvs1 MASTER")
+        ka = start_keepalived(fresh, "lvs2", version, interval, 100, pair)
+        time.sleep(mdi + 1)
+        assert ka.poll() is None, "keepalived exited"
+        assert pair.holds("lvs2") == (False, False), "keepalived did not accept havs adverts"
+        # and it follows a priority-0 resignation at once
+        pair.signal("lvs1", signal.SIGTERM)
+        took = wait_until(lambda: pair.holds("lvs2") == (True, True), mdi + 2, "keepalived takes over")
+        print(f"\nv{version}: keepalived took over {took * 1000:.0f} ms after havs SIGTERM")
+        assert pair.procs["lvs1"].wait(5) == 0 and pair.holds("lvs1") == (False, False)
+
+        # 2. keepalived MASTER (100) → havs (150, no preemption) accepts its adverts and stays BACKUP
+        pair2 = Pair(fresh, interval, preempt=False, **extra)
+        pair2.procs.update(pair.procs)
+        pair2.logs.update(pair.logs)
+        pair = pair2
+        pair.start("lvs1")
+        wait_until(lambda: bool(pair.events("lvs1", "vrrp.state")), 5, "havs started")
+        time.sleep(mdi + 1)
+        assert pair.holds("lvs1") == (False, False), "havs did not accept keepalived adverts"
+        assert [e["to"] for e in pair.events("lvs1", "vrrp.state")] == ["BACKUP"]
+        assert not pair.events("lvs1", "vrrp.advert_dropped")
+        # keepalived resigns with priority 0: havs takes over after its skew time
+        os.kill(ka.pid, signal.SIGTERM)
+        took = wait_until(lambda: pair.holds("lvs1") == (True, True), mdi + 2, "havs takes over")
+        print(f"v{version}: havs took over {took * 1000:.0f} ms after keepalived SIGTERM")
+        if interval >= 1:  # at 1 s the gap between skew and master_down is wide enough to assert on
+            assert took < 3 * interval, "havs waited for master_down: keepalived's priority 0 was not seen"
+        assert "checksum" not in pair.logs["keepalived-lvs2"].read_text().lower()
     finally:
         pair.stop_all()
