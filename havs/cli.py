@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from havs import __version__
 from havs.core.config import load_config, select_node
@@ -14,6 +17,7 @@ from havs.core.summary import config_summary
 from havs.errors import ConfigError, HavsError
 
 DEFAULT_CONFIG = "/etc/havs/havs.yaml"
+DEFAULT_SOCKET = "/run/havs/control.sock"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
@@ -34,10 +38,102 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args.config, args.node, log_format=args.log_format, log_level=args.log_level)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from havs.status_client import show_status
+def _control(args: argparse.Namespace, message: dict[str, object]) -> dict[str, Any]:
+    from havs.edge.control import request
 
-    return show_status(args.socket, as_json=args.json)
+    try:
+        reply = request(args.socket, message)
+    except FileNotFoundError:
+        raise HavsError(f"no daemon listening on {args.socket} (is havs running?)") from None
+    except PermissionError:
+        raise HavsError(f"{args.socket}: permission denied (the control socket is root-only)") from None
+    except (OSError, ValueError) as e:
+        raise HavsError(f"{args.socket}: {e}") from None
+    if not reply.get("ok"):
+        raise HavsError(str(reply.get("error", "the daemon refused")))
+    return reply
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from havs.core.status import render_status
+
+    snap = _control(args, {"command": "status"})["status"]
+    print(json.dumps(snap, indent=2, default=str) if args.json else render_status(snap))
+    return EXIT_OK
+
+
+def _cmd_maintenance(args: argparse.Namespace) -> int:
+    reply = _control(args, {"command": args.command, "server": args.server, "service": args.service})
+    for line in reply.get("servers", []):
+        print(f"{args.command}: {line}")
+    return EXIT_OK
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    _control(args, {"command": "reload"})
+    print("reload requested; the daemon logs config.reloaded or config.reload_failed")
+    return EXIT_OK
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """One reconcile pass without the daemon: every real server taken as healthy (`ipvsadm -R`, declared)."""
+    from havs.core.desired import build_desired
+    from havs.core.ipvs_diff import describe, diff
+    from havs.edge.ipvs import IpvsSocket
+
+    view = load_view(args.config, args.node)
+    desired = build_desired(view.config)
+
+    async def run() -> int:
+        async with IpvsSocket() as ipvs:
+            actual = await ipvs.dump()
+            ops = diff(actual, desired.table, managed=desired.managed,
+                       purge_unmanaged=view.config.settings.purge_unmanaged)
+            if args.dry_run:
+                for op in ops:
+                    print(f"would {_op_verb(op)} {describe(op)}")
+                return EXIT_OK
+            failed = 0
+            for op, error in await ipvs.apply(ops):
+                if error is None:
+                    print(f"{_op_verb(op)} {describe(op)}")
+                else:
+                    failed += 1
+                    print(f"FAILED {_op_verb(op)} {describe(op)}: {error}", file=sys.stderr)
+            return EXIT_ERROR if failed else EXIT_OK
+
+    return asyncio.run(run())
+
+
+def _op_verb(op: object) -> str:
+    name = type(op).__name__  # AddService → "add service"
+    return "".join(" " + c.lower() if c.isupper() else c for c in name).strip()
+
+
+def _cmd_ipvs(args: argparse.Namespace) -> int:
+    from havs.core.ipvs_format import format_connections, format_list, format_save, to_json
+    from havs.edge.ipvs import IpvsSocket
+
+    async def run() -> int:
+        async with IpvsSocket() as ipvs:
+            if args.ipvs_command == "zero":
+                await ipvs.zero()
+                return EXIT_OK
+            if args.ipvs_command == "save":
+                sys.stdout.write(format_save(await ipvs.dump()))
+                return EXIT_OK
+            if args.connections:
+                sys.stdout.write(format_connections(ipvs.connections()))
+                return EXIT_OK
+            table, info = await ipvs.dump(), await ipvs.info()
+            if args.json:
+                print(json.dumps(to_json(table, info=info), indent=2))
+            else:
+                mode = "stats" if args.stats else "rate" if args.rate else "plain"
+                sys.stdout.write(format_list(table, mode, info=info))
+            return EXIT_OK
+
+    return asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,10 +159,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.set_defaults(func=_cmd_run)
 
+    def with_socket(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"the daemon's control socket ({DEFAULT_SOCKET})")
+
     p = sub.add_parser("status", help="what the running daemon sees: VRRP, services, real servers")
-    p.add_argument("--socket", default="/run/havs/control.sock", help="the daemon's control socket")
+    with_socket(p)
     p.add_argument("--json", action="store_true", help="machine-readable snapshot")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("reload", help="re-read the config (same as SIGHUP); a bad file keeps the running one")
+    with_socket(p)
+    p.set_defaults(func=_cmd_reload)
+
+    for name, text in (("drain", "maintenance: weight 0, existing connections finish (kept across restarts)"),
+                       ("enable", "end maintenance for a real server")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("server", help="real server address or address:port")
+        p.add_argument("--service", help="only in this service, e.g. 'TCP 192.168.0.108:80'")
+        with_socket(p)
+        p.set_defaults(func=_cmd_maintenance)
+
+    p = sub.add_parser("apply", help="one reconcile pass now, all real servers taken as healthy (like ipvsadm -R)")
+    with_config(p)
+    p.add_argument("--dry-run", action="store_true", help="print the operations, change nothing")
+    p.set_defaults(func=_cmd_apply)
+
+    p = sub.add_parser("ipvs", help="the kernel's IPVS table, as ipvsadm shows it")
+    ipvs = p.add_subparsers(dest="ipvs_command", metavar="list|save|zero", required=True)
+    q = ipvs.add_parser("list", help="like ipvsadm -Ln")
+    shown = q.add_mutually_exclusive_group()
+    shown.add_argument("--stats", action="store_true", help="like ipvsadm -Ln --stats")
+    shown.add_argument("--rate", action="store_true", help="like ipvsadm -Ln --rate")
+    shown.add_argument("--connections", "-c", action="store_true", help="like ipvsadm -Lnc")
+    shown.add_argument("--json", action="store_true", help="the table as JSON")
+    ipvs.add_parser("save", help="like ipvsadm -Sn (restorable with ipvsadm -R)")
+    ipvs.add_parser("zero", help="like ipvsadm -Z")
+    p.set_defaults(func=_cmd_ipvs)
     return parser
 
 
