@@ -294,7 +294,7 @@ class SeedLab:
             cleanup_stale()
         atexit.register(self.down)
         try:
-            names = [self.ns(n) for n in (SWITCH, *NODES)]
+            names = list(_iter_names(self.prefix))
             existing = set(list_netns())
             clash = [n for n in names if n in existing]
             if clash:
