@@ -7,6 +7,7 @@ eth1 together, heartbeat on eth1. Takeover times are printed (run with -s), neve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -371,3 +372,54 @@ def test_interop_with_keepalived(fresh: SeedLab, version: int, interval: float) 
         assert "checksum" not in pair.logs["keepalived-lvs2"].read_text().lower()
     finally:
         pair.stop_all()
+
+
+# -------------------------------------------------------------------- a busy caller never delays adverts
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.events.append((event, kw))
+
+    warning = error = info
+
+
+def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
+    """VrrpService in this test process (its thread entered lvs1's namespace), then this thread blocks
+    its own asyncio loop with CPU work for 2 s — 20 advert intervals. The peer must never see a gap."""
+    from havs.core.config import load_config, select_node
+    from havs.vrrp_service import VrrpService
+    from integration.topology import run_in_netns
+
+    pair = Pair(fresh, 0.1)
+    view = select_node(load_config(str(pair.config)), "lvs1", "")
+    log = _Log()
+    states: list[str] = []
+    service = VrrpService(view, log=log, on_state=lambda f, t, r: states.append(t))
+    run_in_netns(fresh.ns("lvs1"), service.start)  # the VRRP thread inherits the namespace
+    try:
+        wait_until(lambda: pair.holds("lvs1") == (True, True), 5, "in-process lvs1 MASTER")
+        pair.start("lvs2")
+        wait_until(lambda: bool(pair.events("lvs2", "vrrp.state")), 5, "lvs2 started")
+        time.sleep(0.5)
+
+        async def hog() -> None:
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:  # a loop that never yields: health checks gone wrong
+                sum(range(10_000))
+
+        asyncio.run(hog())
+        time.sleep(0.3)
+        assert [e["to"] for e in pair.events("lvs2", "vrrp.state")] == ["BACKUP"]
+        assert pair.holds("lvs2") == (False, False)
+        snap = service.snapshot()
+        assert snap["state"] == "MASTER" and snap["adverts_sent"] >= 25
+        assert states == ["BACKUP", "MASTER"]
+    finally:
+        service.stop(graceful=True)
+        pair.stop_all()
+    assert pair.holds("lvs1") == (False, False)
+    assert ("vrrp.state", {"from_": "MASTER", "to": "INIT", "reason": "shutdown"}) in log.events
