@@ -181,7 +181,8 @@ class VrrpService:
             if src is None or src.version != 4:
                 raise RuntimeError(f"{self._hb_if} has no IPv4 address to send adverts from (set unicast_src)")
             self._src = ipaddress.IPv4Address(src)
-            peers = [ipaddress.IPv4Address(p) for p in cfg.unicast_peers]
+            # one config serves both directors, so the peer list may name us too
+            peers = [ipaddress.IPv4Address(p) for p in cfg.unicast_peers if p != self._src]
             self._sock = VrrpSocket(self._hb_if, self._src, peers=peers)
             params = VrrpParams(
                 router_id=cfg.router_id,

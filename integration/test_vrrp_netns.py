@@ -35,8 +35,10 @@ GW_CIDR = f"{GATEWAY}/24"
 
 
 def config_text(
-    interval: float, notify_dir: Path, version: int = 3, auth_pass: str | None = None, preempt: bool = True
+    interval: float, notify_dir: Path, version: int = 3, auth_pass: str | None = None, preempt: bool = True,
+    unicast: bool = False,
 ) -> str:
+    peers = "[192.168.72.131, 192.168.72.132]" if unicast else "[]"
     hook = f'echo "$HAVS_STATE $HAVS_PREVIOUS $HAVS_REASON" >> {notify_dir}/$PPID'
     hooks = "\n".join(f"    {s}: [/bin/sh, -c, '{hook}']" for s in ("master", "backup", "fault", "stop"))
     return f"""
@@ -53,6 +55,7 @@ vrrp:
   advert_interval: {interval}
   preempt: {str(preempt).lower()}{f"{chr(10)}  auth_pass: {auth_pass}" if auth_pass else ""}
   interface: server
+  unicast_peers: {peers}
   addresses:
     - {{address: {VIP_CIDR}, interface: client}}
     - {{address: {GW_CIDR}, interface: server}}
@@ -166,11 +169,11 @@ def fresh(lab: SeedLab) -> Iterator[SeedLab]:
     yield lab
 
 
-def elect(lab: SeedLab, interval: float) -> Pair:
+def elect(lab: SeedLab, interval: float, **cfg: Any) -> Pair:
     """lvs1 MASTER, then lvs2 joins as BACKUP. (Started together, lvs2 may win the first election by
     process start-up jitter — its down interval is only (150-100)/256 × interval longer — and be
     preempted a moment later; that is VRRP, but it makes the starting point of a test vary.)"""
-    pair = Pair(lab, interval)
+    pair = Pair(lab, interval, **cfg)
     pair.start("lvs1")
     wait_until(lambda: pair.holds("lvs1") == (True, True), 3 * interval + 5, "lvs1 holds VIP and gateway")
     pair.start("lvs2")
@@ -202,9 +205,11 @@ def test_higher_priority_becomes_master_and_holds_both_addresses(fresh: SeedLab)
         pair.stop_all()
 
 
-@pytest.mark.parametrize("interval", [0.1, 1.0])
-def test_kill_9_master_backup_takes_over_and_neighbours_follow(fresh: SeedLab, interval: float) -> None:
-    pair = elect(fresh, interval)
+@pytest.mark.parametrize(("interval", "unicast"), [(0.1, False), (1.0, False), (0.1, True)])
+def test_kill_9_master_backup_takes_over_and_neighbours_follow(
+    fresh: SeedLab, interval: float, unicast: bool
+) -> None:
+    pair = elect(fresh, interval, unicast=unicast)
     try:
         learn(fresh)
         assert fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
@@ -217,7 +222,8 @@ def test_kill_9_master_backup_takes_over_and_neighbours_follow(fresh: SeedLab, i
             2.0, "client and real server follow the new MAC",
         )
         expected = 3 * interval + (256 - PRIORITY["lvs2"]) * interval / 256
-        print(f"\nkill -9 at advert {interval}s: addresses on lvs2 after {took * 1000:.0f} ms "
+        mode = "unicast" if unicast else "multicast"
+        print(f"\nkill -9 at advert {interval}s {mode}: addresses on lvs2 after {took * 1000:.0f} ms "
               f"(3×interval+skew = {expected * 1000:.0f} ms), neighbours +{garp * 1000:.0f} ms")
         assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "MASTER"
         assert took >= expected - interval  # did not take over before the master could have been heard
