@@ -15,6 +15,7 @@ timeout 0.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ def sched_flag_bits(names: Iterable[str]) -> int:
     return bits
 
 
+@functools.lru_cache(maxsize=65536)  # a dump builds thousands of keys from few addresses
 def _canonical_address(address: str) -> tuple[str, Family]:
     ip = ipaddress.ip_address(address)
     return str(ip), ("inet" if ip.version == 4 else "inet6")
@@ -339,8 +341,12 @@ class IpvsTable(Mapping[ServiceKey, TableEntry]):
                 by_key[d.key] = d
             built[service.key] = TableEntry(service, MappingProxyType(by_key))
         self._entries = built
-        self._svc_stats = dict(service_stats or {})
-        self._dest_stats = dict(destination_stats or {})
+        # Kept as given unless a plain dict (copied): an edge may pass a mapping that decodes
+        # counters only when asked, since a reconcile pass never reads them.
+        self._svc_stats: Mapping[ServiceKey, Stats] = (
+            dict(service_stats) if isinstance(service_stats, dict) else service_stats or {})
+        self._dest_stats: Mapping[tuple[ServiceKey, DestinationKey], DestinationStats] = (
+            dict(destination_stats) if isinstance(destination_stats, dict) else destination_stats or {})
 
     @classmethod
     def from_records(

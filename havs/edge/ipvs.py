@@ -28,12 +28,13 @@ import asyncio
 import contextlib
 import ctypes
 import errno as errno_mod
+import functools
 import ipaddress
 import os
 import socket
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from havs.core.ipvs_diff import (
@@ -165,13 +166,17 @@ def genl_message(family: int, cmd: int, flags: int, seq: int, attrs: bytes = b""
 def parse_attrs(buf: bytes | memoryview, start: int = 0, end: int | None = None) -> dict[int, bytes]:
     """nlattrs → {type: payload}; nested ones are parsed again by the caller."""
     out: dict[int, bytes] = {}
+    if isinstance(buf, memoryview):
+        buf = bytes(buf[start:end]) if (start or end is not None) else bytes(buf)
+        start, end = 0, None
     end = len(buf) if end is None else end
     pos = start
+    unpack = _NLA.unpack_from
     while pos + 4 <= end:
-        n, kind = _NLA.unpack_from(buf, pos)
+        n, kind = unpack(buf, pos)
         if n < 4:
             break
-        out[kind & NLA_TYPE_MASK] = bytes(buf[pos + 4:pos + n])
+        out[kind & NLA_TYPE_MASK] = buf[pos + 4:pos + n]
         pos += (n + 3) & ~3
     return out
 
@@ -197,9 +202,10 @@ def _packed(address: str) -> bytes:
     return ipaddress.ip_address(address).packed
 
 
+@functools.lru_cache(maxsize=65536)
 def _address(raw: bytes, family: str) -> str:
     if family == "inet":
-        return str(ipaddress.IPv4Address(raw[:4]))
+        return socket.inet_ntoa(raw[:4])
     return str(ipaddress.IPv6Address(raw[:16]))
 
 
@@ -268,7 +274,15 @@ def encode_op(family: int, op: Op, seq: int, flags: int = NLM_F_REQUEST | NLM_F_
     raise TypeError(f"not an IPVS op: {op!r}")
 
 
+_STATS64_FAST = struct.Struct("=" + "HHQ" * 10)  # ten u64 attrs, types 1..10, no padding attrs
+
+
 def decode_stats(attrs: dict[int, bytes], stats64: int, stats32: int) -> Stats:
+    raw64 = attrs.get(stats64)
+    if raw64 is not None and len(raw64) == _STATS64_FAST.size:
+        v = _STATS64_FAST.unpack(raw64)
+        if v[1::3] == tuple(range(1, 11)) and all(n == 12 for n in v[0::3]):  # the usual x86 layout
+            return Stats(*v[2::3])
     if stats64 in attrs:
         raw, fmt = parse_attrs(attrs[stats64]), _U64
     elif stats32 in attrs:
@@ -286,7 +300,7 @@ def decode_stats(attrs: dict[int, bytes], stats64: int, stats32: int) -> Stats:
                  get(STATS_ATTR_OUTBPS))
 
 
-def decode_service(svc: dict[int, bytes]) -> tuple[Service, Stats]:
+def decode_service(svc: dict[int, bytes], *, stats: bool = True) -> tuple[Service, Stats]:
     """A nested IPVS_CMD_ATTR_SERVICE (already parsed) → (Service, Stats)."""
     family = AF_NAME[_U16.unpack(svc[SVC_ATTR_AF][:2])[0]]
     fwmark = _U32.unpack(svc[SVC_ATTR_FWMARK][:4])[0] if SVC_ATTR_FWMARK in svc else 0
@@ -309,7 +323,7 @@ def decode_service(svc: dict[int, bytes]) -> tuple[Service, Stats]:
         one_packet=bool(flags & SVC_F_ONEPACKET),
         sched_flags=frozenset(sched_flag_names(sched, flags & SVC_F_SCHED_MASK)),
     )
-    return service, decode_stats(svc, SVC_ATTR_STATS64, SVC_ATTR_STATS)
+    return service, decode_stats(svc, SVC_ATTR_STATS64, SVC_ATTR_STATS) if stats else Stats()
 
 
 def decode_dest(d: dict[int, bytes], service_family: str) -> tuple[Destination, DestinationStats]:
@@ -334,6 +348,75 @@ def decode_dest(d: dict[int, bytes], service_family: str) -> tuple[Destination, 
                              u32(DEST_ATTR_ACTIVE_CONNS), u32(DEST_ATTR_INACT_CONNS),
                              u32(DEST_ATTR_PERSIST_CONNS))
     return dest, stats
+
+
+# The kernel (ip_vs_genl_fill_dest) writes a destination's scalar attributes in a fixed order;
+# one struct.unpack reads them all. Anything else (older/newer kernels) takes the generic path.
+_DEST_FAST = struct.Struct("=HH16s" "HH2s2x" "HHI" "HHi" "HHB3x" "HH2s2x" "HHH2x"
+                           "HHI" "HHI" "HHI" "HHI" "HHI" "HHH2x")
+_DEST_FAST_TYPES = (DEST_ATTR_ADDR, DEST_ATTR_PORT, DEST_ATTR_FWD_METHOD, DEST_ATTR_WEIGHT,
+                    DEST_ATTR_TUN_TYPE, DEST_ATTR_TUN_PORT, DEST_ATTR_TUN_FLAGS, DEST_ATTR_U_THRESH,
+                    DEST_ATTR_L_THRESH, DEST_ATTR_ACTIVE_CONNS, DEST_ATTR_INACT_CONNS,
+                    DEST_ATTR_PERSIST_CONNS, DEST_ATTR_ADDR_FAMILY)
+_DEST_FAST_LENS = (20, 6, 8, 8, 5, 6, 6, 8, 8, 8, 8, 8, 6)
+
+
+@functools.lru_cache(maxsize=65536)
+def _dest_key(raw: bytes, family: str, port: int) -> DestinationKey:
+    return DestinationKey(_address(raw, family), port)
+
+
+def decode_dest_fast(nest: bytes) -> tuple[Destination, bytes, tuple[int, int, int]] | None:
+    """A nested IPVS_CMD_ATTR_DEST in the kernel's usual layout → (Destination, the raw stats
+    attributes that follow, (active, inactive, persistent)); None if the layout differs."""
+    if len(nest) < _DEST_FAST.size:
+        return None
+    v = _DEST_FAST.unpack_from(nest)
+    if v[1::3] != _DEST_FAST_TYPES or v[0::3] != _DEST_FAST_LENS:
+        return None
+    (_, _, addr, _, _, port, _, _, fwd, _, _, weight, _, _, tun_type, _, _, tun_port, _, _, tun_flags,
+     _, _, u_thr, _, _, l_thr, _, _, active, _, _, inact, _, _, persist, _, _, af) = v
+    family = AF_NAME[af]
+    dest = Destination(
+        _dest_key(addr, family, int.from_bytes(port, "big")), FWD_NAME[fwd & 0x7],  # type: ignore[arg-type]
+        weight, u_thr, l_thr, TUN_TYPE_NAME.get(tun_type, "ipip"),  # type: ignore[arg-type]
+        int.from_bytes(tun_port, "big"), TUN_FLAGS_NAME.get(tun_flags, "nocsum"))  # type: ignore[arg-type]
+    return dest, nest[_DEST_FAST.size:], (active, inact, persist)
+
+
+class LazyStats(Mapping[Any, Any]):
+    """Counters decoded only when read: a reconcile pass never looks at them, a listing does."""
+
+    def __init__(self, decode: Callable[[Any], Any]) -> None:
+        self._raw: dict[Any, Any] = {}
+        self._done: dict[Any, Any] = {}
+        self._decode = decode
+
+    def put(self, key: Any, raw: Any) -> None:
+        self._raw[key] = raw
+
+    def put_decoded(self, key: Any, value: Any) -> None:
+        self._raw[key] = None
+        self._done[key] = value
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._done[key]
+        except KeyError:
+            value = self._done[key] = self._decode(self._raw[key])
+            return value
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _decode_dest_stats(raw: tuple[bytes, tuple[int, int, int]]) -> DestinationStats:
+    rest, (active, inact, persist) = raw
+    return DestinationStats(decode_stats(parse_attrs(rest), DEST_ATTR_STATS64, DEST_ATTR_STATS),
+                            active, inact, persist)
 
 
 def decode_daemon(a: dict[int, bytes]) -> SyncDaemon:
@@ -621,34 +704,69 @@ class IpvsSocket:
 
     # ---- the table ----
     async def dump(self, *, yield_every: int = 64) -> IpvsTable:
-        """The kernel's whole table, with counters: one service dump + one dest dump per service.
+        """The kernel's whole table, with counters: one service dump + one dest dump per service
+        (the kernel has no all-destinations dump). Counters are decoded only when read.
         Yields to the loop every `yield_every` services so that VRRP never waits long."""
         svc_replies = await self._request(CMD_GET_SERVICE, dump=True)
         entries: list[tuple[Service, list[Destination]]] = []
-        svc_stats: dict[ServiceKey, Stats] = {}
-        dst_stats: dict[tuple[ServiceKey, DestinationKey], DestinationStats] = {}
-        for i, top in enumerate(svc_replies):
-            if CMD_ATTR_SERVICE not in top:
-                continue
-            service, stats = decode_service(parse_attrs(top[CMD_ATTR_SERVICE]))
-            svc_stats[service.key] = stats
-            try:
-                dreplies = await self._request(
-                    CMD_GET_DEST, nla_nest(CMD_ATTR_SERVICE, service_key_attrs(service.key)), dump=True)
-            except NetlinkError as e:
-                if e.errno == errno_mod.ESRCH:  # deleted between the two dumps
+        svc_stats: LazyStats = LazyStats(lambda a: decode_stats(a, SVC_ATTR_STATS64, SVC_ATTR_STATS))
+        dst_stats: LazyStats = LazyStats(_decode_dest_stats)
+        async with self._locked():
+            for i, top in enumerate(svc_replies):
+                if CMD_ATTR_SERVICE not in top:
                     continue
-                raise
-            dests = []
-            for dtop in dreplies:
-                if CMD_ATTR_DEST in dtop:
-                    d, ds = decode_dest(parse_attrs(dtop[CMD_ATTR_DEST]), service.key.family)
+                attrs = parse_attrs(top[CMD_ATTR_SERVICE])
+                service, _ = decode_service(attrs, stats=False)
+                key = service.key
+                svc_stats.put(key, attrs)
+                seq = self._next_seq()
+                await self._send(genl_message(self.family, CMD_GET_DEST, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                                              nla_nest(CMD_ATTR_SERVICE, service_key_attrs(key))))
+                self.requests_sent += 1
+                try:
+                    nests = await self._collect_nests(seq, CMD_ATTR_DEST)
+                except NetlinkError as e:
+                    if e.errno == errno_mod.ESRCH:  # deleted between the two dumps
+                        continue
+                    raise
+                dests = []
+                for nest in nests:
+                    fast = decode_dest_fast(nest)
+                    if fast is not None:
+                        d, rest, conns = fast
+                        dst_stats.put((key, d.key), (rest, conns))
+                    else:
+                        d, ds = decode_dest(parse_attrs(nest), key.family)
+                        dst_stats.put_decoded((key, d.key), ds)
                     dests.append(d)
-                    dst_stats[(service.key, d.key)] = ds
-            entries.append((service, dests))
-            if yield_every and i % yield_every == yield_every - 1:
-                await asyncio.sleep(0)
+                entries.append((service, dests))
+                if yield_every and i % yield_every == yield_every - 1:
+                    await asyncio.sleep(0)
         return IpvsTable(entries, service_stats=svc_stats, destination_stats=dst_stats)
+
+    async def _collect_nests(self, seq: int, attr: int) -> list[bytes]:
+        """Replies to dump `seq`: the payload of top-level attribute `attr` of each."""
+        out: list[bytes] = []
+        while True:
+            data = await self._recv()
+            for kind, _flags, mseq, payload in iter_messages(data):
+                if mseq != seq:
+                    continue
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    err = -_I32.unpack_from(payload)[0]
+                    if err:
+                        raise NetlinkError(err, os.strerror(err))
+                    continue
+                # genlmsghdr (4) then, in IPVS replies, the one nested attribute
+                n, kind_ = _NLA.unpack_from(payload, 4)
+                if kind_ & NLA_TYPE_MASK == attr:
+                    out.append(bytes(payload[8:4 + n]))
+                else:
+                    nest = genl_attrs(payload).get(attr)
+                    if nest is not None:
+                        out.append(nest)
 
     async def apply(self, ops: Sequence[Op]) -> list[tuple[Op, ApplyError | None]]:
         """Send every op (in order, `batch` per send()); one failure does not stop the others.
