@@ -1,0 +1,180 @@
+"""Drills in the seed topology with real IPVS (inside the UML lab): havs on both directors, a client
+requesting the VIP every 50 ms, and something going wrong."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from integration.topology import GATEWAY, VIP, ClientLoop, SeedLab
+
+pytestmark = pytest.mark.uml
+
+REPO = Path(__file__).resolve().parent.parent
+SEED_CONFIG = (REPO / "etc" / "havs.yaml").read_text()
+
+
+def wait_until(what: str, pred: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def holds(lab: SeedLab, node: str) -> bool:
+    return (any(a.startswith(VIP + "/") for a in lab.addresses(node, "eth0"))
+            and any(a.startswith(GATEWAY + "/") for a in lab.addresses(node, "eth1")))
+
+
+def ipvsadm(lab: SeedLab, node: str, *args: str) -> str:
+    return lab.exec(node, ["ipvsadm", *args]).stdout
+
+
+def events(lab: SeedLab, node: str, name: str) -> list[dict[str, object]]:
+    """This test's log events of one name from `node`'s daemon."""
+    path = LOGS[node]
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == name:
+            out.append(event)
+    return out
+
+
+LOGS: dict[str, Path] = {}
+
+
+def start_pair(lab: SeedLab, configs: dict[str, Path]) -> None:
+    for node in ("lvs1", "lvs2"):
+        LOGS[node] = configs[node].with_suffix(".log")  # per test: the lab's default log is per session
+        lab.start_havs(node, configs[node], log_path=LOGS[node])
+    wait_until("lvs1 holds the VIP and the gateway", lambda: holds(lab, "lvs1"), 60)
+    for node in ("lvs1", "lvs2"):
+        wait_until(f"IPVS on {node}", lambda n=node: "192.168.72.129:80" in ipvsadm(lab, n, "-Ln"), 60)
+
+
+@pytest.fixture
+def configs(tmp_path: Path) -> dict[str, Path]:
+    """The seed config with a 1 s reconcile interval; each director gets its own copy and control
+    socket, since both share one filesystem here."""
+    out = {}
+    for node in ("lvs1", "lvs2"):
+        path = tmp_path / f"havs-{node}.yaml"
+        path.write_text(SEED_CONFIG.replace("reconcile_interval: 5", "reconcile_interval: 1")
+                        .replace("/run/havs/control.sock", str(tmp_path / f"control-{node}.sock")))
+        out[node] = path
+    return out
+
+
+def test_director_crash_moves_both_addresses_and_traffic_continues(lab: SeedLab, configs: dict[str, Path]) -> None:
+    start_pair(lab, configs)
+    with ClientLoop(lab, period=0.05, timeout=0.25) as client:
+        client.wait_for(lambda s: len(s.per_backend) == 2, 20)
+        crash = client.now()
+        lab.crash("lvs1")
+        took = wait_until("lvs2 holds the VIP and the gateway", lambda: holds(lab, "lvs2"), 10, 0.01)
+        client.wait_for(lambda s: s.per_backend.get("lvs-web1", 0) >= 3 and s.per_backend.get("lvs-web2", 0) >= 3,
+                        20, since=client.now())
+        stats = client.stats(since=crash)
+    print(f"\ndirector crash: addresses on lvs2 after {took:.2f}s; outage {stats.longest_outage:.2f}s, "
+          f"{stats.failures} failed of {stats.requests}")
+    assert stats.longest_outage < 2.0 and stats.failures <= 20
+    assert [e["to"] for e in events(lab, "lvs2", "vrrp.state")][-1] == "MASTER"
+    assert "192.168.72.128:80" in ipvsadm(lab, "lvs2", "-Ln")
+
+
+def test_graceful_stop_hands_over_without_a_failed_request(lab: SeedLab, configs: dict[str, Path]) -> None:
+    start_pair(lab, configs)
+    with ClientLoop(lab, period=0.05, timeout=0.5) as client:
+        client.wait_for(lambda s: s.successes >= 10, 20)
+        since = client.now()
+        lab.stop_havs("lvs1", signal.SIGTERM)
+        wait_until("lvs2 holds the VIP and the gateway", lambda: holds(lab, "lvs2"), 10, 0.01)
+        client.wait_for(lambda s: s.successes >= 20, 20, since=client.now())
+        stats = client.stats(since=since)
+    assert not holds(lab, "lvs1")
+    assert stats.failures == 0, stats
+
+
+def test_dead_real_server_leaves_ipvs_and_returns_after_rise(lab: SeedLab, configs: dict[str, Path]) -> None:
+    start_pair(lab, configs)
+    with ClientLoop(lab, period=0.05, timeout=0.5) as client:
+        client.wait_for(lambda s: len(s.per_backend) == 2, 20)
+        lab.kill_web("rs1")
+        took = wait_until("rs1 leaves IPVS", lambda: "192.168.72.128" not in ipvsadm(lab, "lvs1", "-Ln"), 10, 0.02)
+        settled = client.now() + 0.3  # requests already in flight to rs1 may still fail
+        client.wait_for(lambda s: s.successes >= 20, 20, since=settled)
+        assert client.stats(since=settled).failures == 0  # the failures stop once rs1 is out
+        lab.start_web("rs1")
+        wait_until("rs1 returns", lambda: "192.168.72.128" in ipvsadm(lab, "lvs1", "-Ln"), 15)
+        client.wait_for(lambda s: s.per_backend.get("lvs-web1", 0) > 0, 10, since=client.now())
+    change = [e for e in events(lab, "lvs1", "health.change") if e["server"] == "192.168.72.128:80"]
+    assert [e["to"] for e in change][-2:] == ["down", "up"]
+    assert change[-1]["after"] == 2  # rise
+    print(f"\nreal server removed from IPVS {took:.2f}s after its web process died")
+
+
+def test_drift_is_repaired_within_one_interval(lab: SeedLab, configs: dict[str, Path]) -> None:
+    start_pair(lab, configs)
+    ipvsadm(lab, "lvs1", "-C")
+    ipvsadm(lab, "lvs2", "-d", "-t", f"{VIP}:80", "-r", "192.168.72.128:80")
+    for node in ("lvs1", "lvs2"):
+        wait_until(f"{node} repaired", lambda n=node: "192.168.72.128:80" in ipvsadm(lab, n, "-Ln"), 3)
+    assert events(lab, "lvs1", "ipvs.drift") and events(lab, "lvs2", "ipvs.drift")
+
+
+def test_reload_under_traffic_adds_a_server_and_changes_a_weight(
+    lab: SeedLab, configs: dict[str, Path], tmp_path: Path
+) -> None:
+    docroot = tmp_path / "www8080"
+    docroot.mkdir()
+    (docroot / "index.html").write_text("lvs-web2-8080\n")
+    lab.popen("rs2", ["python3", "-m", "http.server", "8080", "--bind", "192.168.72.129", "--directory",
+                      str(docroot)], tmp_path / "web8080.log")
+    start_pair(lab, configs)
+    with ClientLoop(lab, period=0.05, timeout=1.0) as client:
+        client.wait_for(lambda s: len(s.per_backend) == 2 and s.successes >= 10, 20)
+        since = client.now()
+        for node, path in configs.items():
+            text = path.read_text().replace(
+                "      - address: 192.168.72.128\n        port: 80\n        weight: 1\n",
+                "      - address: 192.168.72.128\n        port: 80\n        weight: 2\n",
+            ) + "      - address: 192.168.72.129\n        port: 8080\n        weight: 1\n"
+            path.write_text(text)
+            proc = lab.havs_proc(node)
+            assert proc is not None
+            proc.send_signal(signal.SIGHUP)
+        wait_until("the new server is in", lambda: "192.168.72.129:8080" in ipvsadm(lab, "lvs1", "-Ln"), 10)
+        client.wait_for(lambda s: s.per_backend.get("lvs-web2-8080", 0) >= 2, 20, since=client.now())
+        stats = client.stats(since=since)
+    table = ipvsadm(lab, "lvs1", "-Ln")
+    assert "-> 192.168.72.128:80            Masq    2" in table
+    assert stats.failures == 0, stats
+    for node in ("lvs1", "lvs2"):
+        assert events(lab, node, "config.reloaded")
+    assert [e["to"] for e in events(lab, "lvs1", "vrrp.state")] == ["BACKUP", "MASTER"]  # no transition
+
+
+def test_bad_reload_keeps_the_running_config(lab: SeedLab, configs: dict[str, Path]) -> None:
+    start_pair(lab, configs)
+    before = ipvsadm(lab, "lvs1", "-Sn")
+    configs["lvs1"].write_text(configs["lvs1"].read_text().replace("scheduler: rr", "scheduler: roundrobin"))
+    proc = lab.havs_proc("lvs1")
+    assert proc is not None
+    proc.send_signal(signal.SIGHUP)
+    wait_until("reload failure logged", lambda: bool(events(lab, "lvs1", "config.reload_failed")), 10)
+    (failure,) = events(lab, "lvs1", "config.reload_failed")
+    assert any("virtual_services[0].scheduler: unknown scheduler 'roundrobin'" in p for p in failure["problems"])
+    time.sleep(1.5)  # a reconcile pass later, nothing changed
+    assert ipvsadm(lab, "lvs1", "-Sn") == before
+    assert proc.poll() is None and holds(lab, "lvs1")
