@@ -192,3 +192,16 @@ def test_fast_dest_decoder_agrees_with_generic(pad: bool) -> None:
     assert slow_stats.stats.outbps == 5 and (slow_stats.active_conns, slow_stats.persistent_conns) == (2, 1)
     # an unexpected layout (attributes reordered) is refused, not misread
     assert g.decode_dest_fast(g.nla_be16(g.DEST_ATTR_PORT, 80) + nest) is None
+
+
+def test_kernel_without_ipvs_gives_a_clear_error() -> None:
+    """The build host's kernel has no IPVS (the UML lab has): opening says so plainly."""
+    import os
+
+    from havs.errors import IpvsUnavailable
+
+    if os.path.exists("/proc/net/ip_vs"):
+        pytest.skip("this kernel has IPVS")
+    sock = g.IpvsSocket()
+    with pytest.raises(IpvsUnavailable, match=r"this kernel has no IPVS \(modprobe ip_vs\?\)"):
+        sock.open_now()
