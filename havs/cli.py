@@ -5,25 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from havs import __version__
-from havs.core.config import load_config, select_node
-from havs.core.model import NodeView
+from havs.configfile import load_view
 from havs.core.summary import config_summary
 from havs.errors import ConfigError, HavsError
 
 DEFAULT_CONFIG = "/etc/havs/havs.yaml"
 DEFAULT_SOCKET = "/run/havs/control.sock"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-
-def load_view(path: str, node: str | None) -> NodeView:
-    config = load_config(path)
-    return select_node(config, node, socket.gethostname(), path)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

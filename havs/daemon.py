@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import structlog
 
 from havs import __version__
-from havs.core.config import load_config, select_node
+from havs.configfile import load_view
 from havs.core.desired import (
     Desired,
     HealthKey,
@@ -119,8 +118,7 @@ class Daemon:
         self.started = time.monotonic()
 
     def _load(self) -> NodeView:
-        config = load_config(self.config_path)
-        return select_node(config, self.node_name, socket.gethostname(), self.config_path)
+        return load_view(self.config_path, self.node_name)
 
     # ------------------------------------------------------------------ events from the health checks
     def on_health_change(self, change: HealthChanged) -> None:

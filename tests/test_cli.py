@@ -34,3 +34,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"havs {__version__}"
+
+
+def test_world_writable_config_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "havs.yaml"
+    path.write_text((REPO / "etc/havs.yaml").read_text())
+    path.chmod(0o666)
+    assert main(["check", "-c", str(path), "--node", "lvs1"]) == 1
+    assert f"{path}: is world-writable (mode 0666); refusing to use it: chmod o-w" in capsys.readouterr().err
+    path.chmod(0o644)
+    assert main(["check", "-c", str(path), "--node", "lvs1"]) == 0
