@@ -46,6 +46,7 @@ from havs.core.vrrp import (
 from havs.edge import garp
 from havs.edge.addresses import Addresses
 from havs.edge.vrrp_socket import VrrpSocket
+from havs.errors import PacketError
 
 OnState = Callable[[str, str, str], None]
 DROP_LOG_EVERY = 5.0  # seconds between two vrrp.advert_dropped lines for one reason
@@ -92,6 +93,8 @@ class VrrpService:
         self._reassert_pending = False
         self._faulty: frozenset[str] = frozenset()
         self._drop_log: dict[str, tuple[float, int]] = {}
+        self._last_tick = time.monotonic()
+        self._handover: asyncio.Event | None = None  # set while a graceful stop waits for the new master
 
     # ---------------------------------------------------------------------------- public, any thread
 
@@ -122,6 +125,12 @@ class VrrpService:
         thread.join(START_TIMEOUT)
         self._notify.stop(wait=graceful)
         self._thread = None
+
+    def alive(self) -> bool:
+        """The heartbeat loop has run within the last few advert intervals (for the systemd watchdog)."""
+        thread = self._thread
+        window = max(3 * self._cfg.advert_interval, 2.0)
+        return thread is not None and thread.is_alive() and time.monotonic() - self._last_tick < window
 
     def set_priority_decrement(self, n: int) -> None:
         """Lower the advertised priority by n (quorum tracking); 0 restores the configured priority."""
@@ -216,12 +225,21 @@ class VrrpService:
 
             await self._stop_req.wait()
 
-            loop.remove_reader(self._sock.fileno())
             tracker.cancel()
             if self._graceful:
+                was_master = self._inst.state == MASTER
                 with self._lock:
                     actions = self._inst.shutdown(loop.time())
-                self._dispatch(actions)
+                if was_master:
+                    # Resign (priority-0 advert) but keep serving the addresses until the peer has taken
+                    # over: released first, a client request in between would find nobody at the VIP.
+                    self._handover = asyncio.Event()
+                    self._dispatch([a for a in actions if not isinstance(a, ReleaseAddresses)])
+                    await self._await_handover()
+                    self._dispatch([a for a in actions if isinstance(a, ReleaseAddresses)])
+                else:
+                    self._dispatch(actions)
+            loop.remove_reader(self._sock.fileno())
             if self._timer is not None:
                 self._timer.cancel()
             await self._effects.put(None)
@@ -244,10 +262,34 @@ class VrrpService:
 
     # ------------------------------------------------------------------------------- events in
 
+    async def _await_handover(self) -> None:
+        """Wait until a peer advertises as the new master (plus a moment for its gratuitous ARPs to land),
+        or until a peer would have taken over by its master-down timer anyway."""
+        assert self._handover is not None
+        interval = self._cfg.advert_interval
+        try:
+            await asyncio.wait_for(self._handover.wait(), timeout=3 * interval + 0.5)
+            await asyncio.sleep(min(interval, 0.1) + self._cfg.garp.burst_interval)
+            self._log.info("vrrp.handover", outcome="peer took over")
+        except TimeoutError:
+            self._log.info("vrrp.handover", outcome="no peer heard", waited=3 * interval + 0.5)
+
+    def _heard_new_master(self, payload: bytes, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address) -> None:
+        assert self._handover is not None
+        try:
+            adv = wire.decode(payload, src=src, dst=dst, ttl=None)
+        except PacketError:
+            return
+        if adv.router_id == self._cfg.router_id and adv.priority > 0 and src != self._src:
+            self._handover.set()
+
     def _on_readable(self) -> None:
         assert self._sock is not None and self._inst is not None and self._loop is not None
         unicast = self._sock.unicast
         for r in self._sock.receive():
+            if self._handover is not None:
+                self._heard_new_master(r.payload, r.src, r.dst)
+                continue
             with self._lock:
                 # keepalived skips the TTL rule for unicast peers (they may be routed)
                 actions = self._inst.receive_bytes(
@@ -281,6 +323,7 @@ class VrrpService:
         assert self._inst is not None and self._loop is not None
         while True:
             await asyncio.sleep(self._cfg.advert_interval)
+            self._last_tick = time.monotonic()
             try:
                 down = await self._down_links()
             except OSError as e:
