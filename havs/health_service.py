@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[P
         sni=check.sni,
         agent_header=check.agent_weight_header,
         source_address=source,
+        tag=target.key,  # one kept-alive connection per (service, server), even with a shared connect_address
     )
     return functools.partial(probe_http, probe, pool)
 
@@ -126,6 +128,7 @@ class HealthService:
         on_agent_weight: Callable[[AgentWeightChanged], None] | None = None,
         initial: Initial = "down",
         rand: Callable[[], float] = random.random,
+        gc_freeze: bool = True,
     ) -> None:
         self._log = log
         self._on_change = on_change
@@ -136,6 +139,9 @@ class HealthService:
         self._loops: dict[Key, _Loop] = {}
         self._running = False
         self._targets = self._collect(services)
+        self.checks_run = 0  # probes completed, for metrics and the benchmark
+        self._gc_freeze = gc_freeze
+        self._freeze_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle
 
@@ -145,6 +151,7 @@ class HealthService:
         self._running = True
         for target in self._targets.values():
             self._add(target)
+        self._schedule_freeze()
 
     def update(self, services: Iterable[VirtualService]) -> None:
         self._targets = targets = self._collect(services)
@@ -158,9 +165,12 @@ class HealthService:
                 self._add(target)
             elif current.target != target:
                 self._retarget(current, target)
+        self._schedule_freeze()
 
     async def stop(self) -> None:
         self._running = False
+        if self._freeze_timer is not None:
+            self._freeze_timer.cancel()
         tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
         for task in tasks:
             task.cancel()
@@ -193,6 +203,25 @@ class HealthService:
         return out
 
     # -- internals
+
+    def _schedule_freeze(self) -> None:
+        """Once the first round of checks has opened its connections, move the long-lived objects
+        (tasks, connections, parsers) out of the cyclic GC's generations: at 10,000 servers the full
+        collections that rescan them cost ~30–50 µs per check. Unfreezing first lets cycles left
+        over from a previous config be collected."""
+        if not self._gc_freeze or not self._loops:
+            return
+        if self._freeze_timer is not None:
+            self._freeze_timer.cancel()
+        longest = max(loop.target.check.interval for loop in self._loops.values())
+        self._freeze_timer = asyncio.get_running_loop().call_later(longest * 1.5, self._freeze)
+
+    def _freeze(self) -> None:
+        self._freeze_timer = None
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._log.debug("health.gc_freeze", objects=gc.get_freeze_count())
 
     @staticmethod
     def _collect(services: Iterable[VirtualService]) -> dict[Key, Target]:
@@ -252,6 +281,7 @@ class HealthService:
             except Exception as exc:  # a probe must not raise; if one does, it is a failed check, not a dead loop
                 self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
                 result = ProbeResult(False, f"error: {exc!r}", ev.time() - started)
+            self.checks_run += 1
             self._observe(loop, result, ev.time())
             delay = started + loop.health.next_interval(self._rand()) - ev.time()
             await asyncio.sleep(max(delay, 0.0))

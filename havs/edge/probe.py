@@ -64,6 +64,7 @@ class HttpProbe:
     `ok_status`: the codes that count as healthy (any container: a frozenset, a range).
     `agent_header`: response header carrying the server's own weight (`50%`); None = the default name,
     "" = ignore agent weights.
+    `tag`: part of the keep-alive key, so two owners probing the same address keep separate connections.
     """
 
     __slots__ = (
@@ -88,6 +89,7 @@ class HttpProbe:
         sni: str | None = None,
         agent_header: str | None = None,
         source_address: str | None = None,
+        tag: object = None,
     ) -> None:
         self.address = str(address)
         self.port = port
@@ -111,7 +113,8 @@ class HttpProbe:
             "Accept-Encoding: identity\r\nConnection: keep-alive\r\n\r\n"
         ).encode("latin-1")
         # everything that must match for a kept-alive connection to be reused
-        self.key = (self.address, port, tls, verify_tls, self.server_hostname, self.source_address, self.head)
+        self.key = (self.address, port, tls, verify_tls, self.server_hostname, self.source_address, self.head,
+                    tag)
 
     def __repr__(self) -> str:
         scheme = "https" if self.tls else "http"
