@@ -209,7 +209,7 @@ def main() -> None:
         print(f"server pid {server.pid}: {args.listeners} listeners on 127.0.0.1, "
               f"{'uvloop' if _has_uvloop() else 'asyncio'}; cores: {os.cpu_count()}")
         print(f"{'variant':<16}{'servers':>8}{'checks/s':>10}{'CPU µs/check':>14}{'(user+sys)':>14}"
-              f"{'client CPU':>12}{'RSS MB':>8}")
+              f"{'client CPU':>12}{'RSS MB':>8}  last results (havs)")
         for n in args.servers:
             for spec in args.variants:
                 if spec.endswith(":uvloop") and not _has_uvloop():
@@ -221,8 +221,10 @@ def main() -> None:
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 split = f"{r['user_us_per_check']:.0f}+{r['sys_us_per_check']:.0f}"
+                last = [json.loads(line) for line in out.stderr.splitlines() if line.startswith('{"last_reasons"')]
+                reasons = last[0]["last_reasons"] if last else {}
                 print(f"{spec:<16}{n:>8}{r['checks_per_s']:>10.0f}{r['cpu_us_per_check']:>14.1f}{split:>14}"
-                      f"{r['cpu_share'] * 100:>11.0f}%{r['rss_mb']:>8.0f}", flush=True)
+                      f"{r['cpu_share'] * 100:>11.0f}%{r['rss_mb']:>8.0f}  {reasons or ''}", flush=True)
     finally:
         if server.stdin:
             server.stdin.close()
