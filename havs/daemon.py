@@ -116,6 +116,8 @@ class Daemon:
         self.vrrp: VrrpService | None = None
         self.control: ControlServer | None = None
         self.started = time.monotonic()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _load(self) -> NodeView:
         return load_view(self.config_path, self.node_name)
@@ -139,7 +141,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         cfg = self.view.config
         self.log.info("config.loaded", file=self.config_path, node=self.view.name,
                       services=len(cfg.virtual_services),
@@ -164,6 +166,8 @@ class Daemon:
             self.health_service.start()
             await self._reconcile()  # READY only once the kernel holds the configured table
         if cfg.vrrp is not None:
+            if cfg.vrrp.connection_sync is not None:
+                await self._sync_connections("BACKUP")  # every director starts as a backup
             self.vrrp = VrrpService(self.view, log=self.log, on_state=self._on_vrrp_state)
             self.vrrp.start()
         self.control = ControlServer(cfg.settings.control_socket, self.handle_request)
@@ -248,7 +252,40 @@ class Daemon:
         self.notifier.notify("READY=1", "STATUS=running")
 
     def _on_vrrp_state(self, from_: str, to: str, reason: str) -> None:
+        # Called on the VRRP thread: hand over to the main loop, never block the heartbeat.
         self.notifier.notify(f"STATUS=VRRP {to}")
+        if self.loop is not None and self.view.config.vrrp and self.view.config.vrrp.connection_sync:
+            self.loop.call_soon_threadsafe(self._schedule_sync, to)
+
+    def _schedule_sync(self, state: str) -> None:
+        task = asyncio.ensure_future(self._sync_connections(state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sync_connections(self, vrrp_state: str) -> None:
+        """Run the kernel's connection-sync threads as the config and the VRRP state say."""
+        vrrp = self.view.config.vrrp
+        if self.reconciler is None or vrrp is None or vrrp.connection_sync is None:
+            return
+        sync = vrrp.connection_sync
+        ifname = self.view.ifname(sync.interface)
+        wanted = {"master", "backup"} if sync.mode == "both" else (
+            {"master"} if vrrp_state == "MASTER" else {"backup"})
+        ipvs = self.reconciler.ipvs
+        try:
+            running = {d.state: d for d in await ipvs.daemons()}
+            for state in ("master", "backup"):
+                have = running.get(state)
+                ok = have is not None and have.ifname == ifname and have.syncid == sync.sync_id
+                if have is not None and (state not in wanted or not ok):
+                    await ipvs.stop_daemon(state)  # type: ignore[arg-type]
+                    self.log.info("ipvs.sync_daemon", action="stop", state=state, interface=have.ifname)
+                if state in wanted and not ok:
+                    await ipvs.start_daemon(state, ifname, sync.sync_id)  # type: ignore[arg-type]
+                    self.log.info("ipvs.sync_daemon", action="start", state=state, interface=ifname,
+                                  sync_id=sync.sync_id, vrrp=vrrp_state)
+        except OSError as e:
+            self.log.error("ipvs.sync_daemon_failed", error=str(e), interface=ifname)
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval() or 1.0

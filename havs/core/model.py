@@ -316,6 +316,16 @@ class Notify(Strict):
     timeout: Seconds = 10.0
 
 
+class ConnectionSync(Strict):
+    """The kernel's IPVS connection sync daemon, so established connections survive a failover."""
+
+    interface: str = Field(description="role name of the sync interface")
+    sync_id: Annotated[int, Range(0, 255)] = 0
+    mode: Literal["both", "follow"] = Field(
+        default="both", description="both: master and backup threads always; follow: master only while MASTER"
+    )
+
+
 class Vrrp(Strict):
     router_id: Annotated[int, Range(1, 255)]
     version: Literal[2, 3] = 3
@@ -330,6 +340,7 @@ class Vrrp(Strict):
     track_interfaces: list[str] = Field(default_factory=list)
     garp: Garp = Field(default_factory=Garp)
     notify: Notify = Field(default_factory=Notify)
+    connection_sync: ConnectionSync | None = None
 
     @model_validator(mode="after")
     def _version_rules(self) -> Vrrp:
@@ -395,6 +406,8 @@ class Config(Strict):
         if self.vrrp is not None:
             v = self.vrrp
             roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
+            if v.connection_sync is not None:
+                roles.add(v.connection_sync.interface)
             for name, node in self.nodes.items():
                 missing = sorted(roles - node.interfaces.keys())
                 if missing:
