@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -40,6 +40,9 @@ from havs.edge.sdnotify import SystemdNotifier
 from havs.errors import ConfigError, HavsError, IpvsUnavailable
 from havs.health_service import HealthService
 from havs.log import LogFormat, setup_logging
+
+if TYPE_CHECKING:
+    from havs.metrics import Metrics
 from havs.vrrp_service import VrrpService
 
 Log = structlog.stdlib.BoundLogger
@@ -115,6 +118,7 @@ class Daemon:
         self.health_service: HealthService | None = None
         self.vrrp: VrrpService | None = None
         self.control: ControlServer | None = None
+        self.metrics: Metrics | None = None
         self.started = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,6 +155,7 @@ class Daemon:
                              (signal.SIGHUP, self._request_reload)):
             loop.add_signal_handler(sig, handler)
         self._load_drained()
+        self._start_metrics()
         if cfg.virtual_services or cfg.settings.purge_unmanaged:
             try:
                 ipvs = IpvsSocket()
@@ -162,7 +167,8 @@ class Daemon:
             # Servers start as up (keepalived's default): a restarted daemon must not pull healthy servers
             # out of a live table while it waits for `rise` checks; a dead one is out after `fall`.
             self.health_service = HealthService(cfg.virtual_services, log=self.log, on_change=self.on_health_change,
-                                                on_agent_weight=lambda _change: self.wake.set(), initial="up")
+                                                on_agent_weight=lambda _change: self.wake.set(), initial="up",
+                                                on_result=self.metrics.observe_probe if self.metrics else None)
             self.health_service.start()
             await self._reconcile()  # READY only once the kernel holds the configured table
         if cfg.vrrp is not None:
@@ -251,9 +257,36 @@ class Daemon:
         self.log.info("config.reloaded", file=self.config_path, services=len(view.config.virtual_services))
         self.notifier.notify("READY=1", "STATUS=running")
 
+    def _start_metrics(self) -> None:
+        listen = self.view.config.settings.metrics_listen
+        if not listen:
+            return
+        from havs.metrics import Metrics  # only when asked for: it starts a thread
+
+        self.metrics = Metrics(self.snapshot_threadsafe,
+                               lambda: self.reconciler.last_actual if self.reconciler else None)
+        try:
+            self.metrics.serve(listen)
+        except OSError as e:
+            self.log.error("metrics.unavailable", listen=listen, error=str(e))
+            self.metrics = None
+            return
+        self.log.info("metrics.listening", listen=listen)
+
+    def snapshot_threadsafe(self) -> dict[str, Any]:
+        """The snapshot, taken on the daemon's loop for a caller on another thread (the metrics server)."""
+        assert self.loop is not None
+
+        async def take() -> dict[str, Any]:
+            return self.snapshot()
+
+        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(timeout=5)
+
     def _on_vrrp_state(self, from_: str, to: str, reason: str) -> None:
         # Called on the VRRP thread: hand over to the main loop, never block the heartbeat.
         self.notifier.notify(f"STATUS=VRRP {to}")
+        if self.metrics is not None:
+            self.metrics.vrrp_transitions.labels(to).inc()
         if self.loop is not None and self.view.config.vrrp and self.view.config.vrrp.connection_sync:
             self.loop.call_soon_threadsafe(self._schedule_sync, to)
 

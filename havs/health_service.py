@@ -126,6 +126,7 @@ class HealthService:
         log: Any,
         on_change: Callable[[HealthChanged], None],
         on_agent_weight: Callable[[AgentWeightChanged], None] | None = None,
+        on_result: Callable[[Key, ProbeResult], None] | None = None,
         initial: Initial = "down",
         rand: Callable[[], float] = random.random,
         gc_freeze: bool = True,
@@ -133,6 +134,7 @@ class HealthService:
         self._log = log
         self._on_change = on_change
         self._on_agent_weight = on_agent_weight
+        self._on_result = on_result  # every probe's result (metrics: latency histograms)
         self._initial: Initial = initial
         self._rand = rand
         self._pool = ConnectionPool()
@@ -292,6 +294,8 @@ class HealthService:
         if force:  # `none` checks: up at once
             h.retime(Timing(rise=1, fall=h.timing.fall))
         change = h.observe(result, now)
+        if self._on_result is not None:
+            self._on_result(loop.target.key, result)
         if change is not None:
             self._log.info(
                 "health.change", server=change.server, service=change.service, from_=change.from_,

@@ -392,6 +392,18 @@ class Settings(Strict):
     state_dir: str = "/var/lib/havs"
     metrics_listen: str | None = Field(default=None, description="host:port for Prometheus; off by default")
 
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"must be host:port, e.g. 127.0.0.1:9101, got {v!r}")
+        if host.strip("[]"):
+            ipaddress.ip_address(host.strip("[]"))  # an address, not a name: say exactly where it listens
+        return v
+
 
 class Config(Strict):
     """The whole file: one config for both directors."""
