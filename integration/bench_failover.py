@@ -1,6 +1,6 @@
 """Failover benchmark: havs against keepalived 2.2.7, side by side in the UML lab. Prints figures, asserts nothing.
 
-    python -m integration.bench_failover [--rounds 3] [--adverts 1,0.1]
+    python -m integration.bench_failover [--rounds 3] [--adverts 1,0.1] [--phase worst|random] [--budget 320]
 
 On the host it boots user-mode Linux once and runs itself inside (``--inside``). There, for each round,
 advert interval and implementation, on the seed topology (integration/topology.py, reset between runs):
@@ -16,18 +16,27 @@ advert interval and implementation, on the seed topology (integration/topology.p
 A client requests the VIP every 50 ms (ClientLoop, 0.25 s request timeout: a request without an answer
 within 0.25 s is a failure). Once steady (lvs1 MASTER with both addresses, lvs2 BACKUP, IPVS on both, ten
 good answers in a row), the master is either hard-crashed (kill -9 of the daemon's process group and its
-links down: ``lab.crash``) or stopped gracefully (SIGTERM to the daemon). Measured from that moment:
+links down: ``lab.crash``) or stopped gracefully (SIGTERM to the daemon). The crash comes right after lvs2
+heard an advert from lvs1 (a raw protocol-112 socket in lvs2), so every round waits a full master-down
+interval and rounds are comparable (``--phase random``: a random point of the interval instead).
+Measured from that moment:
 
 * both addresses on lvs2: from ``ip monitor address`` in lvs2 (timestamped as the lines arrive; a 10 ms
-  ``ip -j addr`` poll is the fallback);
+  ``ip -j addr`` poll is the fallback); for a crash also from lvs1's last advert heard (phase-free);
 * gap (graceful stop): lvs2 holds both addresses minus lvs1 dropped its first one (> 0: nobody held it);
-* the client's outage (LoopStats.longest_outage) and failed requests, until ten good answers in a row.
+* neighbours: the client's ARP entry for the VIP and rs1's for the gateway show lvs2's MACs (ip monitor);
+* the client's outage (LoopStats.longest_outage) and failed requests, until ten good answers in a row;
+* per run (printed as it goes): setup times, failed requests' start and error, and for havs lvs2's own
+  log (MASTER, addresses taken, GARP burst) relative to the event. Logs stay in integration/out/bench_failover.
+
+Exit status: 0 with the table; 2 if the lab itself broke (partial table still printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import signal
 import socket
@@ -312,6 +321,7 @@ def havs_timeline(log: Path, wall0: float) -> str:
 class Bench:
     lab: object  # SeedLab (imported inside UML only)
     budget_end: float
+    phase: str = "worst"
     results: list[Result] = field(default_factory=list)
 
     # ---- lab views
@@ -412,8 +422,11 @@ class Bench:
             t_steady = time.monotonic()
             res.setup = (f"setup: elected {t_elected - t_start:.1f}s, IPVS +{t_ipvs - t_elected:.1f}s, "
                          f"client steady +{t_steady - t_ipvs:.1f}s")
-            if scenario == "crash" and sniff.next_advert(2 * interval + 1) is None:
-                res.note += "no advert from lvs1 heard before the crash; "
+            if scenario == "crash":
+                if sniff.next_advert(2 * interval + 1) is None:
+                    res.note += "no advert from lvs1 heard before the crash; "
+                elif self.phase == "random":
+                    time.sleep(random.uniform(0, interval))
             t0, wall0 = time.monotonic(), time.time()
             proc = lab.havs_proc("lvs1")  # type: ignore[attr-defined]
             if scenario == "crash":
@@ -520,7 +533,8 @@ def report(results: list[Result], adverts: Sequence[float]) -> str:
         f"  outage = LoopStats.longest_outage; one failed request alone makes it ~{one_failure:.2f} s "
         "(period + timeout): the figure is quantized",
         "crash = kill -9 of the master's daemon + its links down, right after lvs2 heard an advert from lvs1 "
-        "(worst phase: a full master-down interval); sigterm = SIGTERM to the master's daemon",
+        "(--phase worst: a full master-down interval) or later by a random part of the interval (--phase random); "
+        "sigterm = SIGTERM to the master's daemon",
         "takeover = until both 192.168.0.108 and 192.168.72.130 are on lvs2 (ip monitor address)",
         "advert->take (crash) = takeover minus the last advert lvs2 heard from lvs1 (phase-free; "
         "VRRP's master-down interval is 3 x advert + skew)",
@@ -583,7 +597,7 @@ def report(results: list[Result], adverts: Sequence[float]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- inside
-def inside(rounds: int, adverts: Sequence[float], budget: float) -> int:
+def inside(rounds: int, adverts: Sequence[float], budget: float, phase: str) -> int:
     from havs.core.config import load_config, select_node
     from integration.topology import SeedLab, TopologyError
 
@@ -603,9 +617,10 @@ def inside(rounds: int, adverts: Sequence[float], budget: float) -> int:
     except (TopologyError, subprocess.SubprocessError, OSError) as e:
         print(f"lab broke: {e}", flush=True)
         return 2
-    bench = Bench(lab, start + budget)
+    bench = Bench(lab, start + budget, phase)
     per_run: list[float] = []
     skipped = 0
+    broke = ""
     try:
         for rnd in range(1, rounds + 1):
             for interval in adverts:
@@ -626,18 +641,20 @@ def inside(rounds: int, adverts: Sequence[float], budget: float) -> int:
                               flush=True)
                         if r.detail():
                             print(f"      {r.detail()}", flush=True)
-    except LabBroken as e:
-        print(f"lab broke: {e}", flush=True)
-        lab.down()
-        return 2
+    except (LabBroken, TopologyError, subprocess.SubprocessError, OSError) as e:
+        broke = f"{type(e).__name__}: {e}"
+        print(f"lab broke: {broke}", flush=True)
     finally:
         lab.down()
-    print(f"\n=== failover: havs vs keepalived 2.2.7, UML lab, {rounds} round(s), "
+    print(f"\n=== failover: havs vs keepalived 2.2.7, UML lab, {rounds} round(s), crash phase {phase}, "
           f"{time.monotonic() - start:.0f}s ===")
     if skipped:
         print(f"({skipped} run(s) skipped to stay within the {budget:.0f}s budget)")
     print(report(bench.results, adverts), flush=True)
     print(f"\nlogs and configs: {OUT}")
+    if broke:
+        print(f"INCOMPLETE: the lab broke ({broke})")
+        return 2
     return 0
 
 
@@ -645,18 +662,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integration.bench_failover", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--adverts", default="1,0.1", help="advert intervals in seconds (whole seconds: VRRPv2)")
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds for all runs inside the lab")
+    parser.add_argument("--budget", type=float, default=320.0,
+                        help="seconds for all runs inside the lab; runs that would not fit are skipped")
+    parser.add_argument("--phase", choices=("worst", "random"), default="worst",
+                        help="crash right after an advert (worst: a full master-down interval, comparable "
+                        "rounds) or at a random point of the advert interval")
     parser.add_argument("--inside", action="store_true", help="already inside the lab kernel")
     args = parser.parse_args(argv)
     adverts = [float(x) for x in args.adverts.split(",") if x.strip()]
     from integration.lab import in_uml, run_in_uml
 
     if args.inside or in_uml():
-        return inside(args.rounds, adverts, args.budget)
+        return inside(args.rounds, adverts, args.budget, args.phase)
     print("booting user-mode Linux for the failover benchmark ...", flush=True)
     return run_in_uml(
         [sys.executable, "-m", "integration.bench_failover", "--inside", "--rounds", str(args.rounds),
-         "--adverts", args.adverts, "--budget", str(args.budget)],
+         "--adverts", args.adverts, "--budget", str(args.budget), "--phase", args.phase],
         timeout=args.budget + 240,
     )
 
