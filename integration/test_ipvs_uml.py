@@ -256,10 +256,12 @@ async def test_state_is_per_namespace(ns: str, ipvs: IpvsSocket) -> None:
         IpvsSocket(netns="no-such-netns").open_now()
 
 
-async def test_stats_and_connections_after_real_traffic(lab: object) -> None:
-    """The seed topology: program the seed service through havs, send HTTP, compare counters."""
+async def test_stats_and_connections_after_real_traffic(fresh_lab: object) -> None:
+    """The seed topology: program the seed service through havs, send HTTP, compare counters.
+    A topology of its own: the connection table of the shared one holds other tests' connections."""
     from integration.topology import REAL_SERVERS, VIP, VIP_URL, SeedLab
 
+    lab = fresh_lab
     assert isinstance(lab, SeedLab)
     lab.add_address("lvs1", "eth0", f"{VIP}/24")
     lab.add_address("lvs1", "eth1", "192.168.72.130/24")
