@@ -5,7 +5,11 @@ Each loop probes, hands the result and the loop's clock to `ServerHealth.observe
 interval while the server is changing state, with jitter drawn here and passed to the core. First
 checks are spread at random over one interval so a reload does not fire every probe at once.
 
-Kept-alive HTTP connections live in one `ConnectionPool` shared by all loops.
+Kept-alive HTTP connections live in one `ConnectionPool` shared by all loops. When a server closes
+its idle connection (its web process died: the kernel closes the socket at once), the pool says so
+and that server's loop checks it right away instead of at the end of its interval — at most once per
+interval, so a server that closes idle connections by design (a keep-alive timeout shorter than the
+interval) costs one extra check per interval, not a tight loop.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -101,13 +106,20 @@ def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[P
 class _Loop:
     """One real server's state, probe and task."""
 
-    __slots__ = ("health", "probe", "target", "task")
+    __slots__ = ("early_at", "health", "probe", "target", "task", "wake")
 
     def __init__(self, target: Target, health: ServerHealth, probe: Callable[[], Awaitable[ProbeResult]] | None):
         self.target = target
         self.health = health
         self.probe = probe
         self.task: asyncio.Task[None] | None = None
+        self.wake: asyncio.Future[None] | None = None  # set while the loop sleeps between checks
+        self.early_at = -math.inf  # when the last early check was granted
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class HealthService:
@@ -137,11 +149,12 @@ class HealthService:
         self._on_result = on_result  # every probe's result (metrics: latency histograms)
         self._initial: Initial = initial
         self._rand = rand
-        self._pool = ConnectionPool()
+        self._pool = ConnectionPool(on_peer_close=self._peer_closed)
         self._loops: dict[Key, _Loop] = {}
         self._running = False
         self._targets = self._collect(services)
         self.checks_run = 0  # probes completed, for metrics and the benchmark
+        self.early_checks = 0  # checks brought forward because a server closed its idle connection
         self._gc_freeze = gc_freeze
         self._freeze_timer: asyncio.TimerHandle | None = None
 
@@ -271,7 +284,7 @@ class HealthService:
     async def _run(self, loop: _Loop) -> None:
         ev = asyncio.get_running_loop()
         # spread first checks over one interval
-        await asyncio.sleep(self._rand() * loop.health.timing.interval)
+        await self._sleep(loop, self._rand() * loop.health.timing.interval)
         while True:
             started = ev.time()
             probe = loop.probe
@@ -286,7 +299,34 @@ class HealthService:
             self.checks_run += 1
             self._observe(loop, result, ev.time())
             delay = started + loop.health.next_interval(self._rand()) - ev.time()
-            await asyncio.sleep(max(delay, 0.0))
+            await self._sleep(loop, max(delay, 0.0))
+
+    @staticmethod
+    async def _sleep(loop: _Loop, delay: float) -> None:
+        """`asyncio.sleep(delay)` that `_peer_closed` can cut short (same cost: one future, one timer)."""
+        ev = asyncio.get_running_loop()
+        loop.wake = wake = ev.create_future()
+        timer = ev.call_later(delay, _wake, wake)
+        try:
+            await wake
+        finally:
+            loop.wake = None
+            timer.cancel()
+
+    def _peer_closed(self, probe_key: tuple[Any, ...]) -> None:
+        """The pool saw a server close our idle connection: check it now, unless an early check was
+        already granted within the last interval."""
+        loop = self._loops.get(probe_key[-1])  # the probe's tag is its target's key (make_probe)
+        if loop is None or loop.wake is None or loop.wake.done():
+            return  # gone, or mid-check: the check in flight sees the close itself
+        now = loop.wake.get_loop().time()
+        if now - loop.early_at < loop.health.timing.interval:
+            return
+        loop.early_at = now
+        self.early_checks += 1
+        self._log.debug("health.early_check", server=loop.target.server, service=loop.target.service,
+                        reason="idle connection closed by the server")
+        loop.wake.set_result(None)
 
     def _observe(self, loop: _Loop, result: ProbeResult, now: float, force: bool = False) -> None:
         h = loop.health

@@ -38,6 +38,8 @@ class Backend:
         self.server: asyncio.Server | None = None
         self.handlers: set[asyncio.Task[None]] = set()
         self.status = 200
+        self.idle_close: float | None = None  # close a connection this long after each response
+        self.requests = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, LOOPBACK, self.port, reuse_address=True)
@@ -59,8 +61,12 @@ class Backend:
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
                 writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 2\r\n\r\nok".encode())
                 await writer.drain()
+                if self.idle_close is not None:
+                    await asyncio.sleep(self.idle_close)  # a short keep-alive timeout
+                    break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -205,5 +211,52 @@ async def test_a_failing_subscriber_does_not_stop_the_loop(backend: Backend) -> 
         await backend.stop()
         await wait_for(calls, 2)
         assert any(name == "health.callback_error" for name, _ in log.events)
+    finally:
+        await hs.stop()
+
+
+async def test_a_dead_server_is_checked_as_soon_as_it_closes_the_idle_connection(backend: Backend) -> None:
+    # a 5 s interval: without the early check, the failure would be seen up to 5 s later
+    events: list[HealthChanged] = []
+    check = {"interval": 5.0, "timeout": 0.5, "rise": 1, "fall": 1, "jitter": 0.0}
+    hs = HealthService([service(backend.port, check=check)], log=Log(), on_change=events.append, rand=lambda: 0.0)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        assert events[0].to == "up"
+        await asyncio.sleep(0.1)  # idle between checks, the kept-alive connection in the pool
+        loop = asyncio.get_running_loop()
+        await backend.stop()  # listening socket and accepted connection closed, as when the process dies
+        t0 = loop.time()
+        await wait_for(events, 2, timeout=1.0)
+        took = loop.time() - t0
+        assert (events[1].to, events[1].reason) == ("down", "refused")
+        assert took < 0.5, took
+        assert hs.early_checks == 1
+    finally:
+        await hs.stop()
+
+
+async def test_a_server_closing_idle_connections_gets_at_most_one_early_check_per_interval(
+    backend: Backend,
+) -> None:
+    backend.idle_close = 0.02  # closes every connection 20 ms after its response
+    events: list[HealthChanged] = []
+    interval = 0.3
+    check = {"interval": interval, "timeout": 0.2, "rise": 1, "fall": 1, "jitter": 0.0}
+    hs = HealthService([service(backend.port, check=check)], log=Log(), on_change=events.append, rand=lambda: 0.0)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        loop = asyncio.get_running_loop()
+        t0, checks0, requests0 = loop.time(), hs.checks_run, backend.requests
+        await asyncio.sleep(1.5)
+        intervals = (loop.time() - t0) / interval
+        checks, early = hs.checks_run - checks0, hs.early_checks
+        # without the bound: a check every ~20 ms (each new connection is closed again), ~75 here
+        assert checks <= 2 * intervals + 2, (checks, early)
+        assert 1 <= early <= intervals + 2, (checks, early)
+        assert backend.requests - requests0 == checks
+        assert [e.to for e in events] == ["up"]  # early checks of a healthy server change nothing
     finally:
         await hs.stop()

@@ -275,6 +275,36 @@ async def test_stale_kept_alive_connection_is_retried(server: Server, no_leaks: 
     assert server.connections == 3
 
 
+async def test_pool_reports_a_peer_close_of_an_idle_connection(server: Server, no_leaks: ConnectionPool) -> None:
+    seen: list[tuple[object, ...]] = []
+    no_leaks.on_peer_close = seen.append
+    probe = _probe(server, "/ok")
+    assert (await probe_http(probe, no_leaks)).ok
+    assert len(no_leaks) == 1 and seen == []
+    await server.stop()  # the web process dies: its kernel closes our idle connection
+    async with asyncio.timeout(1):
+        while not seen:
+            await asyncio.sleep(0.005)
+    assert seen == [probe.key]
+    assert len(no_leaks) == 0  # the dead connection is not offered again
+
+
+async def test_pool_reports_no_close_of_its_own(server: Server, no_leaks: ConnectionPool) -> None:
+    seen: list[tuple[object, ...]] = []
+    no_leaks.on_peer_close = seen.append
+    a, b, c = (_probe(server, "/ok", tag=n) for n in "abc")
+    for p in (a, b, c):
+        assert (await probe_http(p, no_leaks)).ok
+    no_leaks.discard(a.key)  # a reload dropped the target
+    assert (await probe_http(b, no_leaks)).ok  # taken, used and put back
+    # same key as c: reuses c's idle connection, then our timeout aborts it
+    assert (await probe_http(_probe(server, "/silent", timeout=0.05, tag="c"), no_leaks)).reason == "timeout"
+    no_leaks.close()
+    await asyncio.sleep(0.05)
+    assert seen == []
+    assert server.connections == 3
+
+
 async def test_without_pool_each_check_connects(server: Server, no_leaks: ConnectionPool) -> None:
     probe = _probe(server, "/ok")
     for _ in range(3):

@@ -13,7 +13,9 @@ a bounded prefix of the body. So the probe is a bare `asyncio.Protocol`:
   is its pure-Python parser, slower but correct (`C_PARSER` says which one is in use);
 - the connection is kept alive between checks of the same target (`ConnectionPool`), so a steady
   check is one write and one read on an open socket: no handshake, no TIME_WAIT churn. A kept-alive
-  connection the server closed while idle is retried once on a fresh connection;
+  connection the server closed while idle is retried once on a fresh connection. The pool reports
+  such a close as it happens (`on_peer_close`): a dead web process's kernel closes the idle connection
+  at once, so its owner can check the server now instead of at the next interval;
 - one timer per check (`loop.call_at`) bounds the whole exchange — connect, TLS handshake, request
   and the complete response — so a server that trickles bytes fails with `timeout`;
 - sockets are created, bound (`source_address`) and connected here with `loop.sock_connect`, so
@@ -34,7 +36,7 @@ import re
 import socket
 import ssl
 import struct
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 from aiohttp.http_parser import HttpResponseParser
@@ -130,25 +132,34 @@ def _hostname(host: str) -> str:
 
 class ConnectionPool:
     """At most one idle kept-alive connection per target. Checks of one target are sequential, so one
-    suffices; a connection in use is not in the pool."""
+    suffices; a connection in use is not in the pool.
 
-    __slots__ = ("_idle",)
+    `on_peer_close(key)`: called when the peer closes or resets an idle connection (a real server's web
+    process died, or the server times out idle connections). The pool only reports it; whoever owns the
+    target decides whether to check it early. Connections we abort ourselves are never reported."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_idle", "on_peer_close")
+
+    def __init__(self, on_peer_close: Callable[[tuple[Any, ...]], None] | None = None) -> None:
         self._idle: dict[tuple[Any, ...], _HttpConnection] = {}
+        self.on_peer_close = on_peer_close
 
     def __len__(self) -> int:
         return len(self._idle)
 
     def take(self, key: tuple[Any, ...]) -> _HttpConnection | None:
         conn = self._idle.pop(key, None)
-        return conn if conn is not None and conn.alive else None
+        if conn is None:
+            return None
+        conn.pool = None
+        return conn if conn.alive else None
 
     def put(self, key: tuple[Any, ...], conn: _HttpConnection) -> None:
         old = self._idle.pop(key, None)
         if old is not None and old is not conn:
             old.abort()
         self._idle[key] = conn
+        conn.pool, conn.pool_key = self, key
 
     def discard(self, key: tuple[Any, ...]) -> None:
         conn = self._idle.pop(key, None)
@@ -159,6 +170,13 @@ class ConnectionPool:
         for conn in self._idle.values():
             conn.abort()
         self._idle.clear()
+
+    def _peer_closed(self, key: tuple[Any, ...], conn: _HttpConnection) -> None:
+        if self._idle.get(key) is conn:
+            del self._idle[key]
+        callback = self.on_peer_close
+        if callback is not None:
+            callback(key)
 
 
 _tls_contexts: dict[bool, ssl.SSLContext] = {}
@@ -196,6 +214,8 @@ class _HttpConnection(asyncio.Protocol):
         self.payload: Any = None
         self.body = bytearray()
         self.got_bytes = False
+        self.pool: ConnectionPool | None = None  # set while the connection idles in a pool
+        self.pool_key: tuple[Any, ...] = ()
 
     # -- asyncio.Protocol
 
@@ -233,6 +253,12 @@ class _HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
+        pool = self.pool
+        if pool is not None and self.waiter is None:
+            # closed by the peer while idle (our own abort() clears `pool` first)
+            self.pool = None
+            pool._peer_closed(self.pool_key, self)
+            return
         if self.waiter is not None:
             if exc is None:
                 self._finish("closed")
@@ -296,6 +322,7 @@ class _HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.alive = False
         self.reusable = False
+        self.pool = None
         if self.transport is not None:
             self.transport.abort()
 
