@@ -295,6 +295,15 @@ def wait_until(pred: Callable[[], bool], timeout: float, step: float) -> float |
     return time.monotonic() - t0
 
 
+def failure_kind(error: str) -> str:
+    """A failed request in a word: where it timed out, or the error's class."""
+    if "read timed out" in error:
+        return "read-timeout"  # connected, no (complete) answer
+    if error.startswith("TimeoutError"):
+        return "connect-timeout"  # no SYN-ACK in time
+    return error.split(":")[0]
+
+
 def havs_timeline(log: Path, wall0: float) -> str:
     """lvs2's MASTER transition, address take and first GARP log lines, relative to the event."""
     from datetime import datetime
@@ -477,7 +486,7 @@ class Bench:
                       neigh["rs1"].neighbour(GW_CIDR.split("/")[0], macs["rs1"], t0)]
             if follow[0] is not None and follow[1] is not None:
                 res.neigh = max(follow[0], follow[1]) - t0
-            res.failed_at = [(x.start - t0, x.body.split(":")[0]) for x in client.samples
+            res.failed_at = [(x.start - t0, failure_kind(x.body)) for x in client.samples
                              if x.start >= t0 and not x.ok]
             if impl == "havs":
                 res.timeline = havs_timeline(logs["lvs2"], wall0)
@@ -491,6 +500,10 @@ class Bench:
             for m in [*mons.values(), *neigh.values()]:
                 m.close()
             sniff.close()
+            # kill -9 what is left: a graceful stop of a lone havs waits a master-down interval for a peer
+            # (3.6 s at 1 s adverts), time the benchmark does not need to spend; reset() cleans up after.
+            for node in ("lvs1", "lvs2"):
+                lab.stop_havs(node, signal.SIGKILL, timeout=5)  # type: ignore[attr-defined]
             self.results.append(res)
 
 
