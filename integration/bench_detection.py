@@ -197,7 +197,7 @@ class Round:
     removal: float | None = None
     failures: int | None = None
     requests: int | None = None
-    kill_phase: float = 0.0  # the random delay before the kill, within one check interval
+    kill_phase: float = 0.0  # the random delay (0..1 check interval) between steady and the kill
     back: float | None = None  # s until rs1 was back in IPVS after its web server restarted
     note: str = ""
 
@@ -336,7 +336,7 @@ def run_setup(lab: object, impl: str, web: str, rounds: int, budget_end: float, 
             r.back = None if back is None else time.monotonic() - t_restart
             per_round.append(time.monotonic() - t_round)
             rem = f"{r.removal:.3f}s" if r.removal is not None else "-"
-            print(f"  {impl:<10} {web:<9} round {n}: kill +{r.kill_phase:.2f}s into the cycle, removed {rem}, "
+            print(f"  {impl:<10} {web:<9} round {n}: killed after a random {r.kill_phase:.2f}s, removed {rem}, "
                   f"failed {r.failures} of {r.requests}, back in IPVS {r.back and round(r.back, 2)}s after "
                   f"restart ({per_round[-1]:.1f}s) {r.note}", flush=True)
             if back is None:
