@@ -249,13 +249,23 @@ class Daemon:
             self.health_service.update(view.config.virtual_services)
         if self.reconciler is not None and old_desired is not None:
             self.reconciler.removals.retire(old_desired, build_desired(view.config, self.health()))
-        if self.vrrp is not None and view.config.vrrp != old.config.vrrp:
-            self.log.info("config.vrrp_changed", restart="vrrp")
-            self.vrrp.stop(False)
-            self.vrrp = VrrpService(view, log=self.log, on_state=self._on_vrrp_state)
-            self.vrrp.start()
+        if view.config.vrrp != old.config.vrrp or view.node != old.node:
+            await self._reload_vrrp(view)
         self.log.info("config.reloaded", file=self.config_path, services=len(view.config.virtual_services))
         self.notifier.notify("READY=1", "STATUS=running")
+
+    async def _reload_vrrp(self, view: NodeView) -> None:
+        """Tunables change in place (no state change, no advert gap); a new identity needs a new instance."""
+        loop = asyncio.get_running_loop()
+        if self.vrrp is not None and await loop.run_in_executor(None, self.vrrp.update, view):
+            return
+        if self.vrrp is not None:
+            self.log.info("config.vrrp_changed", action="restart")
+            await loop.run_in_executor(None, self.vrrp.stop, True)
+            self.vrrp = None
+        if view.config.vrrp is not None:
+            self.vrrp = VrrpService(view, log=self.log, on_state=self._on_vrrp_state)
+            await loop.run_in_executor(None, self.vrrp.start)
 
     def _start_metrics(self) -> None:
         listen = self.view.config.settings.metrics_listen

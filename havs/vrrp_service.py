@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import os
@@ -126,6 +127,17 @@ class VrrpService:
         self._notify.stop(wait=graceful)
         self._thread = None
 
+    def update(self, view: NodeView) -> bool:
+        """Apply a reloaded config in place when only tunables changed (priority, interval, preemption,
+        tracking, notify, GARP): the state stays and adverts keep their rhythm. False: the identity changed
+        (router id, version, interfaces, addresses, peers) and the caller must restart the service."""
+        loop = self._loop
+        if view.config.vrrp is None or loop is None or self._identity(view) != self._identity(self._view):
+            return False
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(self._reconfigure, view, done)
+        return done.result(timeout=START_TIMEOUT)
+
     def alive(self) -> bool:
         """The heartbeat loop has run within the last few advert intervals (for the systemd watchdog)."""
         thread = self._thread
@@ -193,18 +205,7 @@ class VrrpService:
             # one config serves both directors, so the peer list may name us too
             peers = [ipaddress.IPv4Address(p) for p in cfg.unicast_peers if p != self._src]
             self._sock = VrrpSocket(self._hb_if, self._src, peers=peers)
-            params = VrrpParams(
-                router_id=cfg.router_id,
-                priority=self.effective_priority,
-                advert_interval=cfg.advert_interval,
-                primary_address=self._src,
-                addresses=tuple(a.ip for _, a in self._floating),
-                version=cfg.version,
-                preempt=cfg.preempt,
-                preempt_delay=cfg.preempt_delay,
-                auth_pass=cfg.auth_pass,
-                garp_refresh=cfg.garp.refresh,
-            )
+            params = self._params(self.effective_priority)
             now = loop.time()
             with self._lock:
                 self._inst = VrrpInstance(params, now)
@@ -261,6 +262,51 @@ class VrrpService:
             self._stop_req.set()
 
     # ------------------------------------------------------------------------------- events in
+
+    def _params(self, priority: int) -> VrrpParams:
+        assert self._src is not None
+        cfg = self._cfg
+        return VrrpParams(
+            router_id=cfg.router_id,
+            priority=priority,
+            advert_interval=cfg.advert_interval,
+            primary_address=self._src,
+            addresses=tuple(a.ip for _, a in self._floating),
+            version=cfg.version,
+            preempt=cfg.preempt,
+            preempt_delay=cfg.preempt_delay,
+            auth_pass=cfg.auth_pass,
+            garp_refresh=cfg.garp.refresh,
+        )
+
+    def _identity(self, view: NodeView) -> tuple[object, ...]:
+        """What a reload cannot change without a new instance."""
+        cfg = view.config.vrrp
+        assert cfg is not None
+        return (cfg.router_id, cfg.version, view.ifname(cfg.interface), tuple(cfg.unicast_peers), cfg.v3_checksum,
+                tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses), view.node.unicast_src)
+
+    def _reconfigure(self, view: NodeView, done: concurrent.futures.Future[bool]) -> None:
+        """On the VRRP thread: take the reloaded settings without a state change or an advert gap."""
+        assert self._inst is not None and self._loop is not None and view.config.vrrp is not None
+        old = (self._cfg, self._view, self._base_priority)
+        self._cfg, self._view, self._base_priority = view.config.vrrp, view, view.node.priority
+        try:
+            with self._lock:
+                actions = self._inst.reconfigure(
+                    self._params(self._base_priority), self.effective_priority, self._loop.time())
+        except ValueError as e:
+            self._cfg, self._view, self._base_priority = old
+            self._log.info("vrrp.reload", applied=False, reason=str(e))
+            done.set_result(False)
+            return
+        cfg = self._cfg
+        self._track = tuple(dict.fromkeys([self._hb_if, *(i for i, _ in self._floating),
+                                           *map(view.ifname, cfg.track_interfaces)]))
+        self._notify.notify = cfg.notify
+        self._dispatch(actions)
+        self._log.info("vrrp.reload", applied=True, priority=self.effective_priority, interval=cfg.advert_interval)
+        done.set_result(True)
 
     async def _await_handover(self) -> None:
         """Wait until a peer advertises as the new master (plus a moment for its gratuitous ARPs to land),
@@ -485,7 +531,7 @@ class _NotifyWorker:
     """Runs notify hooks one at a time, in order, on a thread of its own, each bounded by a timeout."""
 
     def __init__(self, notify: Notify, log: Any) -> None:
-        self._notify = notify
+        self.notify = notify  # replaced on reload; read per hook
         self._log = log
         self._queue: queue.Queue[tuple[str, list[str], dict[str, str]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -495,7 +541,7 @@ class _NotifyWorker:
         self._thread.start()
 
     def submit(self, hook: str, state: str, previous: str, reason: str) -> None:
-        argv: list[str] | None = getattr(self._notify, hook)
+        argv: list[str] | None = getattr(self.notify, hook)
         if not argv:
             return
         env = {**os.environ, "HAVS_STATE": state, "HAVS_PREVIOUS": previous, "HAVS_REASON": reason}
@@ -506,7 +552,7 @@ class _NotifyWorker:
             return
         self._queue.put(None)
         if wait:
-            self._thread.join(self._notify.timeout + 1)
+            self._thread.join(self.notify.timeout + 1)
         self._thread = None
 
     def _run(self) -> None:
@@ -514,13 +560,13 @@ class _NotifyWorker:
             state, argv, env = item
             try:
                 p = subprocess.run(
-                    argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=self._notify.timeout
+                    argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.notify.timeout
                 )
                 fields: dict[str, Any] = {"rc": p.returncode}
                 if p.returncode:
                     fields["stderr"] = p.stderr.decode("utf-8", "replace")[-500:]
             except subprocess.TimeoutExpired:
-                fields = {"rc": None, "error": f"timed out after {self._notify.timeout}s"}
+                fields = {"rc": None, "error": f"timed out after {self.notify.timeout}s"}
             except OSError as e:
                 fields = {"rc": None, "error": str(e)}
             self._log.info("vrrp.notify", state=state, argv=argv, **fields)

@@ -321,3 +321,20 @@ def test_recovered_server_ramps_up_with_slow_start(lab: SeedLab, configs: dict[s
             seen.add(w)
         time.sleep(0.1)
     assert 20 in seen and min(seen) < 10 and len(seen) >= 3, sorted(seen)  # ramped, not jumped
+
+
+def test_reload_of_vrrp_tunables_keeps_the_state(lab: SeedLab, configs: dict[str, Path]) -> None:
+    start_pair(lab, configs)
+    path = configs["lvs1"]
+    path.write_text(path.read_text().replace("    priority: 150", "    priority: 140")
+                    .replace("  advert_interval: 0.1", "  advert_interval: 0.2"))
+    proc = lab.havs_proc("lvs1")
+    assert proc is not None
+    proc.send_signal(signal.SIGHUP)
+    wait_until("reloaded", lambda: bool(events(lab, "lvs1", "vrrp.reload")), 10)
+    (reload,) = events(lab, "lvs1", "vrrp.reload")
+    assert reload["applied"] is True and reload["priority"] == 140 and reload["interval"] == 0.2
+    time.sleep(1.0)
+    assert [e["to"] for e in events(lab, "lvs1", "vrrp.state")] == ["BACKUP", "MASTER"]
+    assert [e["to"] for e in events(lab, "lvs2", "vrrp.state")] == ["BACKUP"]
+    assert holds(lab, "lvs1")

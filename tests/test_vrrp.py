@@ -404,3 +404,39 @@ def test_start_in_fault_then_recover_starts_as_backup() -> None:
     assert inst.get_timer() is None
     assert inst.recover(2.0) == [StateChanged(FAULT, BACKUP, "interface_up")]
     assert inst.get_timer() == pytest.approx(2.0 + 3 + skew(200))
+
+
+# ---------------------------------------------------------------------------------------- reload
+
+
+def test_reload_changes_priority_and_interval_in_place_without_a_transition() -> None:
+    link = elected()
+    before = link.changes()
+    a = link.nodes["a"].inst
+    sent = len(link.actions("a", SendAdvertisement))
+    new = params(A_ADDR, 150, advert_interval=0.5)
+    actions = link.do("a", "reconfigure", new, 150)
+    assert link.changes() == before  # no state change
+    assert [type(x) for x in actions] == [SendAdvertisement]  # the new settings go out at once
+    assert len(link.actions("a", SendAdvertisement)) == sent + 1
+    assert a.params.advert_interval == 0.5 and a.priority == 150
+    t0 = link.now
+    link.run_until(t0 + 2.0)
+    sends = [t for t, _ in link.actions("a", SendAdvertisement, since=t0 + 0.01)]
+    assert sends[:2] == pytest.approx([t0 + 0.5, t0 + 1.0])  # the new interval
+    assert link.nodes["b"].inst.master_adver_interval == 0.5  # v3: the backup adopted it
+    assert link.state("a") == MASTER and link.state("b") == BACKUP
+
+
+def test_reload_lowering_priority_below_the_backup_lets_it_preempt() -> None:
+    link = elected()
+    link.do("a", "reconfigure", params(A_ADDR, 50), 50)
+    link.run_until(link.now + 5)
+    assert link.state("a") == BACKUP and link.state("b") == MASTER
+
+
+def test_reload_cannot_change_identity_in_place() -> None:
+    link = elected()
+    with pytest.raises(ValueError, match="cannot change router_id in place"):
+        link.nodes["a"].inst.reconfigure(params(A_ADDR, 200, router_id=52), 200, link.now)
+    assert link.nodes["a"].inst.params.router_id == 51

@@ -199,6 +199,28 @@ class VrrpInstance:
             self._timers.master_down = self.since + self.master_down_interval
         return []
 
+    # What a reload may change without touching the state (the rest makes a new instance).
+    RECONFIGURABLE = frozenset({"priority", "advert_interval", "preempt", "preempt_delay", "auth_pass",
+                                "garp_refresh", "lower_priority_advert", "higher_priority_advert"})
+
+    def reconfigure(self, params: VrrpParams, priority: int, now: float) -> list[Action]:
+        """A reload changed settings: keep the state, apply the new ones (no needless transition, no
+        advert gap). `priority` is the new effective priority. ValueError for a change that needs a
+        new instance (router id, version, addresses, source)."""
+        changed = {f for f in params.__dataclass_fields__ if getattr(params, f) != getattr(self.params, f)}
+        fixed = changed - self.RECONFIGURABLE
+        if fixed:
+            raise ValueError(f"cannot change {', '.join(sorted(fixed))} in place")
+        old_interval = self.params.advert_interval
+        self.params = params
+        actions = self.set_priority(priority, now)
+        if self.state == MASTER and params.advert_interval != old_interval and not actions:
+            actions = self._advertise(now)  # tell the backup the new interval at once (v3 adopts it)
+        if self.state != MASTER:
+            self.master_adver_interval = (
+                self.master_adver_interval if self.master_address is not None else params.advert_interval)
+        return actions
+
     def receive_bytes(
         self, payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None, now: float
     ) -> list[Action]:
