@@ -270,6 +270,8 @@ class Result:
             parts.append(f"priority-0 advert heard +{self.resigned:.3f}")
         if self.vip_gw:
             parts.append(f"vip +{self.vip_gw[0]:.3f} gw +{self.vip_gw[1]:.3f}")
+        elif self.source == "poll":
+            parts.append("takeover from the 0.25 s poll (no monitor lines)")
         if self.released is not None:
             parts.append(f"lvs1 released +{self.released:.3f}")
         if self.neigh is not None:
