@@ -26,9 +26,17 @@ capture process's own scheduling does not blur the gaps. Scenarios, ``--seconds`
      lvs1 goes BACKUP, then MASTER again and runs the 5 s notify script), c's ``ipvsadm -C`` at 30 % and
      the weights reload at 60 %. The gap across the flap (lvs1 silent on purpose) is left out.
 
+A reference sender runs through every scenario: keepalived 2.2.7 (VRRP only, VRID 52, same interval) in rs2,
+captured the same way. It shares the one UML CPU and the host, so its gaps are the lab's own noise floor; a
+havs gap well above the reference's in the same window is havs's.
+
 Per scenario: adverts seen, median / p99 / worst gap, worst - interval against the target (interval +
 20 ms), checks/s answered by rs1's server, lvs1's CPU (/proc/<pid>/stat) and the whole UML CPU's busy share.
 UML has one CPU: havs, the HTTP server, the capture and the kernel all share it.
+
+``--havs-gc no-full|freeze-only`` start the same daemon through a wrapper that switches off the cyclic GC's
+automatic full collections (and, freeze-only, makes HealthService's post-reload unfreeze + full collect a plain
+gc.freeze()): experiments that show what the GC's GIL-holding collections cost the heartbeat.
 """
 
 from __future__ import annotations
@@ -602,8 +610,13 @@ def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default
         else:
             # the same `havs run`, with the cyclic GC's automatic full (generation 2) collections switched off:
             # an experiment for the report, not a recommended setting as is
-            wrapper = ("import gc, sys; gc.set_threshold(700, 10, 10**9); from havs.cli import main; "
-                       "sys.exit(main(sys.argv[1:]))")
+            wrapper = "import gc, sys; gc.set_threshold(700, 10, 10**9)\n"
+            if havs_gc == "freeze-only":
+                # and HealthService's post-(re)load gc.unfreeze(); gc.collect(); gc.freeze() becomes gc.freeze()
+                wrapper += ("import havs.health_service as hs\n"
+                            "def _freeze(self):\n    self._freeze_timer = None\n    gc.freeze()\n"
+                            "hs.HealthService._freeze = _freeze\n")
+            wrapper += "from havs.cli import main\nsys.exit(main(sys.argv[1:]))\n"
             lab.start_daemon("lvs1", [sys.executable, "-c", wrapper, "run", "-c", str(config), "--node", "lvs1",
                                       "--log-format", "json"], log_path)
         if log.wait("daemon.ready", wall, 240) is None:
@@ -653,7 +666,9 @@ def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default
                 (0.30 * seconds, "ipvsadm -C", lambda: bench.clear_ipvs()),
                 (0.50 * seconds, "SIGHUP (every weight changed)", lambda: reweigh(True)),
             ], settle=True)
-        gc_note = "" if havs_gc == "default" else ", havs with automatic full GC collections OFF (--havs-gc no-full)"
+        gc_note = {"default": "", "no-full": ", havs with automatic full GC collections OFF (--havs-gc no-full)",
+                   "freeze-only": ", havs with automatic full GC collections OFF and HealthService's unfreeze+collect "
+                                  "replaced by gc.freeze() (--havs-gc freeze-only)"}[havs_gc]
         print(f"\n=== heartbeat under load: havs on lvs1{gc_note}, UML lab, {time.monotonic() - start:.0f}s ===",
               flush=True)
         print(report(bench.rows, shape, capture.kernel_stamps, ref_note), flush=True)
@@ -684,8 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-service", type=int, default=10, help="real servers per big-table service")
     parser.add_argument("--ports", type=int, default=50, help="listening ports of rs1's HTTP server")
     parser.add_argument("--scenarios", default="abcd", help="which scenarios to run (run order: a c b d)")
-    parser.add_argument("--havs-gc", choices=("default", "no-full"), default="default",
-                        help="no-full: run havs with gc.set_threshold(700, 10, 10**9) (experiment)")
+    parser.add_argument("--havs-gc", choices=("default", "no-full", "freeze-only"), default="default",
+                        help="experiments: no-full runs havs with gc.set_threshold(700, 10, 10**9); freeze-only also "
+                             "makes HealthService._freeze a plain gc.freeze() (no unfreeze + full collect)")
     parser.add_argument("--mem", default="1G", help="UML memory")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
