@@ -474,9 +474,18 @@ class VrrpService:
                 self._log.error("vrrp.effect_failed", error=f"{type(e).__name__}: {e}")
 
     async def _take(self) -> None:
+        """Each address, then at once its first gratuitous ARP: neighbours learn the new MAC without
+        waiting for the other addresses or the burst task (the burst follows)."""
         assert self._addrs is not None
-        added = [f"{a} dev {i}" for i, a in self._floating if await self._addrs.add(i, a)]
-        self._log.info("vrrp.addresses", action="take", addresses=added or "already present")
+        taken = []
+        for ifname, a in self._floating:
+            await self._addrs.ensure(ifname, a)
+            try:
+                garp.announce(ifname, [ipaddress.IPv4Address(a.ip)])
+            except OSError as e:
+                self._rate_limited(f"garp:{ifname}", "vrrp.garp_failed", interface=ifname, error=str(e))
+            taken.append(f"{a} dev {ifname}")
+        self._log.info("vrrp.addresses", action="take", addresses=taken)
 
     async def _reassert(self) -> None:
         assert self._addrs is not None and self._inst is not None

@@ -31,6 +31,7 @@ class Addresses:
 
     def __init__(self) -> None:
         self._ipr: AsyncIPRoute | None = None
+        self._indexes: dict[str, int] = {}  # a takeover must not wait for a lookup per address
 
     async def open(self) -> Addresses:
         if self._ipr is None:
@@ -50,9 +51,13 @@ class Addresses:
         return self._ipr
 
     async def index(self, ifname: str) -> int:
+        cached = self._indexes.get(ifname)
+        if cached is not None:
+            return cached
         found = await self.ipr.link_lookup(ifname=ifname)
         if not found:
             raise AddressError(errno.ENODEV, f"no interface {ifname}")
+        self._indexes[ifname] = int(found[0])
         return int(found[0])
 
     async def list(self, ifname: str, family: int = socket.AF_INET) -> list[tuple[Interface, bool]]:
@@ -76,12 +81,24 @@ class Addresses:
         """Ensure `address` is on `ifname`. True if it was added."""
         if await self.present(ifname, address):
             return False
-        idx = await self.index(ifname)
+        await self.ensure(ifname, address)
+        return True
+
+    async def ensure(self, ifname: str, address: Interface) -> None:
+        """Put `address` on `ifname` in one request ("replace" is idempotent): the takeover path."""
+        try:
+            await self._replace(await self.index(ifname), address)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise
+            self._indexes.pop(ifname, None)  # the interface was re-created: look it up again
+            await self._replace(await self.index(ifname), address)
+
+    async def _replace(self, idx: int, address: Interface) -> None:
         await self.ipr.addr(
             "replace", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
             family=_family(address),
         )
-        return True
 
     async def remove(self, ifname: str, address: Interface) -> bool:
         """Ensure `address` is not on `ifname`. True if it was removed."""
