@@ -1,7 +1,8 @@
 """The composition root: config in, cores decide, edges act.
 
-One asyncio loop runs health probes and the IPVS reconciler; VRRP runs its own loop in its own thread
-(`VrrpService`) so that neither 10,000 probes a second nor a large IPVS apply can delay an advert.
+One asyncio loop runs health probes and the IPVS reconciler; VRRP runs in a process of its own
+(`VrrpProcess`) so that neither 10,000 probes a second, a garbage collection nor a large IPVS apply
+can delay an advert.
 The reconciler is level-triggered: every pass dumps the kernel's table, builds the desired one, diffs
 and applies, so a stray `ipvsadm -C` is repaired on the next pass and a missed event heals itself.
 """
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,11 +41,11 @@ from havs.edge.ipvs import IpvsSocket
 from havs.edge.sdnotify import SystemdNotifier
 from havs.errors import ConfigError, HavsError, IpvsUnavailable
 from havs.health_service import HealthService
-from havs.log import LogFormat, setup_logging
+from havs.log import LogFormat, resolve_format, setup_logging
 
 if TYPE_CHECKING:
     from havs.metrics import Metrics
-from havs.vrrp_service import VrrpService
+from havs.vrrp_process import VrrpProcess
 
 Log = structlog.stdlib.BoundLogger
 
@@ -101,8 +103,9 @@ def _op_fields(op: Op) -> dict[str, object]:
 
 
 class Daemon:
-    def __init__(self, config_path: str, node_name: str | None, log: Log) -> None:
+    def __init__(self, config_path: str, node_name: str | None, log: Log, log_format: str = "json") -> None:
         self.config_path = config_path
+        self.log_format = log_format  # the VRRP process logs the same way
         self.node_name = node_name
         self.log = log
         self.view: NodeView = self._load()
@@ -116,7 +119,7 @@ class Daemon:
         self.reload_requested = False
         self.reconciler: Reconciler | None = None
         self.health_service: HealthService | None = None
-        self.vrrp: VrrpService | None = None
+        self.vrrp: VrrpProcess | None = None
         self.control: ControlServer | None = None
         self.metrics: Metrics | None = None
         self.started = time.monotonic()
@@ -174,8 +177,13 @@ class Daemon:
         if cfg.vrrp is not None:
             if cfg.vrrp.connection_sync is not None:
                 await self._sync_connections("BACKUP")  # every director starts as a backup
-            self.vrrp = VrrpService(self.view, log=self.log, on_state=self._on_vrrp_state)
-            self.vrrp.start()
+            self.vrrp = VrrpProcess(self.view, log=self.log, log_format=self.log_format,
+                                    on_state=self._on_vrrp_state)
+            try:
+                await loop.run_in_executor(None, self.vrrp.start)
+            except RuntimeError as e:
+                self.log.error("vrrp.unavailable", error=str(e))
+                return 1
         self.control = ControlServer(cfg.settings.control_socket, self.handle_request)
         try:
             await self.control.start()
@@ -264,8 +272,12 @@ class Daemon:
             await loop.run_in_executor(None, self.vrrp.stop, True)
             self.vrrp = None
         if view.config.vrrp is not None:
-            self.vrrp = VrrpService(view, log=self.log, on_state=self._on_vrrp_state)
-            await loop.run_in_executor(None, self.vrrp.start)
+            self.vrrp = VrrpProcess(view, log=self.log, log_format=self.log_format, on_state=self._on_vrrp_state)
+            try:
+                await loop.run_in_executor(None, self.vrrp.start)
+            except RuntimeError as e:
+                self.log.error("vrrp.unavailable", error=str(e))
+                self.vrrp = None
 
     def _start_metrics(self) -> None:
         listen = self.view.config.settings.metrics_listen
@@ -443,7 +455,7 @@ def run_daemon(config_path: str, node: str | None, *, log_format: LogFormat = "a
     log = setup_logging(log_format, node=node, level=log_level)
 
     async def main() -> int:
-        daemon = Daemon(config_path, node, log)
+        daemon = Daemon(config_path, node, log, resolve_format(log_format, sys.stdout))
         daemon.log = log.bind(node=daemon.view.name)
         return await daemon.run()
 

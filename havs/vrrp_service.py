@@ -80,7 +80,7 @@ class VrrpService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
-        self._notify = _NotifyWorker(cfg.notify, log)
+        self._notify = _NotifyWorker(cfg.notify, log, view.name)
         self._src: ipaddress.IPv4Address | None = None
         # loop-side state, created on the VRRP thread
         self._sock: VrrpSocket | None = None
@@ -474,18 +474,24 @@ class VrrpService:
                 self._log.error("vrrp.effect_failed", error=f"{type(e).__name__}: {e}")
 
     async def _take(self) -> None:
-        """Each address, then at once its first gratuitous ARP: neighbours learn the new MAC without
-        waiting for the other addresses or the burst task (the burst follows)."""
+        """All addresses, then at once one gratuitous ARP on every side, back to back: the clients (VIP) and
+        the real servers (gateway) must switch together, or a request in flight between the two
+        announcements leaves through one director and returns through the other. The burst follows."""
         assert self._addrs is not None
-        taken = []
         for ifname, a in self._floating:
             await self._addrs.ensure(ifname, a)
+        for ifname, ips in self._by_interface().items():
             try:
-                garp.announce(ifname, [ipaddress.IPv4Address(a.ip)])
+                garp.announce(ifname, ips)
             except OSError as e:
                 self._rate_limited(f"garp:{ifname}", "vrrp.garp_failed", interface=ifname, error=str(e))
-            taken.append(f"{a} dev {ifname}")
-        self._log.info("vrrp.addresses", action="take", addresses=taken)
+        self._log.info("vrrp.addresses", action="take", addresses=[f"{a} dev {i}" for i, a in self._floating])
+
+    def _by_interface(self) -> dict[str, list[ipaddress.IPv4Address]]:
+        by_if: dict[str, list[ipaddress.IPv4Address]] = {}
+        for ifname, a in self._floating:
+            by_if.setdefault(ifname, []).append(ipaddress.IPv4Address(a.ip))
+        return by_if
 
     async def _reassert(self) -> None:
         assert self._addrs is not None and self._inst is not None
@@ -514,9 +520,7 @@ class VrrpService:
         task.add_done_callback(self._garp_tasks.discard)
 
     async def _garp(self, rounds: int) -> None:
-        by_if: dict[str, list[ipaddress.IPv4Address]] = {}
-        for ifname, a in self._floating:
-            by_if.setdefault(ifname, []).append(ipaddress.IPv4Address(a.ip))
+        by_if = self._by_interface()
         sent = dict.fromkeys(by_if, 0)
         try:
             for n in range(rounds):
@@ -539,8 +543,9 @@ class VrrpService:
 class _NotifyWorker:
     """Runs notify hooks one at a time, in order, on a thread of its own, each bounded by a timeout."""
 
-    def __init__(self, notify: Notify, log: Any) -> None:
+    def __init__(self, notify: Notify, log: Any, node: str) -> None:
         self.notify = notify  # replaced on reload; read per hook
+        self.node = node
         self._log = log
         self._queue: queue.Queue[tuple[str, list[str], dict[str, str]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -553,7 +558,8 @@ class _NotifyWorker:
         argv: list[str] | None = getattr(self.notify, hook)
         if not argv:
             return
-        env = {**os.environ, "HAVS_STATE": state, "HAVS_PREVIOUS": previous, "HAVS_REASON": reason}
+        env = {**os.environ, "HAVS_STATE": state, "HAVS_PREVIOUS": previous, "HAVS_REASON": reason,
+               "HAVS_NODE": self.node}
         self._queue.put((state, list(argv), env))
 
     def stop(self, wait: bool) -> None:

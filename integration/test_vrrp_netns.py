@@ -1,8 +1,9 @@
 """VRRP between two directors in network namespaces on the host kernel (root).
 
-Each director runs `python -m havs.vrrp_service` in its namespace of the seed topology (SeedLab): lvs1
-(priority 150) and lvs2 (100) float the VIP 192.168.0.108/24 on eth0 and the gateway 192.168.72.130/24 on
-eth1 together, heartbeat on eth1. Takeover times are printed (run with -s), never asserted tightly.
+Each director runs `havs run` (VRRP only: no virtual services, so no IPVS needed) in its namespace of the
+seed topology (SeedLab): lvs1 (priority 150) and lvs2 (100) float the VIP 192.168.0.108/24 on eth0 and the
+gateway 192.168.72.130/24 on eth1 together, heartbeat on eth1. Takeover times are printed (run with -s),
+never asserted tightly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,9 +39,10 @@ def config_text(
     unicast: bool = False,
 ) -> str:
     peers = "[192.168.72.131, 192.168.72.132]" if unicast else "[]"
-    hook = f'echo "$HAVS_STATE $HAVS_PREVIOUS $HAVS_REASON" >> {notify_dir}/$PPID'
+    hook = f'echo "$HAVS_STATE $HAVS_PREVIOUS $HAVS_REASON" >> {notify_dir}/$HAVS_NODE'
     hooks = "\n".join(f"    {s}: [/bin/sh, -c, '{hook}']" for s in ("master", "backup", "fault", "stop"))
     return f"""
+settings: {{control_socket: CONTROL, state_dir: {notify_dir}/state}}
 nodes:
   lvs1:
     priority: {PRIORITY["lvs1"]}
@@ -82,8 +83,9 @@ class Pair:
 
     def start(self, node: str) -> subprocess.Popen[bytes]:
         self.logs[node] = self.lab.workdir / f"vrrp-{node}-{time.time_ns()}.log"
-        argv = [sys.executable, "-m", "havs.vrrp_service", "-c", str(self.config), "--node", node,
-                "--log-format", "json"]
+        config = self.config.with_name(f"{self.config.stem}-{node}.yaml")  # a control socket each
+        config.write_text(self.config.read_text().replace("CONTROL", str(self.lab.workdir / f"{config.stem}.sock")))
+        argv = [str(REPO / ".venv" / "bin" / "havs"), "run", "-c", str(config), "--node", node, "--log-format", "json"]
         proc = self.lab.popen(node, argv, self.logs[node], cwd=str(REPO))
         self.procs[node] = proc
         return proc
@@ -111,7 +113,7 @@ class Pair:
         return self.lab.mac(node, ifname)
 
     def hooks(self, node: str) -> list[str]:
-        path = self.notify_dir / str(self.procs[node].pid)
+        path = self.notify_dir / node
         return path.read_text().splitlines() if path.exists() else []
 
     def stop_all(self) -> None:
