@@ -68,12 +68,14 @@ def test_ipv6_floating_addresses_are_refused_for_now() -> None:
 def test_notify_hooks_run_in_order_with_env_and_timeout(tmp_path: Path) -> None:
     out = tmp_path / "hooks"
     script = f"import os,time,sys; time.sleep(float(sys.argv[1])); open({str(out)!r},'a').write(" \
-             "os.environ['HAVS_STATE']+' '+os.environ['HAVS_PREVIOUS']+' '+os.environ['HAVS_REASON']+'\\n')"
+             "os.environ['HAVS_NODE']+' '+os.environ['HAVS_STATE']+' '+os.environ['HAVS_PREVIOUS']+' '+" \
+             "os.environ['HAVS_REASON']+'\\n')"
     log = ListLog()
     worker = _NotifyWorker(
         Notify(master=[sys.executable, "-c", script, "0.2"], backup=[sys.executable, "-c", script, "0"],
                fault=[sys.executable, "-c", script, "5"], timeout=0.5),
         log,
+        "lvs1",
     )
     worker.start()
     t0 = time.monotonic()
@@ -83,7 +85,7 @@ def test_notify_hooks_run_in_order_with_env_and_timeout(tmp_path: Path) -> None:
     worker.submit("stop", "INIT", "BACKUP", "shutdown")  # no hook configured: nothing runs
     assert time.monotonic() - t0 < 0.1  # submitting never waits for a hook
     worker.stop(wait=True)
-    assert out.read_text().splitlines() == ["MASTER BACKUP master_down", "BACKUP MASTER higher_priority"]
+    assert out.read_text().splitlines() == ["lvs1 MASTER BACKUP master_down", "lvs1 BACKUP MASTER higher_priority"]
     notes = [kw for ev, kw in log.events if ev == "vrrp.notify"]
     assert [n["state"] for n in notes] == ["MASTER", "BACKUP", "FAULT"]
     assert notes[0]["rc"] == 0 and notes[2]["rc"] is None and "timed out" in notes[2]["error"]
