@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -450,9 +451,18 @@ class Daemon:
         self.wake.set()
 
 
+def _raise_open_files_limit() -> None:
+    """One kept-alive probe connection per real server: the default soft limit (1024) is too small."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_daemon(config_path: str, node: str | None, *, log_format: LogFormat = "auto",
                log_level: str = "info") -> int:
     log = setup_logging(log_format, node=node, level=log_level)
+    _raise_open_files_limit()
 
     async def main() -> int:
         daemon = Daemon(config_path, node, log, resolve_format(log_format, sys.stdout))

