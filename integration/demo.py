@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,17 +67,8 @@ def render_story(lines: Iterable[Line], zero: float) -> str:
     return "\n".join(out)
 
 
-def wait_until(what: str, pred: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(step)
-    return time.monotonic() - t0
-
-
 def inside(args: argparse.Namespace) -> int:
-    from integration.topology import ClientLoop, SeedLab
+    from integration.topology import ClientLoop, SeedLab, wait_until
 
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.log"):

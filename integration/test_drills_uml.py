@@ -7,26 +7,16 @@ import itertools
 import json
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from integration.topology import GATEWAY, VIP, ClientLoop, SeedLab
+from integration.topology import GATEWAY, VIP, ClientLoop, SeedLab, wait_until
 
 pytestmark = pytest.mark.uml
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_CONFIG = (REPO / "etc" / "havs.yaml").read_text()
-
-
-def wait_until(what: str, pred: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - t0
 
 
 def holds(lab: SeedLab, node: str) -> bool:

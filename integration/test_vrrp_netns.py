@@ -9,18 +9,20 @@ never asserted tightly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from integration import topology
 from integration.topology import GATEWAY, VIP, SeedLab
 
 pytestmark = pytest.mark.netns
@@ -35,7 +37,11 @@ GW_CIDR = f"{GATEWAY}/24"
 
 
 def config_text(
-    interval: float, notify_dir: Path, version: int = 3, auth_pass: str | None = None, preempt: bool = True,
+    interval: float,
+    notify_dir: Path,
+    version: int = 3,
+    auth_pass: str | None = None,
+    preempt: bool = True,
     unicast: bool = False,
 ) -> str:
     peers = "[192.168.72.131, 192.168.72.132]" if unicast else "[]"
@@ -125,14 +131,8 @@ class Pair:
             print(f"--- {node} log ---\n{path.read_text()[-6000:]}")
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.005) -> float:
-    """Poll `pred` until true; return the time it took. Every wait is bounded."""
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(step)
-    return time.monotonic() - t0
+# takeovers are timed here: poll finely
+wait_until = functools.partial(topology.wait_until, step=0.005)
 
 
 def learn(lab: SeedLab) -> None:
@@ -145,14 +145,20 @@ def block_vrrp(lab: SeedLab) -> None:
     """Split the heartbeat: isolate both directors' ports on the server-LAN bridge from each other (they
     still reach the real servers). No netfilter or tc actions needed, which minimal kernels lack."""
     for node in ("lvs1", "lvs2"):
-        subprocess.run(["ip", "netns", "exec", lab.ns("sw"), "bridge", "link", "set", "dev", f"{node}-eth1",
-                        "isolated", "on"], check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "netns", "exec", lab.ns("sw"), "bridge", "link", "set", "dev", f"{node}-eth1", "isolated", "on"],
+            check=True,
+            capture_output=True,
+        )
 
 
 def unblock_vrrp(lab: SeedLab) -> None:
     for node in ("lvs1", "lvs2"):
-        subprocess.run(["ip", "netns", "exec", lab.ns("sw"), "bridge", "link", "set", "dev", f"{node}-eth1",
-                        "isolated", "off"], check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "netns", "exec", lab.ns("sw"), "bridge", "link", "set", "dev", f"{node}-eth1", "isolated", "off"],
+            check=True,
+            capture_output=True,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +183,9 @@ def elect(lab: SeedLab, interval: float, **cfg: Any) -> Pair:
     preempted a moment later; that is VRRP, but it makes the starting point of a test vary.)"""
     pair = Pair(lab, interval, **cfg)
     pair.start("lvs1")
-    wait_until(lambda: pair.holds("lvs1") == (True, True), 3 * interval + 5, "lvs1 holds VIP and gateway")
+    wait_until("lvs1 holds VIP and gateway", lambda: pair.holds("lvs1") == (True, True), 3 * interval + 5)
     pair.start("lvs2")
-    wait_until(lambda: bool(pair.events("lvs2", "vrrp.state")), 5, "lvs2 started")
+    wait_until("lvs2 started", lambda: bool(pair.events("lvs2", "vrrp.state")), 5)
     time.sleep(3 * interval + 0.1)  # past its down interval: it heard lvs1 and stayed BACKUP
     assert pair.holds("lvs2") == (False, False)
     assert [e["to"] for e in pair.events("lvs2", "vrrp.state")] == ["BACKUP"]
@@ -191,8 +197,11 @@ def test_higher_priority_becomes_master_and_holds_both_addresses(fresh: SeedLab)
     pair.start("lvs2")
     pair.start("lvs1")  # started together (lvs2 first): whatever happens first, lvs1 ends up MASTER
     try:
-        wait_until(lambda: pair.holds("lvs1") == (True, True) and pair.holds("lvs2") == (False, False), 5,
-                   "lvs1 holds both addresses, lvs2 none")
+        wait_until(
+            "lvs1 holds both addresses, lvs2 none",
+            lambda: pair.holds("lvs1") == (True, True) and pair.holds("lvs2") == (False, False),
+            5,
+        )
         time.sleep(0.5)  # stable: 5 adverts later nothing has moved
         assert pair.holds("lvs1") == (True, True) and pair.holds("lvs2") == (False, False)
         learn(fresh)
@@ -201,32 +210,38 @@ def test_higher_priority_becomes_master_and_holds_both_addresses(fresh: SeedLab)
         assert [e["to"] for e in pair.events("lvs1", "vrrp.state")] == ["BACKUP", "MASTER"]
         assert [e["to"] for e in pair.events("lvs2", "vrrp.state")][-1] == "BACKUP"
         assert not pair.events("lvs2", "vrrp.advert_dropped")
-        wait_until(lambda: pair.hooks("lvs1") == ["BACKUP INIT start", "MASTER BACKUP master_down"], 5,
-                   "notify hooks ran in order with HAVS_* env")
+        wait_until(
+            "notify hooks ran in order with HAVS_* env",
+            lambda: pair.hooks("lvs1") == ["BACKUP INIT start", "MASTER BACKUP master_down"],
+            5,
+        )
     finally:
         pair.stop_all()
 
 
 @pytest.mark.parametrize(("interval", "unicast"), [(0.1, False), (1.0, False), (0.1, True)])
-def test_kill_9_master_backup_takes_over_and_neighbours_follow(
-    fresh: SeedLab, interval: float, unicast: bool
-) -> None:
+def test_kill_9_master_backup_takes_over_and_neighbours_follow(fresh: SeedLab, interval: float, unicast: bool) -> None:
     pair = elect(fresh, interval, unicast=unicast)
     try:
         learn(fresh)
         assert fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
         pair.signal("lvs1", signal.SIGKILL)
         fresh.links_down("lvs1")  # the director is gone, not just the daemon (it would keep the VIP)
-        took = wait_until(lambda: pair.holds("lvs2") == (True, True), 3 * interval + 1 + 2, "lvs2 takes over")
+        took = wait_until("lvs2 takes over", lambda: pair.holds("lvs2") == (True, True), 3 * interval + 1 + 2)
         garp = wait_until(
-            lambda: fresh.neigh("client", VIP) == pair.mac("lvs2", "eth0")
-            and fresh.neigh("rs1", GATEWAY) == pair.mac("lvs2", "eth1"),
-            2.0, "client and real server follow the new MAC",
+            "client and real server follow the new MAC",
+            lambda: (
+                fresh.neigh("client", VIP) == pair.mac("lvs2", "eth0")
+                and fresh.neigh("rs1", GATEWAY) == pair.mac("lvs2", "eth1")
+            ),
+            2.0,
         )
         expected = 3 * interval + (256 - PRIORITY["lvs2"]) * interval / 256
         mode = "unicast" if unicast else "multicast"
-        print(f"\nkill -9 at advert {interval}s {mode}: addresses on lvs2 after {took * 1000:.0f} ms "
-              f"(3×interval+skew = {expected * 1000:.0f} ms), neighbours +{garp * 1000:.0f} ms")
+        print(
+            f"\nkill -9 at advert {interval}s {mode}: addresses on lvs2 after {took * 1000:.0f} ms "
+            f"(3×interval+skew = {expected * 1000:.0f} ms), neighbours +{garp * 1000:.0f} ms"
+        )
         assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "MASTER"
         assert took >= expected - interval  # did not take over before the master could have been heard
     finally:
@@ -238,10 +253,12 @@ def test_sigterm_hands_over_after_skew_not_master_down(fresh: SeedLab) -> None:
     pair = elect(fresh, interval)
     try:
         pair.signal("lvs1", signal.SIGTERM)
-        took = wait_until(lambda: pair.holds("lvs2") == (True, True), 5, "lvs2 takes over after priority 0")
+        took = wait_until("lvs2 takes over after priority 0", lambda: pair.holds("lvs2") == (True, True), 5)
         skew = (256 - PRIORITY["lvs2"]) * interval / 256
-        print(f"\nSIGTERM at advert {interval}s: lvs2 holds the addresses after {took * 1000:.0f} ms "
-              f"(skew {skew * 1000:.0f} ms, master_down {(3 * interval + skew) * 1000:.0f} ms)")
+        print(
+            f"\nSIGTERM at advert {interval}s: lvs2 holds the addresses after {took * 1000:.0f} ms "
+            f"(skew {skew * 1000:.0f} ms, master_down {(3 * interval + skew) * 1000:.0f} ms)"
+        )
         assert took < 3 * interval  # the priority-0 advert worked: no master_down wait
         assert pair.procs["lvs1"].wait(5) == 0
         assert pair.holds("lvs1") == (False, False)  # released on the way out
@@ -256,20 +273,25 @@ def test_split_brain_heals_to_one_master_and_neighbours_follow_it(fresh: SeedLab
     try:
         learn(fresh)
         block_vrrp(fresh)
-        wait_until(lambda: pair.holds("lvs2") == (True, True), 3, "split brain: lvs2 becomes MASTER too")
+        wait_until("split brain: lvs2 becomes MASTER too", lambda: pair.holds("lvs2") == (True, True), 3)
         assert pair.holds("lvs1") == (True, True)
         # lvs2's takeover GARP moved the client to lvs2's MAC: the heal must move it back
-        wait_until(lambda: fresh.neigh("client", VIP) == pair.mac("lvs2", "eth0"), 2, "client follows lvs2")
+        wait_until("client follows lvs2", lambda: fresh.neigh("client", VIP) == pair.mac("lvs2", "eth0"), 2)
         time.sleep(0.3)
         unblock_vrrp(fresh)
-        healed = wait_until(lambda: pair.holds("lvs2") == (False, False), 2, "lvs2 steps down")
+        healed = wait_until("lvs2 steps down", lambda: pair.holds("lvs2") == (False, False), 2)
         neigh = wait_until(
-            lambda: fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
-            and fresh.neigh("rs1", GATEWAY) == pair.mac("lvs1", "eth1"),
-            2, "client and real server point at the survivor again",
+            "client and real server point at the survivor again",
+            lambda: (
+                fresh.neigh("client", VIP) == pair.mac("lvs1", "eth0")
+                and fresh.neigh("rs1", GATEWAY) == pair.mac("lvs1", "eth1")
+            ),
+            2,
         )
-        print(f"\nsplit brain heal at advert {interval}s: lvs2 released after {healed * 1000:.0f} ms, "
-              f"neighbours on lvs1 +{neigh * 1000:.0f} ms")
+        print(
+            f"\nsplit brain heal at advert {interval}s: lvs2 released after {healed * 1000:.0f} ms, "
+            f"neighbours on lvs1 +{neigh * 1000:.0f} ms"
+        )
         assert pair.holds("lvs1") == (True, True)
         assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "BACKUP"
         time.sleep(0.3)
@@ -282,17 +304,17 @@ def test_deleted_address_is_put_back_and_link_down_is_fault(fresh: SeedLab) -> N
     pair = elect(fresh, 0.1)
     try:
         fresh.del_address("lvs1", "eth0", VIP_CIDR)
-        wait_until(lambda: pair.holds("lvs1") == (True, True), 2, "the master re-adds a deleted VIP")
+        wait_until("the master re-adds a deleted VIP", lambda: pair.holds("lvs1") == (True, True), 2)
         assert any(e["action"] == "readd" for e in pair.events("lvs1", "vrrp.addresses"))
         # the server-side link of the master goes down: FAULT, release, the peer takes over
         subprocess.run(["ip", "-n", fresh.ns("sw"), "link", "set", "lvs1-eth0", "down"], check=True)
-        wait_until(lambda: pair.holds("lvs2") == (True, True), 3, "peer takes over from the faulty master")
-        wait_until(lambda: pair.holds("lvs1") == (False, False), 2, "faulty master released its addresses")
+        wait_until("peer takes over from the faulty master", lambda: pair.holds("lvs2") == (True, True), 3)
+        wait_until("faulty master released its addresses", lambda: pair.holds("lvs1") == (False, False), 2)
         assert pair.events("lvs1", "vrrp.state")[-1]["to"] == "FAULT"
         subprocess.run(["ip", "-n", fresh.ns("sw"), "link", "set", "lvs1-eth0", "up"], check=True)
         # recovered: back to BACKUP, then preempts (higher priority)
-        wait_until(lambda: pair.holds("lvs1") == (True, True), 3, "recovered master preempts again")
-        wait_until(lambda: pair.holds("lvs2") == (False, False), 2, "peer steps down")
+        wait_until("recovered master preempts again", lambda: pair.holds("lvs1") == (True, True), 3)
+        wait_until("peer steps down", lambda: pair.holds("lvs2") == (False, False), 2)
         assert [e["to"] for e in pair.events("lvs1", "vrrp.state")][-2:] == ["BACKUP", "MASTER"]
     finally:
         pair.stop_all()
@@ -323,13 +345,26 @@ vrrp_instance VI_1 {{
 """
 
 
-def start_keepalived(lab: SeedLab, node: str, version: int, interval: float, priority: int,
-                     pair: Pair) -> subprocess.Popen[bytes]:
+def start_keepalived(
+    lab: SeedLab, node: str, version: int, interval: float, priority: int, pair: Pair
+) -> subprocess.Popen[bytes]:
     tag = f"{node}-{time.time_ns()}"
     conf = lab.workdir / f"keepalived-{tag}.conf"
     conf.write_text(keepalived_conf(version, interval, priority))
-    argv = [str(KEEPALIVED), "-n", "-l", "-D", "-G", "-P", "-f", str(conf),
-            "-p", str(lab.workdir / f"ka-{tag}.pid"), "-r", str(lab.workdir / f"ka-vrrp-{tag}.pid")]
+    argv = [
+        str(KEEPALIVED),
+        "-n",
+        "-l",
+        "-D",
+        "-G",
+        "-P",
+        "-f",
+        str(conf),
+        "-p",
+        str(lab.workdir / f"ka-{tag}.pid"),
+        "-r",
+        str(lab.workdir / f"ka-vrrp-{tag}.pid"),
+    ]
     log = lab.workdir / f"keepalived-{tag}.log"
     proc = lab.popen(node, argv, log)
     pair.procs[f"keepalived-{node}"] = proc
@@ -349,14 +384,14 @@ def test_interop_with_keepalived(fresh: SeedLab, version: int, interval: float) 
     pair = Pair(fresh, interval, **extra)
     try:
         pair.start("lvs1")
-        wait_until(lambda: pair.holds("lvs1") == (True, True), mdi + 5, "havs lvs1 MASTER")
+        wait_until("havs lvs1 MASTER", lambda: pair.holds("lvs1") == (True, True), mdi + 5)
         ka = start_keepalived(fresh, "lvs2", version, interval, 100, pair)
         time.sleep(mdi + 1)
         assert ka.poll() is None, "keepalived exited"
         assert pair.holds("lvs2") == (False, False), "keepalived did not accept havs adverts"
         # and it follows a priority-0 resignation at once
         pair.signal("lvs1", signal.SIGTERM)
-        took = wait_until(lambda: pair.holds("lvs2") == (True, True), mdi + 2, "keepalived takes over")
+        took = wait_until("keepalived takes over", lambda: pair.holds("lvs2") == (True, True), mdi + 2)
         print(f"\nv{version}: keepalived took over {took * 1000:.0f} ms after havs SIGTERM")
         assert pair.procs["lvs1"].wait(5) == 0 and pair.holds("lvs1") == (False, False)
 
@@ -366,14 +401,14 @@ def test_interop_with_keepalived(fresh: SeedLab, version: int, interval: float) 
         pair2.logs.update(pair.logs)
         pair = pair2
         pair.start("lvs1")
-        wait_until(lambda: bool(pair.events("lvs1", "vrrp.state")), 5, "havs started")
+        wait_until("havs started", lambda: bool(pair.events("lvs1", "vrrp.state")), 5)
         time.sleep(mdi + 1)
         assert pair.holds("lvs1") == (False, False), "havs did not accept keepalived adverts"
         assert [e["to"] for e in pair.events("lvs1", "vrrp.state")] == ["BACKUP"]
         assert not pair.events("lvs1", "vrrp.advert_dropped")
         # keepalived resigns with priority 0: havs takes over after its skew time
         os.kill(ka.pid, signal.SIGTERM)
-        took = wait_until(lambda: pair.holds("lvs1") == (True, True), mdi + 2, "havs takes over")
+        took = wait_until("havs takes over", lambda: pair.holds("lvs1") == (True, True), mdi + 2)
         print(f"v{version}: havs took over {took * 1000:.0f} ms after keepalived SIGTERM")
         if interval >= 1:  # at 1 s the gap between skew and master_down is wide enough to assert on
             assert took < 3 * interval, "havs waited for master_down: keepalived's priority 0 was not seen"
@@ -409,9 +444,9 @@ def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
     service = VrrpService(view, log=log, on_state=lambda f, t, r: states.append(t))
     run_in_netns(fresh.ns("lvs1"), service.start)  # the VRRP thread inherits the namespace
     try:
-        wait_until(lambda: pair.holds("lvs1") == (True, True), 5, "in-process lvs1 MASTER")
+        wait_until("in-process lvs1 MASTER", lambda: pair.holds("lvs1") == (True, True), 5)
         pair.start("lvs2")
-        wait_until(lambda: bool(pair.events("lvs2", "vrrp.state")), 5, "lvs2 started")
+        wait_until("lvs2 started", lambda: bool(pair.events("lvs2", "vrrp.state")), 5)
         time.sleep(0.5)
 
         async def hog() -> None:

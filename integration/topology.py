@@ -727,6 +727,17 @@ class ClientLoop:
         )
 
 
+def wait_until(what: str, pred: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
+    """Poll ``pred`` until it holds and return the seconds it took. Every wait in the lab is bounded:
+    past ``timeout``, TimeoutError names what did not happen."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what}: not within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
 # --------------------------------------------------------------- housekeeping
 def list_netns() -> list[str]:
     p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
