@@ -160,12 +160,18 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         self._load_drained()
         self._start_metrics()
+        if cfg.vrrp is not None:
+            self.vrrp = VrrpProcess(self.view, log=self.log, log_format=self.log_format,
+                                    on_state=self._on_vrrp_state)
+            self.vrrp.spawn()  # it imports while we program IPVS; it starts announcing only after that
         if cfg.virtual_services or cfg.settings.purge_unmanaged:
             try:
                 ipvs = IpvsSocket()
                 await ipvs.open()
             except IpvsUnavailable as e:
                 self.log.error("ipvs.unavailable", error=str(e))
+                if self.vrrp is not None:
+                    self.vrrp.stop(graceful=False)
                 return 1
             self.reconciler = Reconciler(ipvs, self.log)
             # Servers start as up (keepalived's default): a restarted daemon must not pull healthy servers
@@ -178,8 +184,7 @@ class Daemon:
         if cfg.vrrp is not None:
             if cfg.vrrp.connection_sync is not None:
                 await self._sync_connections("BACKUP")  # every director starts as a backup
-            self.vrrp = VrrpProcess(self.view, log=self.log, log_format=self.log_format,
-                                    on_state=self._on_vrrp_state)
+            assert self.vrrp is not None
             try:
                 await loop.run_in_executor(None, self.vrrp.start)
             except RuntimeError as e:

@@ -57,7 +57,11 @@ class VrrpProcess:
 
     # ----------------------------------------------------------------------------- the parent's API
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the child early: it imports its modules (seconds on a slow machine) while the daemon
+        programs IPVS, and waits for `start` before it sends anything."""
+        if self._proc is not None:
+            return
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = parent
         self._proc = subprocess.Popen(
@@ -68,6 +72,9 @@ class VrrpProcess:
         child.close()
         self._reader = threading.Thread(target=self._read, name="havs-vrrp-link", daemon=True)
         self._reader.start()
+
+    def start(self) -> None:
+        self.spawn()
         self._send({"cmd": "start", "view": self._view.model_dump(mode="json")})
         if not self._ready.wait(START_TIMEOUT) or self._start_error is not None:
             error = self._start_error or f"no answer in {START_TIMEOUT:.0f}s"
