@@ -89,10 +89,13 @@ def inside(args: argparse.Namespace) -> int:
         def ipvs_dests(node: str) -> str:
             return lab.exec(node, ["ipvsadm", "-Ln"]).stdout
 
+        # One after the other, as directors usually come up: the first one up is MASTER at once.
         lab.start_havs("lvs1", CONFIG, log_path=OUT / "lvs1.log")
-        lab.start_havs("lvs2", CONFIG, log_path=OUT / "lvs2.log")
-        mark("havs started on lvs1 (priority 150) and lvs2 (priority 100)")
+        mark("havs started on lvs1 (priority 150)")
         wait_until("lvs1 holds the VIP and the gateway", lambda: holds("lvs1"), 60)
+        lab.start_havs("lvs2", CONFIG, log_path=OUT / "lvs2.log")
+        mark("havs started on lvs2 (priority 100)")
+        wait_until("lvs2 ready", lambda: '"daemon.ready"' in (OUT / "lvs2.log").read_text(), 60)
         wait_until("both directors program IPVS", lambda: all(
             "192.168.72.129:80" in ipvs_dests(n) for n in ("lvs1", "lvs2")), 60)
         mark("lvs1 is MASTER with both addresses; IPVS programmed on both directors")
