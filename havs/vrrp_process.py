@@ -77,9 +77,9 @@ class VrrpProcess:
         self.spawn()
         self._send({"cmd": "start", "view": self._view.model_dump(mode="json")})
         if not self._ready.wait(START_TIMEOUT) or self._start_error is not None:
-            error = self._start_error or f"no answer in {START_TIMEOUT:.0f}s"
+            error = self._start_error or f"VRRP did not start: no answer in {START_TIMEOUT:.0f}s"
             self.stop(graceful=False)
-            raise RuntimeError(f"VRRP did not start: {error}")
+            raise RuntimeError(error)
 
     def stop(self, graceful: bool = True) -> None:
         """graceful: resign with a priority-0 advert and hand the addresses over (see VrrpService.stop)."""
@@ -158,7 +158,7 @@ class VrrpProcess:
 
     def _read(self) -> None:
         assert self._sock is not None
-        with self._sock.makefile("rb") as stream:
+        with contextlib.suppress(OSError), self._sock.makefile("rb") as stream:  # a reset is an EOF too
             for raw in stream:
                 try:
                     message = json.loads(raw)
@@ -167,7 +167,7 @@ class VrrpProcess:
                 self._dispatch(message)
         # EOF: the child is gone; a start still waiting must not wait for nothing
         if not self._ready.is_set():
-            self._start_error = "the VRRP process exited"
+            self._start_error = "VRRP did not start: the VRRP process exited"
             self._ready.set()
         elif self._proc is not None and self._proc.poll() is not None and self._proc.returncode != 0:
             self._log.error("vrrp.process_exited", rc=self._proc.returncode)
@@ -231,7 +231,7 @@ def worker(fd: int, log_format: str) -> int:
     try:
         service.start()
     except (RuntimeError, ValueError) as e:
-        send({"type": "error", "error": str(e)})
+        send({"type": "error", "error": str(e) if str(e).startswith("VRRP") else f"VRRP did not start: {e}"})
         return 1
     gc.freeze()  # what is loaded now lives as long as the process: keep it out of every collection
     send({"type": "ready"})
