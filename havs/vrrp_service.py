@@ -1,29 +1,22 @@
 """The asyncio shell around one VRRP instance, on an event loop of its own in a dedicated thread.
 
-Why a thread: the daemon's main loop may be busy with thousands of health checks or a large IPVS apply;
-adverts must leave on time regardless, or the peer declares us dead. Everything VRRP — socket, timer,
-address changes, GARP — happens on this thread's loop; notify hooks run on a separate worker thread so a
-slow script never delays an advert.
+The daemon runs it in a process of its own (`havs.vrrp_process`), where nothing else competes for the
+GIL. Everything VRRP — socket, timer, address changes, GARP — happens on this thread's loop; notify hooks
+run on a separate worker thread so a slow script never delays an advert.
 
 Thread-safety: `start`, `stop`, `set_priority_decrement` and `snapshot` may be called from any thread.
 `on_state(from_, to, reason)` is called on the VRRP thread: hand it over (loop.call_soon_threadsafe).
-
-Run alone for tests and manual checks: `python -m havs.vrrp_service -c havs.yaml --node lvs1`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
 import os
 import queue
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -585,47 +578,3 @@ class _NotifyWorker:
             except OSError as e:
                 fields = {"rc": None, "error": str(e)}
             self._log.info("vrrp.notify", state=state, argv=argv, **fields)
-
-
-# ---------------------------------------------------------------------------------- standalone runner
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from havs.core.config import load_config, select_node
-    from havs.errors import ConfigError
-    from havs.log import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m havs.vrrp_service", description="Run VRRP only.")
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--node", default=None)
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-        view = select_node(config, args.node, socket.gethostname(), args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    log = setup_logging(args.log_format, node=view.name)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    service = VrrpService(view, log=log)
-    try:
-        service.start()
-    except RuntimeError as e:
-        print(e, file=sys.stderr)
-        return 1
-    while not stop.wait(1.0):
-        pass
-    service.stop(graceful=True)
-    log.info("vrrp.stopped", **{k: v for k, v in service.snapshot().items() if k in ("state", "dropped")})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
