@@ -250,7 +250,8 @@ class Daemon:
     async def _reload(self) -> None:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            view = self._load()
+            # A large file takes seconds to parse: on a worker thread, probes and passes keep running.
+            view = await asyncio.get_running_loop().run_in_executor(None, self._load)
         except ConfigError as e:
             self.log.error("config.reload_failed", file=self.config_path,
                            problems=[str(p) for p in e.problems], kept="running config")

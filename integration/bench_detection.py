@@ -42,13 +42,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.benchlib import SEED_CONFIG, LabBroken, cell, edit_seed_config, keepalived_real_servers, poll, ratio
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "integration" / "out" / "bench_detection"
-SEED_CONFIG = REPO / "etc" / "havs.yaml"
 VIP_CIDR = "192.168.0.108/24"
 GW_CIDR = "192.168.72.130/24"
 RS1 = "192.168.72.128"
@@ -63,10 +64,6 @@ POLL = 0.01
 CHECK_INTERVAL = 1.0  # both implementations: havs interval 1, keepalived delay_loop 1
 
 
-class LabBroken(RuntimeError):
-    """The lab itself failed (not a slow daemon)."""
-
-
 # ------------------------------------------------------------------------------------------ configs
 def havs_config() -> str:
     """etc/havs.yaml as shipped, without VRRP and with its own socket and state dir."""
@@ -78,30 +75,11 @@ def havs_config() -> str:
         r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / 'control.sock'}",
         r"(?m)^(\s+state_dir:)\s*\S+": rf"\g<1> {OUT / 'state'}",
     }
-    for pattern, repl in subs.items():
-        text, n = re.subn(pattern, repl, text, count=1)
-        if n != 1:
-            raise LabBroken(f"etc/havs.yaml: no line matches {pattern!r}")
-    return text
+    return edit_seed_config(subs, text)
 
 
 def keepalived_config() -> str:
-    reals = "".join(
-        f"""    real_server {ip} 80 {{
-        weight 1
-        HTTP_GET {{
-            url {{
-                path /
-                status_code 200
-            }}
-            connect_timeout 1
-            retry 1
-            delay_before_retry 1
-        }}
-    }}
-"""
-        for ip in REAL
-    )
+    reals = keepalived_real_servers(REAL, retry=1, delay_before_retry=1)
     return f"""global_defs {{
     router_id lvs1
 }}
@@ -179,15 +157,6 @@ class IpvsWatch:
         self._thread.join(2)
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, step: float) -> float | None:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            return None
-        time.sleep(step)
-    return time.monotonic() - t0
-
-
 # ------------------------------------------------------------------------------------------ results
 @dataclass
 class Round:
@@ -225,7 +194,7 @@ class Setup:
              "--directory", str(root), "80"],
             OUT / "web-rs1-keepalive.log",
         )
-        sock_ok = wait_until(self._rs1_listens, 30, 0.05)
+        sock_ok = poll(self._rs1_listens, 30, 0.05)
         if sock_ok is None:
             raise LabBroken("keep-alive web server on rs1 did not listen within 30 s")
 
@@ -286,7 +255,7 @@ def run_setup(lab: object, impl: str, web: str, rounds: int, budget_end: float, 
     client: ClientLoop | None = None
     try:
         log = setup.start_daemon()
-        if wait_until(lambda: all(watch.has(ip) for ip in REAL), 30, 0.1) is None:
+        if poll(lambda: all(watch.has(ip) for ip in REAL), 30, 0.1) is None:
             tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
             out.append(Round(impl, web, 0, note=f"IPVS not programmed with both real servers in 30 s; log: {tail}"))
             return out
@@ -308,14 +277,14 @@ def run_setup(lab: object, impl: str, web: str, rounds: int, budget_end: float, 
             t_round = time.monotonic()
             r = Round(impl, web, n)
             out.append(r)
-            if wait_until(steady, 15, 0.05) is None:
+            if poll(steady, 15, 0.05) is None:
                 r.note = "never steady before the kill"
                 break
             r.kill_phase = random.uniform(0, CHECK_INTERVAL)
             time.sleep(r.kill_phase)
             t0 = time.monotonic()
             setup.kill_web()
-            gone = wait_until(lambda t=t0: watch.gone_at(RS1, t) is not None, 10, POLL)
+            gone = poll(lambda t=t0: watch.gone_at(RS1, t) is not None, 10, POLL)
             at = watch.gone_at(RS1, t0)
             if gone is None or at is None:
                 r.note = "rs1 not removed from IPVS within 10 s"
@@ -332,7 +301,7 @@ def run_setup(lab: object, impl: str, web: str, rounds: int, budget_end: float, 
             r.failures = sum(1 for s in window if not s.ok)
             t_restart = time.monotonic()
             setup.start_web()
-            back = wait_until(lambda: watch.has(RS1), 15, POLL)
+            back = poll(lambda: watch.has(RS1), 15, POLL)
             r.back = None if back is None else time.monotonic() - t_restart
             per_round.append(time.monotonic() - t_round)
             rem = f"{r.removal:.3f}s" if r.removal is not None else "-"
@@ -354,20 +323,6 @@ def run_setup(lab: object, impl: str, web: str, rounds: int, budget_end: float, 
 
 
 # ------------------------------------------------------------------------------------------- report
-def _cell(values: Sequence[float], fmt: str) -> str:
-    if not values:
-        return "-"
-    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "-"
-    if b == 0:
-        return "1.00" if a == 0 else "inf"
-    return f"{a / b:.2f}"
-
-
 def report(results: list[Round], webs: Sequence[str]) -> str:
     lines = [
         "client: GET http://192.168.0.108/ every 50 ms, request timeout 0.25 s; rr over rs1 and rs2",
@@ -393,10 +348,10 @@ def report(results: list[Round], webs: Sequence[str]) -> str:
                                 statistics.median(failed) if failed else None)
             n = f"{len(ok)}" + (f"/{len(rs)}" if len(ok) != len(rs) else "")
             per = ",".join(str(r.failures) for r in ok)
-            lines.append(f"{impl:<10} {web:<10} {n:>2}  {_cell(removal, '.3f'):<22} {_cell(failed, 'g'):<12} "
-                         f"{per:<24} {_cell(back, '.2f'):<18}")
+            lines.append(f"{impl:<10} {web:<10} {n:>2}  {cell(removal, '.3f'):<22} {cell(failed, 'g'):<12} "
+                         f"{per:<24} {cell(back, '.2f'):<18}")
         h, k = med[("havs", web)], med[("keepalived", web)]
-        lines.append(f"{'havs/ka':<10} {web:<10} {'':>2}  {_ratio(h[0], k[0]):<22} {_ratio(h[1], k[1]):<12}")
+        lines.append(f"{'havs/ka':<10} {web:<10} {'':>2}  {ratio(h[0], k[0]):<22} {ratio(h[1], k[1]):<12}")
         lines.append("")
     lines.append("targets (havs, interval 1 s):")
     for web in webs:

@@ -50,9 +50,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from integration.benchlib import LabBroken, edit_seed_config, keepalived_real_servers, poll, ratio
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "integration" / "out" / "bench_failover"
-SEED_CONFIG = REPO / "etc" / "havs.yaml"
 VIP_CIDR = "192.168.0.108/24"
 GW_CIDR = "192.168.72.130/24"
 PRIORITY = {"lvs1": 150, "lvs2": 100}
@@ -65,46 +66,23 @@ REQUEST_TIMEOUT = 0.25
 STEADY_RUN = 10  # good answers in a row that make the client "steady" (before) and "recovered" (after)
 
 
-class LabBroken(RuntimeError):
-    """The lab itself failed (not a slow or failing daemon)."""
-
-
 def vrrp_version(interval: float) -> int:
     return 2 if interval == int(interval) else 3
 
 
 # ------------------------------------------------------------------------------------------ configs
 def havs_config(interval: float, node: str) -> str:
-    text = SEED_CONFIG.read_text()
     subs = {
         r"(?m)^(\s+version:)\s*\d+": rf"\g<1> {vrrp_version(interval)}",
         r"(?m)^(\s+advert_interval:)\s*[\d.]+": rf"\g<1> {interval:g}",
         r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / f'control-{node}.sock'}",
         r"(?m)^(\s+state_dir:)\s*\S+": rf"\g<1> {OUT / f'state-{node}'}",
     }
-    for pattern, repl in subs.items():
-        text, n = re.subn(pattern, repl, text, count=1)
-        if n != 1:
-            raise LabBroken(f"etc/havs.yaml: no line matches {pattern!r}")
-    return text
+    return edit_seed_config(subs)
 
 
 def keepalived_config(interval: float, node: str) -> str:
-    reals = "".join(
-        f"""    real_server {ip} 80 {{
-        weight 1
-        HTTP_GET {{
-            url {{
-                path /
-                status_code 200
-            }}
-            connect_timeout 1
-            retry 0
-        }}
-    }}
-"""
-        for ip in REAL
-    )
+    reals = keepalived_real_servers(REAL, retry=0)
     return f"""global_defs {{
     router_id {node}
 }}
@@ -289,15 +267,6 @@ class Result:
         return self.outage is not None
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, step: float) -> float | None:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            return None
-        time.sleep(step)
-    return time.monotonic() - t0
-
-
 def failure_kind(error: str) -> str:
     """A failed request in a word: where it timed out, or the error's class."""
     if "read timed out" in error:
@@ -407,12 +376,12 @@ class Bench:
                         and all(lab.havs_proc(n) is not None and lab.havs_proc(n).poll() is None  # type: ignore
                                 for n in ("lvs1", "lvs2")))
 
-            if wait_until(elected, settle, 0.1) is None:
+            if poll(elected, settle, 0.1) is None:
                 res.note = (f"not elected in {settle:.0f}s: lvs1 {self.holds('lvs1')} lvs2 {self.holds('lvs2')} "
                             f"lvs2 state {self.state(impl, logs['lvs2'])}")
                 return res
             t_elected = time.monotonic()
-            if wait_until(lambda: self.ipvs_ready("lvs1") and self.ipvs_ready("lvs2"), 15, 0.2) is None:
+            if poll(lambda: self.ipvs_ready("lvs1") and self.ipvs_ready("lvs2"), 15, 0.2) is None:
                 res.note = "IPVS not programmed on both directors in 15s"
                 return res
             t_ipvs = time.monotonic()
@@ -424,7 +393,7 @@ class Bench:
                 tail = s[-STEADY_RUN:]
                 return len(tail) == STEADY_RUN and all(x.ok for x in tail)
 
-            if wait_until(lambda: good_run(0.0), 10, 0.05) is None:
+            if poll(lambda: good_run(0.0), 10, 0.05) is None:
                 res.note = "client never steady before the event"
                 return res
             if self.holds("lvs1") != (True, True):
@@ -455,7 +424,7 @@ class Bench:
                     return True
                 return ticks[0] % 25 == 0 and self.holds("lvs2") == (True, True)
 
-            polled = wait_until(taken, mdi + 5, 0.01)
+            polled = poll(taken, mdi + 5, 0.01)
             if scenario == "sigterm":
                 try:
                     proc.wait(10)
@@ -491,7 +460,7 @@ class Bench:
                     if res.takeover is not None:
                         res.gap = res.takeover - res.released
             after = time.monotonic()
-            if wait_until(lambda: good_run(after), 10, 0.05) is None:
+            if poll(lambda: good_run(after), 10, 0.05) is None:
                 res.note += "client not recovered in 10s; "
             st = client.stats(since=t0)
             res.outage, res.failures, res.requests = st.longest_outage, st.failures, st.requests
@@ -531,14 +500,6 @@ def _fmt(values: Sequence[float], unit: str) -> str:
 
 def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "-"
-    if b == 0:
-        return "1.00" if a == 0 else "inf"
-    return f"{a / b:.2f}"
 
 
 # Columns of the table: header, unit ("s" or "n"), value of a result.
@@ -586,7 +547,7 @@ def report(results: list[Result], adverts: Sequence[float]) -> str:
                 lines.append(f"{impl:<10} {adv:<9} {scenario:<8} {n:>3}  {cells[0]:<21} {cells[1]:<10} "
                              + " ".join(f"{c:<22}" for c in cells[2:]))
             h, k = med[("havs", interval, scenario)], med[("keepalived", interval, scenario)]
-            ratios = [_ratio(x, y) for x, y in zip(h, k, strict=True)]
+            ratios = [ratio(x, y) for x, y in zip(h, k, strict=True)]
             lines.append(f"{'havs/ka':<10} {'':<9} {scenario:<8} {'':>3}  {ratios[0]:<21} {ratios[1]:<10} "
                          + " ".join(f"{c:<22}" for c in ratios[2:]))
         lines.append("")
