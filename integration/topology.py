@@ -89,33 +89,41 @@ srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((addr, port))
 srv.listen(128)
 print("listening", addr, port, flush=True)
-def reply(c, code, reason, body):
-    head = "HTTP/1.0 %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-    c.sendall((head % (code, reason, len(body))).encode() + body)
+def reply(c, version, keep, code, reason, body):
+    head = "%s %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n"
+    c.sendall((head % (version, code, reason, len(body), "keep-alive" if keep else "close")).encode() + body)
 def serve(c):
+    # Like the seed's httpd: HTTP/1.1 clients keep their connection (5 s idle), HTTP/1.0 ones do not.
     try:
-        c.settimeout(10)
+        c.settimeout(5)
         data = b""
-        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < 65536:
-            d = c.recv(4096)
-            if not d:
+        while True:
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                d = c.recv(4096)
+                if not d:
+                    return
+                data += d
+            request, _, data = data.partition(b"\r\n\r\n")
+            lines = request.decode("latin-1").split("\r\n")
+            parts = lines[0].split()
+            method, path, version = (parts + ["", "", ""])[:3]
+            headers = {k.strip().lower(): v.strip().lower() for k, _, v in (x.partition(":") for x in lines[1:])}
+            keep = version == "HTTP/1.1" and headers.get("connection") != "close"
+            version = "HTTP/1.1" if version == "HTTP/1.1" else "HTTP/1.0"
+            path = path.split("?", 1)[0]
+            rel = os.path.normpath(path.lstrip("/")) if path not in ("", "/") else "index.html"
+            full = os.path.join(root, rel)
+            if rel.startswith("..") or not os.path.isfile(full):
+                reply(c, version, keep, 404, "Not Found", b"not found\n")
+                code = 404
+            else:
+                with open(full, "rb") as f:
+                    body = f.read()
+                reply(c, version, keep, 200, "OK", b"" if method == "HEAD" else body)
+                code = 200
+            print(lines[0].strip(), code, flush=True)
+            if not keep:
                 return
-            data += d
-        line = data.split(b"\n", 1)[0].decode("latin-1").strip()
-        parts = line.split()
-        method, path = (parts + ["", ""])[:2]
-        path = path.split("?", 1)[0]
-        rel = os.path.normpath(path.lstrip("/")) if path not in ("", "/") else "index.html"
-        full = os.path.join(root, rel)
-        if rel.startswith("..") or not os.path.isfile(full):
-            reply(c, 404, "Not Found", b"not found\n")
-            code = 404
-        else:
-            with open(full, "rb") as f:
-                body = f.read()
-            reply(c, 200, "OK", b"" if method == "HEAD" else body)
-            code = 200
-        print(line, code, flush=True)
     except OSError:
         pass
     finally:
