@@ -12,10 +12,10 @@ topology (integration/topology.py, reset between setups), for each implementatio
 * keepalived on lvs1, checker only (``-C -n -l -D -G``: console log to its file, no syslog):
   ``virtual_server 192.168.0.108 80 { delay_loop 1; lb_algo rr; lb_kind NAT; protocol TCP }``, both real
   servers with ``HTTP_GET { url { path / status_code 200 } connect_timeout 1 retry 1 delay_before_retry 1 }``;
-* the web server of rs1 is either the lab's own (``seed``: HTTP/1.0, ``Connection: close`` on every
-  response, killed with ``lab.kill_web``) or Python's http.server speaking HTTP/1.1 with keep-alive
-  (``keepalive``, killed with SIGKILL): only there does havs keep a probe connection open between
-  checks, so only there can it see the death the moment rs1's kernel closes that connection.
+* the web server of rs1 is either the lab's own told to close every connection (``seed``:
+  ``Connection: close`` on every response, killed with ``lab.kill_web``) or Python's http.server speaking
+  HTTP/1.1 with keep-alive (``keepalive``, killed with SIGKILL): only there does havs keep a probe
+  connection open between checks, so only there can it see the death the moment rs1's kernel closes it.
 
 Per round: the client requests the VIP every 50 ms (ClientLoop, 0.25 s request timeout); once steady (both
 real servers in IPVS, ten good answers in a row) and after a random part of one check interval (so the kill
@@ -184,7 +184,7 @@ class Setup:
     def start_web(self) -> None:
         lab = self.lab
         if self.web == "seed":
-            lab.start_web("rs1")  # type: ignore[attr-defined]
+            lab.start_web("rs1", keep_alive=False)  # type: ignore[attr-defined]
             return
         lab.stop_web("rs1")  # type: ignore[attr-defined]
         root = lab.docroot("rs1")  # type: ignore[attr-defined]

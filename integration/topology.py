@@ -83,7 +83,7 @@ _PREFIX_RE = re.compile(r"^havs(\d+)-(?:.*-)?(?:" + "|".join((*NODES, SWITCH)) +
 # files under the docroot, "/" -> index.html, 404 otherwise; one line per request.
 _WEB_SERVER = r"""
 import os, socket, sys, threading
-addr, port, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+addr, port, root, keep_alive = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((addr, port))
@@ -108,7 +108,7 @@ def serve(c):
             parts = lines[0].split()
             method, path, version = (parts + ["", "", ""])[:3]
             headers = {k.strip().lower(): v.strip().lower() for k, _, v in (x.partition(":") for x in lines[1:])}
-            keep = version == "HTTP/1.1" and headers.get("connection") != "close"
+            keep = keep_alive and version == "HTTP/1.1" and headers.get("connection") != "close"
             version = "HTTP/1.1" if version == "HTTP/1.1" else "HTTP/1.0"
             path = path.split("?", 1)[0]
             rel = os.path.normpath(path.lstrip("/")) if path not in ("", "/") else "index.html"
@@ -479,11 +479,13 @@ class SeedLab:
         return self.workdir / "www" / node
 
     def start_web(
-        self, node: str, *, bind: str | None = None, port: int = 80, body: str | None = None, timeout: float = 30
+        self, node: str, *, bind: str | None = None, port: int = 80, body: str | None = None, timeout: float = 30,
+        keep_alive: bool = True,
     ) -> subprocess.Popen[bytes]:
         """Start (or restart) ``node``'s web server; wait until it listens.
 
-        Defaults for rs1/rs2 are the seed's (their address, "lvs-webN\\n")."""
+        Defaults for rs1/rs2 are the seed's (their address, "lvs-webN\\n"). ``keep_alive=False``: every
+        response says ``Connection: close``, as some servers do."""
         self.stop_web(node)
         w = self._web.get(node)
         if w is None or bind is not None or body is not None:
@@ -500,7 +502,8 @@ class SeedLab:
         # -S/-I: skip site imports and env, for start-up speed and isolation.
         w.proc = self.popen(
             node,
-            [sys.executable, "-I", "-S", "-u", "-c", _WEB_SERVER, w.bind, str(w.port), str(w.docroot)],
+            [sys.executable, "-I", "-S", "-u", "-c", _WEB_SERVER, w.bind, str(w.port), str(w.docroot),
+             "1" if keep_alive else "0"],
             w.log_path,
         )
         deadline = time.monotonic() + timeout
