@@ -249,8 +249,7 @@ def run_setup(lab: object, impl: str, web: str, rounds: int, budget_end: float, 
     except (TopologyError, subprocess.SubprocessError, OSError) as e:
         raise LabBroken(f"reset failed: {e}") from e
     setup = Setup(lab, impl, web)
-    if web == "keepalive":
-        setup.start_web()
+    setup.start_web()  # reset() left the lab's default server (keep-alive): each setup chooses its own
     watch = IpvsWatch(lab.ns("lvs1"))  # type: ignore[attr-defined]
     client: ClientLoop | None = None
     try:

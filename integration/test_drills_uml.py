@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.topology import GATEWAY, VIP, ClientLoop, SeedLab, wait_until
+from integration.topology import GATEWAY, VIP, ClientLoop, SeedLab, log_events, wait_until
 
 pytestmark = pytest.mark.uml
 
@@ -30,16 +30,7 @@ def ipvsadm(lab: SeedLab, node: str, *args: str) -> str:
 
 def events(lab: SeedLab, node: str, name: str) -> list[dict[str, object]]:
     """This test's log events of one name from `node`'s daemon."""
-    path = LOGS[node]
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == name:
-            out.append(event)
-    return out
+    return log_events(LOGS[node], name)
 
 
 LOGS: dict[str, Path] = {}

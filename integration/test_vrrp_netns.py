@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import shutil
 import signal
@@ -102,15 +101,7 @@ class Pair:
         return t
 
     def events(self, node: str, name: str) -> list[dict[str, object]]:
-        out = []
-        for line in self.logs[node].read_text().splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("event") == name:
-                out.append(ev)
-        return out
+        return topology.log_events(self.logs[node], name)
 
     def holds(self, node: str) -> tuple[bool, bool]:
         return (VIP_CIDR in self.lab.addresses(node, "eth0"), GW_CIDR in self.lab.addresses(node, "eth1"))

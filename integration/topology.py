@@ -738,6 +738,19 @@ class ClientLoop:
         )
 
 
+def log_events(path: Path, name: str) -> list[dict[str, Any]]:
+    """The events called ``name`` in a daemon's JSON log (other lines, e.g. a traceback, are skipped)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == name:
+            out.append(event)
+    return out
+
+
 def wait_until(what: str, pred: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
     """Poll ``pred`` until it holds and return the seconds it took. Every wait in the lab is bounded:
     past ``timeout``, TimeoutError names what did not happen."""
