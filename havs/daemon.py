@@ -43,7 +43,7 @@ from havs.edge.sdnotify import SystemdNotifier
 from havs.errors import ConfigError, HavsError, IpvsUnavailable
 from havs.health_service import HealthService
 from havs.log import LogFormat, resolve_format, setup_logging
-from havs.vrrp_process import VrrpProcess
+from havs.vrrp import VrrpProcess
 
 if TYPE_CHECKING:
     from havs.metrics import Metrics

@@ -391,6 +391,11 @@ class Settings(Strict):
     control_socket: str = "/run/havs/control.sock"
     state_dir: str = "/var/lib/havs"
     metrics_listen: str | None = Field(default=None, description="host:port for Prometheus; off by default")
+    # keepalived's `alpha`: `down` makes every real server earn its place with `rise` passing checks at start
+    initial_health: Literal["up", "down"] = "up"
+    # a reload that would take more than this share of the running table's real servers out is refused
+    # unless forced (`havs reload --force`): a file caught mid-copy must not empty IPVS
+    reload_max_removed: Annotated[float, Range(0, 1)] = 0.5
 
     @field_validator("metrics_listen")
     @classmethod
