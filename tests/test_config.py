@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from havs.core.config import load_config, parse_config, select_node
+from havs.configfile import load_config
+from havs.core.config import parse_config, select_node
 from havs.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

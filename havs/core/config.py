@@ -43,36 +43,103 @@ class LoadedConfig:
     file: str
 
 
-class _Builder:
-    """Node tree → Python data, remembering the line (1-based) of every path."""
+# Bounds on what a file may make the builder do: a YAML alias is a reference, so ten lines of nested
+# aliases ("billion laughs") expand to 10^9 nodes; a recursive alias never ends. A real config nests about
+# six levels deep and uses aliases for shared blocks (a `check:` reused by every server), well inside these.
+MAX_DEPTH = 64
+ALIAS_EXPANSION = 4  # built nodes may be at most this many times the nodes written, plus MIN_BUDGET
+MIN_BUDGET = 100_000
 
-    def __init__(self, file: str) -> None:
+
+class _TooBig(Exception):
+    """The alias expansion budget ran out (carries the line where it did)."""
+
+    def __init__(self, line: int, path: Path) -> None:
+        self.line = line
+        self.path = path
+
+
+def _count_nodes(root: yaml.Node) -> int:
+    """Distinct nodes in the composed graph (aliases are shared references, counted once)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack += (k, v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return len(seen)
+
+
+class _Builder:
+    """Node tree → Python data, remembering the line (1-based) of every path. Bounded: nesting depth,
+    recursive aliases and the total number of nodes built (alias expansion) are limited, and a scalar
+    whose tag cannot construct it (`!!int abc`) is a problem on its line, not an exception."""
+
+    def __init__(self, file: str, budget: int) -> None:
         self.file = file
         self._scalars = yaml.SafeLoader("")  # resolves a scalar's tag: int, float, bool, null, str
         self.lines: dict[Path, int] = {}
         self.problems: list[ConfigProblem] = []
+        self._budget = budget
+        self._open: set[int] = set()  # ids of the collections being built: an alias to one is recursion
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    self._problem(key_node.start_mark.line + 1, path, "keys must be plain words")
-                    continue
-                key = key_node.value
-                if key == "<<":
-                    self._problem(key_node.start_mark.line + 1, path, "YAML merge keys (<<) are not supported")
-                    continue
-                if key in out:
-                    self._problem(key_node.start_mark.line + 1, (*path, key), "duplicate key")
-                    continue
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                out[key] = self.build(value_node, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._scalars.construct_object(node, deep=True)
+        self._budget -= 1
+        if self._budget < 0:
+            # the top-level key's line: deeper lines are the anchors' own, wherever the expansion ran away
+            raise _TooBig(self.line_of(path[:1]) or node.start_mark.line + 1, path[:1])
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self._open:
+            self._problem(self.line_of(path) or node.start_mark.line + 1, path,
+                          f"recursive alias: the anchor on line {node.start_mark.line + 1} is used inside itself")
+            return None
+        if len(path) >= MAX_DEPTH:
+            self._problem(node.start_mark.line + 1, path, f"nested more than {MAX_DEPTH} levels deep")
+            return None
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return None
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._problem(key_node.start_mark.line + 1, path, "keys must be plain words")
+                continue
+            key = key_node.value
+            if key == "<<":
+                self._problem(key_node.start_mark.line + 1, path, "YAML merge keys (<<) are not supported")
+                continue
+            if key in out:
+                self._problem(key_node.start_mark.line + 1, (*path, key), "duplicate key")
+                continue
+            self.lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, (*path, key))
+        return out
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except Exception as e:  # PyYAML's constructors raise ValueError, KeyError, TypeError… on a bad value
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            detail = e.problem if isinstance(e, yaml.MarkedYAMLError) and e.problem else None
+            message = f"{node.value!r} is not a valid {tag}" + (f" ({detail})" if detail else "")
+            self._problem(node.start_mark.line + 1, path, message)
+            return None
 
     def _problem(self, line: int, path: Path, message: str) -> None:
         self.problems.append(ConfigProblem(self.file, line, path_str(path), message))
@@ -127,8 +194,17 @@ def _clean_loc(loc: tuple[Any, ...]) -> Path:
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:
-    """Parse and validate; raise ConfigError listing every problem with file:line: path: message."""
-    builder = _Builder(file)
+    """Parse and validate; raise ConfigError listing every problem with file:line: path: message.
+    Nothing else escapes: whatever a parser or validator raises on hostile input is a ConfigError too."""
+    try:
+        return _parse(text, file)
+    except ConfigError:
+        raise
+    except Exception as e:  # RecursionError, MemoryError, a library bug: a rejected file, never a crash
+        raise ConfigError([ConfigProblem(file, None, "", f"cannot be parsed: {type(e).__name__}: {e}")]) from None
+
+
+def _parse(text: str, file: str) -> Config:
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
@@ -139,15 +215,18 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         raise ConfigError([ConfigProblem(file, None, "", f"YAML: {e}")]) from None
     if root is None:
         raise ConfigError([ConfigProblem(file, 1, "", "the file is empty")])
+    builder = _Builder(file, ALIAS_EXPANSION * _count_nodes(root) + MIN_BUDGET)
     try:
         data = builder.build(root, ())
-    except yaml.constructor.ConstructorError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark else None
-        raise ConfigError([ConfigProblem(file, line, "", f"YAML: {e.problem}")]) from None
+    except _TooBig as e:
+        raise ConfigError([ConfigProblem(
+            file, e.line, path_str(e.path),
+            "YAML aliases expand to too many nodes (an alias bomb?); write the values out")]) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(file, 1, "", "the top level must be a mapping of keys")])
     _merge_real_server_checks(data)
     problems = list(builder.problems)
+    said = {p.path for p in problems}  # a value the builder already rejected needs no second message
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
@@ -156,6 +235,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             cause = (err.get("ctx") or {}).get("error")
             if isinstance(cause, Problem):
                 loc = (*loc, *cause.where)
+            if path_str(loc) in said:
+                continue
             problems.append(ConfigProblem(file, builder.line_of(loc), path_str(loc), _message(dict(err))))
         config = None
     if problems or config is None:
@@ -188,18 +269,6 @@ def _merge_real_server_checks(data: dict[str, Any]) -> None:
         for rs in vs["real_servers"]:
             if isinstance(rs, dict) and isinstance(rs.get("check"), dict):
                 rs["check"] = {**base, **rs["check"]}
-
-
-def load_config(path: str) -> Config:
-    """Read and validate a config file; errors name the file as given."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError([ConfigProblem(path, None, "", f"cannot read: {e.strerror}")]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([ConfigProblem(path, None, "", f"not UTF-8 text: {e.reason}")]) from None
-    return parse_config(text, path)
 
 
 def select_node(config: Config, name: str | None, hostname: str, file: str = "<config>") -> NodeView:
