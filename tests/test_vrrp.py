@@ -182,10 +182,13 @@ def test_priority_zero_advert_hands_over_after_skew() -> None:
     assert actions[0] == SendAdvertisement(Advertisement(3, 51, 0, (VIP, GW), 100))
     assert ReleaseAddresses((VIP, GW)) in actions
     assert link.state("a") == INIT and link.nodes["a"].inst.get_timer() is None
-    link.run_until(10.5 + skew(100) - 1e-6)
+    # believed once a's next advert is overdue (last + interval + tolerance), then b's skew
+    last = max(t for t, _ in link.actions("a", SendAdvertisement) if t < 10.5)
+    takeover = last + 1.0 + 0.1 + skew(100)
+    link.run_until(takeover - 1e-6)
     assert link.state("b") == BACKUP
-    link.run_until(12.0)
-    assert link.changes("b")[-1] == (pytest.approx(10.5 + skew(100)), "b", MASTER, "master_down")
+    link.run_until(13.0)
+    assert link.changes("b")[-1] == (pytest.approx(takeover), "b", MASTER, "master_down")
 
 
 def test_master_hearing_priority_zero_readvertises() -> None:
@@ -362,8 +365,9 @@ def test_fault_resigns_and_recover_comes_back_as_backup() -> None:
     out = link.do("a", "fault")
     assert [type(a) for a in out] == [SendAdvertisement, ReleaseAddresses, StateChanged]
     assert out[0].adv.priority == 0 and link.state("a") == FAULT
-    link.run_until(12.0)
-    assert link.changes("b")[-1] == (pytest.approx(10.5 + skew(100)), "b", MASTER, "master_down")
+    link.run_until(13.0)
+    last = max(t for t, a in link.actions("a", SendAdvertisement) if t < 10.5)
+    assert link.changes("b")[-1] == (pytest.approx(last + 1.1 + skew(100)), "b", MASTER, "master_down")
     # in FAULT it ignores adverts and has no timers
     assert link.nodes["a"].inst.get_timer() is None
     link.run_until(15.0)
@@ -377,7 +381,7 @@ def test_fault_resigns_and_recover_comes_back_as_backup() -> None:
 def test_fault_from_backup_is_quiet() -> None:
     link = elected()
     out = link.do("b", "fault")
-    assert out == [StateChanged(BACKUP, FAULT, "interface_down")]
+    assert out == [StateChanged(BACKUP, FAULT, "interface_down"), ReleaseAddresses((VIP, GW), "stale")]
     assert link.do("b", "fault") == []
 
 
@@ -400,9 +404,9 @@ def test_params_validated() -> None:
 
 def test_start_in_fault_then_recover_starts_as_backup() -> None:
     inst = VrrpInstance(params(A_ADDR, 200), 0.0)
-    assert inst.fault(0.0) == [StateChanged(INIT, FAULT, "interface_down")]
+    assert inst.fault(0.0) == [StateChanged(INIT, FAULT, "interface_down"), ReleaseAddresses((VIP, GW), "stale")]
     assert inst.get_timer() is None
-    assert inst.recover(2.0) == [StateChanged(FAULT, BACKUP, "interface_up")]
+    assert inst.recover(2.0) == [StateChanged(FAULT, BACKUP, "interface_up"), ReleaseAddresses((VIP, GW), "stale")]
     assert inst.get_timer() == pytest.approx(2.0 + 3 + skew(200))
 
 
