@@ -1,11 +1,24 @@
-"""structlog set-up: one event per line, JSON for machines and journald, colour console for people."""
+"""structlog set-up: one event per line, JSON for machines and journald, colour console for people.
+
+Logging never raises into the caller. A log call sits on every path that matters (the SIGTERM handler,
+GARP, the reconcile pass), so an exception from it — stdout gone (EPIPE: `havs run | tee` ended, the
+journal stream closed), a value that cannot be rendered, a bad format string — would turn a log line
+into a stuck daemon. Every such failure is swallowed and counted (`failures()`); a value that cannot be
+rendered still gives a line with the event's name; a stream that is gone for good is pointed at
+/dev/null so that the interpreter's final flush does not fail either (it would exit 120).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
 import os
 import sys
-from typing import Literal, TextIO
+import threading
+from collections.abc import Callable
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -20,7 +33,7 @@ def _under_systemd() -> bool:
 def resolve_format(fmt: LogFormat, stream: TextIO) -> Literal["json", "console"]:
     if fmt != "auto":
         return fmt
-    if _under_systemd() or not stream.isatty():
+    if _under_systemd() or not _isatty(stream):
         return "json"
     return "console"
 
@@ -41,17 +54,115 @@ def setup_logging(fmt: LogFormat = "auto", *, node: str | None = None, level: st
         _trailing_underscore,
     ]
     if chosen == "json":
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(sort_keys=False)]
+        processors += [structlog.processors.format_exc_info,
+                       _safe_renderer(structlog.processors.JSONRenderer(sort_keys=False))]
     else:
-        processors += [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        processors += [_safe_renderer(structlog.dev.ConsoleRenderer(colors=_isatty(out)))]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        wrapper_class=_never_raising(
+            structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()])),
+        logger_factory=lambda *_args: _Writer(out),
         cache_logger_on_first_use=False,
     )
     log: structlog.stdlib.BoundLogger = structlog.get_logger()
     return log.bind(node=node) if node else log
+
+
+# ------------------------------------------------------------------------------- never raise
+
+_failures = 0  # log calls that could not write their line as asked (dropped or degraded)
+_LEVEL_METHODS = ("debug", "info", "warning", "warn", "error", "err", "critical", "fatal", "exception", "msg",
+                  "log", "_proxy_to_logger")
+
+
+def failures() -> int:
+    """How many log calls failed (their line dropped or degraded) since the process started."""
+    return _failures
+
+
+def _failed() -> None:
+    global _failures
+    _failures += 1
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except Exception:  # a closed stream raises ValueError
+        return False
+
+
+def _never_raising(cls: type[Any]) -> type[Any]:
+    """The bound-logger class with every logging method made total: an exception becomes a count."""
+
+    def guard(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kw: Any) -> Any:
+            try:
+                return method(self, *args, **kw)
+            except Exception:
+                _failed()
+                return None
+
+        return call
+
+    namespace = {name: guard(getattr(cls, name)) for name in _LEVEL_METHODS if hasattr(cls, name)}
+    return type(f"NeverRaising{cls.__name__}", (cls,), namespace)
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return "<unprintable>"
+
+
+def _safe_renderer(render: Callable[..., Any]) -> Callable[..., Any]:
+    """A value that cannot be rendered (a repr that raises, a cycle) still gives a line naming the event."""
+
+    def safe(logger: object, name: str, event: dict[str, Any]) -> Any:
+        try:
+            return render(logger, name, dict(event))  # a copy: renderers pop keys we may still need
+        except Exception as e:
+            _failed()
+            line = {key: _safe_str(event[key]) for key in ("timestamp", "level", "event", "node") if key in event}
+            line["log_error"] = f"this event could not be rendered: {type(e).__name__}"
+            return json.dumps(line)
+
+    return safe
+
+
+class _Writer:
+    """structlog's PrintLogger, made total: one line per event, flushed, and never an exception."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.RLock()  # re-entrant: a signal handler may log while a line is being written
+
+    def msg(self, message: str) -> None:
+        try:
+            with self._lock:
+                self._stream.write(message + "\n")
+                self._stream.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            _failed()
+            self._gone()
+        except Exception:  # closed stream (ValueError), EAGAIN, ENOSPC, …: this line is lost, the caller goes on
+            _failed()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+    def _gone(self) -> None:
+        """The reader went away for good: send what follows (and the buffered rest) to /dev/null."""
+        with contextlib.suppress(Exception):
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+            self._stream.flush()
 
 
 def _milliseconds(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
