@@ -207,7 +207,9 @@ def request(path: str, message: dict[str, Any], timeout: float = 5.0) -> dict[st
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(json.dumps(message).encode() + b"\n")
+        # the daemon may answer without reading (busy): its reply is already in our buffer
+        with contextlib.suppress(BrokenPipeError):
+            s.sendall(json.dumps(message).encode() + b"\n")
         chunks = []
         while True:
             chunk = s.recv(65536)
