@@ -26,9 +26,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from havs.startup import EarlySignals
+
+    early = EarlySignals.install()  # before the heavy imports: a SIGHUP now must not kill the daemon
     from havs.daemon import run_daemon  # the daemon pulls in asyncio, aiohttp, pyroute2: only when needed
 
-    return run_daemon(args.config, args.node, log_format=args.log_format, log_level=args.log_level)
+    return run_daemon(args.config, args.node, log_format=args.log_format, log_level=args.log_level, early=early)
 
 
 def _control(args: argparse.Namespace, message: dict[str, object]) -> dict[str, Any]:
@@ -63,37 +66,38 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    _control(args, {"command": "reload"})
-    print("reload requested; the daemon logs config.reloaded or config.reload_failed")
+    _control(args, {"command": "reload", "force": True} if args.force else {"command": "reload"})
+    print("reload requested" + (" (forced)" if args.force else "")
+          + "; the daemon logs config.reloaded, config.reload_failed or config.reload_refused")
     return EXIT_OK
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     """One reconcile pass without the daemon: every real server taken as healthy (`ipvsadm -R`, declared)."""
     from havs.core.desired import build_desired
-    from havs.core.ipvs_diff import describe, diff
+    from havs.core.ipvs_diff import describe
     from havs.edge.ipvs import IpvsSocket
+    from havs.reconcile import Reconciler
 
     view = load_view(args.config, args.node)
     desired = build_desired(view.config)
 
     async def run() -> int:
         async with IpvsSocket() as ipvs:
-            actual = await ipvs.dump()
-            ops = diff(actual, desired.table, managed=desired.managed,
-                       purge_unmanaged=view.config.settings.purge_unmanaged)
-            if args.dry_run:
-                for op in ops:
-                    print(f"would {_op_verb(op)} {describe(op)}")
-                return EXIT_OK
-            failed = 0
-            for op, error in await ipvs.apply(ops):
-                if error is None:
-                    print(f"{_op_verb(op)} {describe(op)}")
-                else:
-                    failed += 1
-                    print(f"FAILED {_op_verb(op)} {describe(op)}: {error}", file=sys.stderr)
-            return EXIT_ERROR if failed else EXIT_OK
+            result = await Reconciler(ipvs).run_pass(desired, purge_unmanaged=view.config.settings.purge_unmanaged,
+                                                     dry_run=args.dry_run)
+        if result.error is not None:
+            raise HavsError(f"IPVS {result.stage} failed: {result.error}")
+        if args.dry_run:
+            for op in result.ops:
+                print(f"would {_op_verb(op)} {describe(op)}")
+            return EXIT_OK
+        for op, error in result.results:
+            if error is None:
+                print(f"{_op_verb(op)} {describe(op)}")
+            else:
+                print(f"FAILED {_op_verb(op)} {describe(op)}: {error}", file=sys.stderr)
+        return EXIT_ERROR if result.failed_ops else EXIT_OK
 
     return asyncio.run(run())
 
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reload", help="re-read the config (same as SIGHUP); a bad file keeps the running one")
     with_socket(p)
+    p.add_argument("--force", action="store_true",
+                   help="apply a valid config even if it would release the VIP or take out many real servers")
     p.set_defaults(func=_cmd_reload)
 
     for name, text in (("drain", "maintenance: weight 0, existing connections finish (kept across restarts)"),

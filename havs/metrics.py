@@ -6,7 +6,8 @@ counted twice; only per-probe latencies and VRRP transitions are observed as the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -15,46 +16,48 @@ from prometheus_client.registry import Collector
 
 from havs.core.health import ProbeResult
 from havs.core.ipvs_table import IpvsTable
+from havs.core.status import StatusSnapshot, VrrpStatus
 
 VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+Snapshot = Callable[[], StatusSnapshot | Mapping[str, Any]]
 
 
 class _StateCollector(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], table: Callable[[], IpvsTable | None]) -> None:
+    def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None]) -> None:
         self._snapshot = snapshot
         self._table = table
 
     def collect(self) -> Iterator[Any]:
-        snap = self._snapshot()
-        vrrp = snap.get("vrrp") or {}
+        raw = self._snapshot()
+        snap = raw if isinstance(raw, StatusSnapshot) else StatusSnapshot.from_dict(raw)
+        vrrp = snap.vrrp or VrrpStatus(state="")
         state = GaugeMetricFamily("havs_vrrp_state", "1 for the VRRP state this director is in", labels=["state"])
         for name in VRRP_STATES:
-            state.add_metric([name], 1.0 if vrrp.get("state") == name else 0.0)
+            state.add_metric([name], 1.0 if vrrp.state == name else 0.0)
         yield state
-        yield GaugeMetricFamily("havs_vrrp_priority", "effective VRRP priority", value=vrrp.get("priority") or 0)
-        yield CounterMetricFamily("havs_vrrp_adverts_sent", "VRRP adverts sent", value=vrrp.get("adverts_sent", 0))
-        yield CounterMetricFamily("havs_vrrp_adverts_received", "VRRP adverts received",
-                                  value=vrrp.get("adverts_received", 0))
+        yield GaugeMetricFamily("havs_vrrp_priority", "effective VRRP priority", value=vrrp.priority or 0)
+        yield CounterMetricFamily("havs_vrrp_adverts_sent", "VRRP adverts sent", value=vrrp.adverts_sent)
+        yield CounterMetricFamily("havs_vrrp_adverts_received", "VRRP adverts received", value=vrrp.adverts_received)
         dropped = CounterMetricFamily("havs_vrrp_adverts_dropped", "VRRP adverts dropped", labels=["reason"])
-        for reason, n in (vrrp.get("dropped") or {}).items():
+        for reason, n in vrrp.dropped.items():
             dropped.add_metric([reason], n)
         yield dropped
         up = GaugeMetricFamily("havs_real_server_up", "1 when the health checks say up", labels=["service", "server"])
         weight = GaugeMetricFamily("havs_real_server_weight", "effective IPVS weight (-1: not in IPVS)",
                                    labels=["service", "server"])
-        for svc in snap.get("services", []):
-            for rs in svc["real_servers"]:
-                labels = [svc["name"], rs["server"]]
-                up.add_metric(labels, 1.0 if rs["health"] == "up" else 0.0)
-                w = rs["effective_weight"]
-                weight.add_metric(labels, -1 if w is None else w)
+        for svc in snap.services:
+            for rs in svc.real_servers:
+                labels = [svc.name, rs.server]
+                up.add_metric(labels, 1.0 if rs.health == "up" else 0.0)
+                weight.add_metric(labels, -1 if rs.effective_weight is None else rs.effective_weight)
         yield up
         yield weight
-        rec = snap.get("reconciler") or {}
+        rec = snap.reconciler
         for key, text in (("passes", "reconcile passes"), ("ops_applied", "IPVS operations applied"),
-                          ("failures", "IPVS operations that failed"), ("drift_repairs", "drift repairs")):
-            yield CounterMetricFamily(f"havs_reconcile_{key}", text, value=rec.get(key, 0))
+                          ("failures", "IPVS operations that failed"), ("drift_repairs", "drift repairs"),
+                          ("pass_failures", "reconcile passes that failed and were retried")):
+            yield CounterMetricFamily(f"havs_reconcile_{key}", text, value=getattr(rec, key) if rec else 0)
         yield from self._ipvs_counters()
 
     def _ipvs_counters(self) -> Iterator[Any]:
@@ -91,7 +94,7 @@ class _StateCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], table: Callable[[], IpvsTable | None]) -> None:
+    def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(snapshot, table))
         self.check_latency = Histogram("havs_check_latency_seconds", "health check latency", ["service", "result"],
@@ -104,3 +107,33 @@ class Metrics:
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+
+
+def serve_metrics(listen: str | None, loop: asyncio.AbstractEventLoop, snapshot: Callable[[], StatusSnapshot],
+                  table: Callable[[], IpvsTable | None], log: Any) -> Metrics | None:
+    """Metrics on `listen` (host:port), or None when off or the address cannot be bound (logged).
+    `snapshot` runs on `loop` (the daemon's state is the loop's); a scrape that finds the loop busy for
+    over a second gets the previous snapshot rather than waiting."""
+    if not listen:
+        return None
+    last: list[StatusSnapshot] = []
+
+    def scrape() -> StatusSnapshot:
+        async def take() -> StatusSnapshot:
+            return snapshot()
+
+        try:
+            last[:] = [asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=1)]
+        except Exception:  # a busy or stopping loop: the last one, or nothing
+            if not last:
+                raise
+        return last[0]
+
+    metrics = Metrics(scrape, table)
+    try:
+        metrics.serve(listen)
+    except OSError as e:
+        log.error("metrics.unavailable", listen=listen, error=str(e))
+        return None
+    log.info("metrics.listening", listen=listen)
+    return metrics

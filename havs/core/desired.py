@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from havs.core.health import WeightPlan, quorum_met, server_name
 from havs.core.ipvs_table import Destination, DestinationKey, IpvsTable, Service, ServiceKey
 from havs.core.model import Config, RealServer, SorryServer, VirtualService
-
-_FORWARDING = {"nat": "masq", "dr": "route", "tun": "tunnel"}
+from havs.core.vocab import Forwarding
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,30 @@ class ServerState:
     agent_fraction: float | None = None
 
 
-HealthKey = tuple[str, str]  # (service name "TCP 192.168.0.108:80", server name "192.168.72.128:80")
+class RealServerKey(NamedTuple):
+    """One real server of one virtual service, as health, drains, status and logs name it:
+    ("TCP 192.168.0.108:80", "192.168.72.128:80"). A tuple, so the health checks' (service, server)
+    keys are equal to it; `destination` is the same server as the IPVS table keys it."""
+
+    service: str  # VirtualService.name, as ipvsadm writes the service
+    server: str  # server_name(): as ipvsadm writes the real server
+
+    @classmethod
+    def of(cls, vs: VirtualService, rs: RealServer) -> RealServerKey:
+        return cls(vs.name, server_name(rs.address, vs.real_server_port(rs)))
+
+    @property
+    def destination(self) -> DestinationKey:
+        host, _, port = self.server.rpartition(":")
+        return DestinationKey(host.strip("[]"), int(port))
+
+    @property
+    def host(self) -> str:
+        """The server without its port, as an operator may type it (`havs drain 192.168.72.128`)."""
+        return self.server.rpartition(":")[0].strip("[]")
+
+    def __str__(self) -> str:
+        return f"{self.service} {self.server}"
 
 
 @dataclass(frozen=True)
@@ -61,7 +84,7 @@ def ipvs_service(vs: VirtualService) -> Service:
 
 
 def ipvs_destination(vs: VirtualService, rs: RealServer | SorryServer, weight: int) -> Destination:
-    forwarding = _FORWARDING[rs.forwarding or vs.forwarding]
+    forwarding = Forwarding.from_config(rs.forwarding or vs.forwarding)
     tunnel = getattr(rs, "tunnel", None)
     return Destination.at(
         str(rs.address),
@@ -76,14 +99,10 @@ def ipvs_destination(vs: VirtualService, rs: RealServer | SorryServer, weight: i
     )
 
 
-def health_key(vs: VirtualService, rs: RealServer) -> HealthKey:
-    return vs.name, server_name(rs.address, vs.real_server_port(rs))
-
-
 def build_desired(
     config: Config,
-    health: Mapping[HealthKey, ServerState] | None = None,
-    drained: frozenset[HealthKey] = frozenset(),
+    health: Mapping[RealServerKey, ServerState] | None = None,
+    drained: frozenset[RealServerKey] | frozenset[tuple[str, str]] = frozenset(),
     now: float = 0.0,
 ) -> Desired:
     """The table for the config as health and maintenance allow. `havs apply` passes no health: all up."""
@@ -97,7 +116,7 @@ def build_desired(
         dests: list[Destination] = []
         weights: list[int | None] = []
         for rs in vs.real_servers:
-            key = health_key(vs, rs)
+            key = RealServerKey.of(vs, rs)
             state = (health or {}).get(key, ServerState(up=True))
             plan = WeightPlan(
                 configured=rs.weight,

@@ -29,14 +29,13 @@ from havs.core.ipvs_table import (
     Timeouts,
     sched_flag_names,
 )
+from havs.core.vocab import Forwarding
 
 ListMode = Literal["plain", "stats", "rate", "thresholds", "persistent-conn", "tun-info"]
 
 _T = TypeVar("_T")
 _AF = {"inet": 2, "inet6": 10}
 _PROTO_NUM = {"tcp": 6, "udp": 17, "sctp": 132, "fwmark": 0}
-_FWD_NAME = {"masq": "Masq", "local": "Local", "tunnel": "Tunnel", "route": "Route"}
-_FWD_SWITCH = {"masq": "-m", "local": "-g", "tunnel": "-i", "route": "-g"}
 _SAVE_OPTION = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 _TUN_FLAG_SHORT = {"nocsum": "-c", "csum": "+c", "remcsum": "r+c"}
 
@@ -241,24 +240,30 @@ def _service_line(entry: TableEntry, table: IpvsTable, mode: ListMode, exact: bo
         vals = (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes) if mode == "stats" else \
                (st.cps, st.inpps, st.outpps, st.inbps, st.outbps)
         return f"{name:<33}" + "".join(_largenum(v, exact) for v in vals) + "\n"
-    line = f"{name} {s.scheduler}"
+    return " ".join((name, s.scheduler, *service_flags(s))) + "\n"
+
+
+def service_flags(s: Service) -> tuple[str, ...]:
+    """What ipvsadm -Ln prints after the scheduler: `(sh-fallback)`, `persistent 300`, `mask …`, `pe sip`,
+    `ops` (also `havs status`'s Flags column)."""
+    words: list[str] = []
     if s.sched_flag_bits:
-        line += f" ({_sched_flags_text(s)})"
+        words.append(f"({_sched_flags_text(s)})")
     if s.persistent:
-        line += f" persistent {s.timeout}"
+        words.append(f"persistent {s.timeout}")
         if s.key.family == "inet" and s.netmask != "255.255.255.255":
-            line += f" mask {s.netmask}"
+            words.append(f"mask {s.netmask}")
         if s.key.family == "inet6" and s.netmask != 128:
-            line += f" mask {s.netmask}"
+            words.append(f"mask {s.netmask}")
         if s.pe_name:
-            line += f" pe {s.pe_name}"
+            words.append(f"pe {s.pe_name}")
     if s.one_packet:
-        line += " ops"
-    return line + "\n"
+        words.append("ops")
+    return tuple(words)
 
 
 def _tun_info(d: Destination) -> str:
-    if d.forwarding != "tunnel":
+    if d.forwarding is not Forwarding.TUNNEL:
         return "n/a"
     if d.tunnel_type == "gue":
         return f"gue:{d.tunnel_port}:{_TUN_FLAG_SHORT[d.tunnel_flags]}"[:15]
@@ -283,7 +288,7 @@ def _dest_line(key: ServiceKey, d: Destination, table: IpvsTable, mode: ListMode
     if mode == "persistent-conn":
         return f"  -> {name:<28} {d.weight:<9} {ds.persistent_conns:<11} " \
                f"{ds.active_conns:<10} {ds.inactive_conns:<10}\n"
-    fwd = _FWD_NAME[d.forwarding]
+    fwd = d.forwarding.ipvsadm
     if mode == "tun-info":
         return f"  -> {name:<28} {fwd:<7} {_tun_info(d):<13} {d.weight:<6} " \
                f"{ds.active_conns:<10} {ds.inactive_conns:<10}\n"
@@ -327,8 +332,8 @@ def format_save(table: IpvsTable, *, thresholds: bool = False) -> str:
             line += f" -b {_sched_flags_text(s)}"
         out.append(line + "\n")
         for d in sorted_destinations(entry):
-            line = f"-a {name} -r {_dest_name(d, rule=True)} {_FWD_SWITCH[d.forwarding]} -w {d.weight}"
-            if d.forwarding == "tunnel":
+            line = f"-a {name} -r {_dest_name(d, rule=True)} {d.forwarding.ipvsadm_switch} -w {d.weight}"
+            if d.forwarding is Forwarding.TUNNEL:
                 if d.tunnel_type == "gre":
                     line += f" --tun-type gre --tun-{d.tunnel_flags}"
                 elif d.tunnel_type == "gue":
@@ -404,7 +409,7 @@ def _service_json(s: Service) -> dict[str, Any]:
 def _dest_json(d: Destination) -> dict[str, Any]:
     return {
         "address": d.address, "port": d.port, "family": d.family, "name": str(d.key),
-        "forwarding": d.forwarding, "weight": d.weight,
+        "forwarding": d.forwarding.value, "weight": d.weight,
         "upper_threshold": d.upper_threshold, "lower_threshold": d.lower_threshold,
         "tunnel_type": d.tunnel_type, "tunnel_port": d.tunnel_port, "tunnel_flags": d.tunnel_flags,
     }

@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from havs.core.vocab import BY_VALUE as _FORWARDING_BY_VALUE
+from havs.core.vocab import Forwarding
+
 Family = Literal["inet", "inet6"]
 Protocol = Literal["tcp", "udp", "sctp", "fwmark"]
-Forwarding = Literal["masq", "local", "tunnel", "route"]
 TunnelType = Literal["ipip", "gue", "gre"]
 TunnelFlags = Literal["nocsum", "csum", "remcsum"]
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "sctp", "fwmark")
-FORWARDINGS: tuple[str, ...] = ("masq", "local", "tunnel", "route")
+FORWARDINGS: tuple[str, ...] = tuple(f.value for f in Forwarding)
 TUNNEL_TYPES: tuple[str, ...] = ("ipip", "gue", "gre")
 TUNNEL_FLAGS: tuple[str, ...] = ("nocsum", "csum", "remcsum")
 
@@ -225,7 +227,7 @@ class Destination:
     """A real server and every setting `ipvsadm -a/-e` can give it."""
 
     key: DestinationKey
-    forwarding: Forwarding = "masq"
+    forwarding: Forwarding = Forwarding.MASQ
     weight: int = 1
     upper_threshold: int = 0
     lower_threshold: int = 0
@@ -234,8 +236,10 @@ class Destination:
     tunnel_flags: TunnelFlags = "nocsum"
 
     def __post_init__(self) -> None:
-        if self.forwarding not in FORWARDINGS:
+        fwd = _FORWARDING_BY_VALUE.get(self.forwarding)  # a plain "masq" becomes Forwarding.MASQ
+        if fwd is None:
             raise ValueError(f"forwarding must be one of {FORWARDINGS}, not {self.forwarding!r}")
+        object.__setattr__(self, "forwarding", fwd)
         if self.tunnel_type not in TUNNEL_TYPES:
             raise ValueError(f"tunnel type must be one of {TUNNEL_TYPES}, not {self.tunnel_type!r}")
         if self.tunnel_flags not in TUNNEL_FLAGS:

@@ -1,10 +1,164 @@
-"""`havs status` for people: the daemon's JSON snapshot in the shape an `ipvsadm -Ln` user reads at once."""
+"""`havs status`: the typed snapshot the controller produces, its JSON form, and its rendering for people
+in the shape an `ipvsadm -Ln` user reads at once.
+
+The snapshot crosses the control socket as JSON (`to_dict` / `from_dict`); `from_dict` accepts what an
+older or newer daemon sends (missing keys take defaults, unknown VRRP keys are kept in `extra`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-_FORWARD = {"masq": "Masq", "route": "Route", "tunnel": "Tunnel", "local": "Local"}
+from havs.core.vocab import BY_VALUE as FORWARDING_BY_VALUE
+from havs.core.vocab import Forwarding
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    server: str  # "192.168.72.128:80"
+    forwarding: Forwarding | None
+    configured_weight: int | None
+    effective_weight: int | None  # None: not in IPVS (down, on_down remove)
+    health: str = "unchecked"  # up / down / unknown / unchecked (no health checks running)
+    last_result: str | None = None
+    latency_ms: float | None = None
+    drained: bool = False
+    active_conns: int | None = None
+    inactive_conns: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str  # "TCP 192.168.0.108:80"
+    scheduler: str
+    flags: tuple[str, ...] = ()  # as ipvsadm -Ln prints them after the scheduler
+    quorum: bool = True
+    real_servers: tuple[ServerStatus, ...] = ()
+
+
+_VRRP_KNOWN = ("state", "since_ago", "priority", "priority_decrement", "router_id", "version", "mode",
+               "interface", "master", "addresses", "adverts_sent", "adverts_received", "dropped")
+
+
+@dataclass(frozen=True)
+class VrrpStatus:
+    """What the VRRP process last pushed; counters and details the renderer does not use stay in `extra`."""
+
+    state: str = "INIT"
+    since_ago: float | None = None
+    priority: int | None = None
+    priority_decrement: int = 0
+    router_id: int | None = None
+    version: int | None = None
+    mode: str | None = None
+    interface: str | None = None
+    master: str | None = None
+    addresses: tuple[str, ...] = ()
+    adverts_sent: int = 0
+    adverts_received: int = 0
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_push(cls, snap: Mapping[str, Any], now: float) -> VrrpStatus:
+        """From the VRRP process's pushed snapshot (`since` is monotonic: made an age against `now`)."""
+        data = dict(snap)
+        since = data.pop("since", None)
+        if isinstance(since, int | float) and "since_ago" not in data:
+            data["since_ago"] = now - since
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VrrpStatus:
+        known = {k: d[k] for k in _VRRP_KNOWN if d.get(k) is not None}
+        if "master" not in known and d.get("master_address"):
+            known["master"] = d["master_address"]
+        known["addresses"] = tuple(known.get("addresses", ()))
+        known["dropped"] = dict(known.get("dropped", {}))
+        extra = {k: v for k, v in d.items() if k not in _VRRP_KNOWN and k != "extra"}
+        extra.update(d.get("extra") or {})
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**dict(self.extra), **{k: getattr(self, k) for k in _VRRP_KNOWN}}
+        out["addresses"] = list(self.addresses)
+        out["dropped"] = dict(self.dropped)
+        return out
+
+
+@dataclass(frozen=True)
+class ReconcilerStatus:
+    passes: int = 0
+    ops_applied: int = 0
+    failures: int = 0  # operations the kernel refused
+    drift_repairs: int = 0
+    pass_failures: int = 0  # whole passes that failed (dump or socket errors), retried on the next
+
+
+@dataclass(frozen=True)
+class DrainingStatus:
+    service: str
+    server: str
+    left: float  # seconds until it is deleted (sooner once its connections end)
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    version: str
+    node: str
+    pid: int | None
+    uptime: float | None
+    config_file: str
+    vrrp: VrrpStatus | None
+    services: tuple[ServiceStatus, ...] = ()
+    reconciler: ReconcilerStatus | None = None
+    draining: tuple[DrainingStatus, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["vrrp"] = self.vrrp.to_dict() if self.vrrp else None
+        for svc in out["services"]:
+            svc["flags"] = list(svc["flags"])
+            svc["real_servers"] = list(svc["real_servers"])
+            for rs in svc["real_servers"]:
+                rs["forwarding"] = rs["forwarding"].value if rs["forwarding"] else None
+        out["services"] = list(out["services"])
+        out["draining"] = list(out["draining"])
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StatusSnapshot:
+        vrrp = d.get("vrrp")
+        rec = d.get("reconciler")
+        return cls(
+            version=str(d.get("version", "?")), node=str(d.get("node", "?")), pid=d.get("pid"),
+            uptime=d.get("uptime"), config_file=str(d.get("config_file", "?")),
+            vrrp=VrrpStatus.from_dict(vrrp) if vrrp else None,
+            services=tuple(_service(s) for s in d.get("services") or ()),
+            reconciler=ReconcilerStatus(**_only(ReconcilerStatus, rec)) if rec else None,
+            draining=tuple(DrainingStatus(**_only(DrainingStatus, x)) for x in d.get("draining") or ()),
+        )
+
+
+def _only(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _service(d: Mapping[str, Any]) -> ServiceStatus:
+    servers = []
+    for rs in d.get("real_servers") or ():
+        data = _only(ServerStatus, rs)
+        data["forwarding"] = FORWARDING_BY_VALUE.get(str(rs.get("forwarding")))
+        data.setdefault("server", "?")
+        data.setdefault("configured_weight", None)
+        data.setdefault("effective_weight", None)
+        servers.append(ServerStatus(**data))
+    return ServiceStatus(name=str(d.get("name", "")), scheduler=str(d.get("scheduler", "")),
+                         flags=tuple(d.get("flags") or ()), quorum=bool(d.get("quorum", True)),
+                         real_servers=tuple(servers))
 
 
 def _ago(seconds: float | None) -> str:
@@ -18,52 +172,48 @@ def _ago(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def render_status(snap: dict[str, Any]) -> str:
-    lines = [f"havs {snap.get('version', '?')} on {snap.get('node', '?')}, pid {snap.get('pid', '?')}, "
-             f"up {_ago(snap.get('uptime'))}, config {snap.get('config_file', '?')}"]
-    vrrp = snap.get("vrrp")
+def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
+    snap = snapshot if isinstance(snapshot, StatusSnapshot) else StatusSnapshot.from_dict(snapshot)
+    lines = [f"havs {snap.version} on {snap.node}, pid {'?' if snap.pid is None else snap.pid}, "
+             f"up {_ago(snap.uptime)}, config {snap.config_file}"]
+    vrrp = snap.vrrp
     if vrrp:
-        prio = vrrp.get("priority")
-        dec = vrrp.get("priority_decrement") or 0
-        prio_text = f"{prio}" + (f" (lowered by {dec}: quorum lost)" if dec else "")
-        master = vrrp.get("master") or vrrp.get("master_address")
+        dec = vrrp.priority_decrement
+        prio_text = f"{vrrp.priority}" + (f" (lowered by {dec}: quorum lost)" if dec else "")
         lines.append(
-            f"VRRP {vrrp.get('state', '?')} since {_ago(vrrp.get('since_ago'))} ago — router {vrrp.get('router_id')} "
-            f"v{vrrp.get('version')} priority {prio_text}, {vrrp.get('mode', '?')} on {vrrp.get('interface', '?')}"
-            + (f", master {master}" if master else "")
+            f"VRRP {vrrp.state} since {_ago(vrrp.since_ago)} ago — router {vrrp.router_id} "
+            f"v{vrrp.version} priority {prio_text}, {vrrp.mode or '?'} on {vrrp.interface or '?'}"
+            + (f", master {vrrp.master}" if vrrp.master else "")
         )
-        if vrrp.get("addresses"):
-            lines.append("  floating: " + ", ".join(vrrp["addresses"]))
+        if vrrp.addresses:
+            lines.append("  floating: " + ", ".join(vrrp.addresses))
     else:
         lines.append("VRRP off")
-    rec = snap.get("reconciler") or {}
+    rec = snap.reconciler
     if rec:
-        lines.append(f"IPVS: {rec.get('passes', 0)} passes, {rec.get('ops_applied', 0)} ops applied, "
-                     f"{rec.get('failures', 0)} failed, {rec.get('drift_repairs', 0)} drift repairs")
+        failed_passes = f", {rec.pass_failures} failed passes" if rec.pass_failures else ""
+        lines.append(f"IPVS: {rec.passes} passes, {rec.ops_applied} ops applied, "
+                     f"{rec.failures} failed, {rec.drift_repairs} drift repairs{failed_passes}")
     lines.append("Prot LocalAddress:Port Scheduler Flags")
     lines.append("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn Health Last result  Latency")
-    for svc in snap.get("services", []):
-        flags = " ".join(svc.get("flags", []))
-        quorum = "" if svc.get("quorum", True) else "  QUORUM LOST"
-        proto, _, where = str(svc.get("name", "")).partition(" ")
-        lines.append(f"{proto:<4} {where:<21} {svc.get('scheduler', ''):<8} {flags}{quorum}".rstrip())
-        for rs in svc.get("real_servers", []):
-            weight = rs.get("effective_weight")
-            configured = rs.get("configured_weight")
-            w = "-" if weight is None else str(weight)
-            if weight != configured:
-                w += f"/{configured}"
-            health = str(rs.get("health", "?")) + (" drained" if rs.get("drained") else "")
-            latency = rs.get("latency_ms")
-            lat = "" if latency is None else f"{latency:.1f}ms"
+    for svc in snap.services:
+        flags = " ".join(svc.flags)
+        quorum = "" if svc.quorum else "  QUORUM LOST"
+        proto, _, where = svc.name.partition(" ")
+        lines.append(f"{proto:<4} {where:<21} {svc.scheduler:<8} {flags}{quorum}".rstrip())
+        for rs in svc.real_servers:
+            w = "-" if rs.effective_weight is None else str(rs.effective_weight)
+            if rs.effective_weight != rs.configured_weight:
+                w += f"/{_num(rs.configured_weight)}"
+            health = rs.health + (" drained" if rs.drained else "")
+            lat = "" if rs.latency_ms is None else f"{rs.latency_ms:.1f}ms"
+            fwd = rs.forwarding.ipvsadm if rs.forwarding else "-"
             lines.append(
-                f"  -> {rs.get('server', ''):<28} {_FORWARD.get(rs.get('forwarding', ''), '-'):<7} {w:<6} "
-                f"{_num(rs.get('active_conns')):<10} {_num(rs.get('inactive_conns')):<9} {health:<6} "
-                f"{rs.get('last_result', '')!s:<12} {lat}".rstrip()
+                f"  -> {rs.server:<28} {fwd:<7} {w:<6} {_num(rs.active_conns):<10} {_num(rs.inactive_conns):<9} "
+                f"{health:<6} {rs.last_result or '':<12} {lat}".rstrip()
             )
-    draining = snap.get("draining") or []
-    for d in draining:
-        lines.append(f"  draining {d.get('service')} -> {d.get('server')} (deleted in {_ago(d.get('left'))})")
+    for d in snap.draining:
+        lines.append(f"  draining {d.service} -> {d.server} (deleted in {_ago(d.left)})")
     return "\n".join(lines)
 
 

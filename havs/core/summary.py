@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from havs.core.model import NodeView, VirtualService
-
-_FORWARD = {"nat": "Masq", "dr": "Route", "tun": "Tunnel"}
+from havs.core.vocab import Forwarding
 
 
 def _service_flags(vs: VirtualService) -> str:
@@ -52,8 +51,9 @@ def config_summary(view: NodeView, file: str) -> str:
             port = vs.real_server_port(rs)
             host = f"[{rs.address}]" if rs.address.version == 6 else str(rs.address)
             desc = chk.type if chk.type in ("tcp", "none") else f"{chk.type} {chk.method} {chk.path}"
+            fwd = Forwarding.from_config(vs.real_server_forwarding(rs)).ipvsadm
             lines.append(
-                f"  -> {host + ':' + str(port):<28} {_FORWARD[vs.real_server_forwarding(rs)]:<7} {rs.weight:<6} "
+                f"  -> {host + ':' + str(port):<28} {fwd:<7} {rs.weight:<6} "
                 f"{desc} every {chk.interval:g}s rise {chk.rise} fall {chk.fall}"
             )
     s = cfg.settings

@@ -1,0 +1,281 @@
+"""The controller: what the daemon decides, without the daemon.
+
+Events in (health changes, drains, reloads, the VRRP state, control requests), decisions out (the
+desired IPVS table, the sync-daemon actions, replies, a typed status snapshot). No I/O, no clock: the
+caller passes `now` (monotonic seconds). The daemon feeds it from its edges and carries out what it says;
+`havs.reconcile` turns a `Desired` into kernel operations.
+
+Where a failed check becomes an IPVS delete: `HealthService` (shell) observes a failing probe →
+`core.health.ServerHealth` decides "down" after `fall` results → the daemon calls
+`Controller.health_changed` and wakes the reconciler → `Controller.plan` leaves the server out of the
+desired table (`on_down: remove`) → `core.ipvs_diff.diff` makes a `DeleteDestination` →
+`havs.reconcile.Reconciler` has `edge.ipvs.IpvsSocket` apply it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from havs.core.desired import (
+    Desired,
+    RealServerKey,
+    Removals,
+    ServerState,
+    build_desired,
+    ipvs_destination,
+    ipvs_service,
+    service_key,
+)
+from havs.core.health import HealthChanged
+from havs.core.ipvs_format import service_flags
+from havs.core.ipvs_table import IpvsTable, SyncDaemon
+from havs.core.model import Config, ConnectionSync, NodeView
+from havs.core.status import (
+    DrainingStatus,
+    ReconcilerStatus,
+    ServerStatus,
+    ServiceStatus,
+    StatusSnapshot,
+    VrrpStatus,
+)
+
+SyncState = Literal["master", "backup"]
+Judge = Callable[..., list[str]]  # havs.core.reload_guard.judge(old, new, *, max_removed) -> reasons
+
+
+class HealthView(Protocol):
+    """What the controller reads of one server's health (core.health.ServerHealth satisfies it)."""
+
+    @property
+    def is_up(self) -> bool: ...
+
+    @property
+    def agent_weight(self) -> float | None: ...
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ReloadRequest:
+    force: bool = False  # apply even what the reload guard calls dangerous (`havs reload --force`)
+
+
+@dataclass(frozen=True)
+class MaintenanceRequest:
+    drain: bool  # True: drain, False: enable
+    server: str  # "192.168.72.128" or "192.168.72.128:80"
+    service: str | None = None
+
+
+Request = StatusRequest | ReloadRequest | MaintenanceRequest
+
+
+class RequestError(ValueError):
+    """A control request that cannot be understood; the message is the reply's error."""
+
+
+def parse_request(raw: Mapping[str, Any]) -> Request:
+    command = raw.get("command")
+    if command == "status":
+        return StatusRequest()
+    if command == "reload":
+        force = raw.get("force", False)
+        if not isinstance(force, bool):
+            raise RequestError(f"force must be true or false, not {force!r}")
+        return ReloadRequest(force=force)
+    if command in ("drain", "enable"):
+        service = raw.get("service")
+        return MaintenanceRequest(drain=command == "drain", server=str(raw.get("server", "")),
+                                  service=None if service is None else str(service))
+    raise RequestError(f"unknown command {command!r}")
+
+
+# ---------------------------------------------------------------------------------------------- sync daemons
+
+@dataclass(frozen=True)
+class SyncAction:
+    action: Literal["start", "stop"]
+    state: SyncState
+    ifname: str
+    sync_id: int = 0
+
+
+def sync_daemon_actions(sync: ConnectionSync | None, ifname: str | None, vrrp_state: str,
+                        running: Iterable[SyncDaemon]) -> list[SyncAction]:
+    """Which kernel connection-sync threads to stop and start so that what runs matches the config for
+    this VRRP state: `both` runs master and backup threads always (each director sends its connections
+    and receives the other's); `follow` sends only while MASTER and receives otherwise."""
+    if sync is None or ifname is None:
+        return []  # connection sync not configured: leave the kernel's sync threads to whoever runs them
+    have = {d.state: d for d in running}
+    wanted: set[str] = {"master", "backup"} if sync.mode == "both" else (
+        {"master"} if vrrp_state == "MASTER" else {"backup"})
+    actions: list[SyncAction] = []
+    for state in ("master", "backup"):
+        current = have.get(state)
+        ok = current is not None and current.ifname == ifname and current.syncid == sync.sync_id
+        if current is not None and (state not in wanted or not ok):
+            actions.append(SyncAction("stop", state, current.ifname, current.syncid))
+        if state in wanted and not ok:
+            actions.append(SyncAction("start", state, ifname, sync.sync_id))
+    return actions
+
+
+# ---------------------------------------------------------------------------------------------- reloads
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    vrrp_changed: bool  # the VRRP part differs from what the running VRRP instance was made from
+    needs_ipvs: bool  # the new config has services (or purges): a reconciler must exist
+    added: frozenset[RealServerKey]  # servers the running config did not have
+    removed: frozenset[RealServerKey]
+
+
+def needs_ipvs(config: Config) -> bool:
+    return bool(config.virtual_services) or config.settings.purge_unmanaged
+
+
+def servers_of(config: Config) -> list[RealServerKey]:
+    return [RealServerKey.of(vs, rs) for vs in config.virtual_services for rs in vs.real_servers]
+
+
+# ---------------------------------------------------------------------------------------------- the controller
+
+class Controller:
+    """State the daemon's decisions need across passes: drains, slow-start ramps, removals in progress,
+    the last desired table. Everything else is recomputed from the config and the health each pass."""
+
+    def __init__(self, view: NodeView, drained: Iterable[RealServerKey] = ()) -> None:
+        self.view = view
+        self.drained: set[RealServerKey] = {RealServerKey(*k) for k in drained}
+        self.ramp_from: dict[RealServerKey, float] = {}  # when a server came back from down (slow start)
+        self.removals = Removals()
+        self.desired: Desired | None = None
+        # the view the running VRRP instance was made from: a reload whose VRRP part could not be applied
+        # leaves it behind `view`, and the next reload tries again
+        self.vrrp_view = view
+
+    @property
+    def config(self) -> Config:
+        return self.view.config
+
+    # -- events
+
+    def health_changed(self, change: HealthChanged) -> None:
+        if change.to == "up" and change.from_ == "down":
+            # a recovered server ramps up (slow start); a first verdict does not
+            self.ramp_from[RealServerKey(change.service, change.server)] = change.at
+
+    def server_states(self, health: Mapping[tuple[str, str], HealthView]) -> dict[RealServerKey, ServerState]:
+        return {
+            RealServerKey(*key): ServerState(up=h.is_up, since_up=self.ramp_from.get(RealServerKey(*key), -math.inf),
+                                             agent_fraction=h.agent_weight)
+            for key, h in health.items()
+        }
+
+    def plan(self, health: Mapping[tuple[str, str], HealthView], now: float) -> Desired:
+        """The table the kernel should hold now (before removals in progress: the reconciler adds those)."""
+        self.desired = build_desired(self.config, self.server_states(health), frozenset(self.drained), now)
+        return self.desired
+
+    def review_reload(self, new: NodeView, judge: Judge) -> list[str]:
+        """Why applying `new` would be dangerous ([] = safe). The running config's `reload_max_removed`
+        decides: a file caught mid-copy must not lower its own guard."""
+        return judge(self.config, new.config, max_removed=self.config.settings.reload_max_removed)
+
+    def reload(self, new: NodeView, health: Mapping[tuple[str, str], HealthView]) -> ReloadPlan:
+        """Adopt `new`: services it drops are drained, then deleted (Removals)."""
+        old = self.view
+        old_servers, new_servers = set(servers_of(old.config)), set(servers_of(new.config))
+        if self.desired is not None:
+            self.removals.retire(self.desired, build_desired(new.config, self.server_states(health)))
+        self.view = new
+        for key in old_servers - new_servers:
+            self.ramp_from.pop(key, None)
+        return ReloadPlan(
+            vrrp_changed=new.config.vrrp != self.vrrp_view.config.vrrp or new.node != self.vrrp_view.node,
+            needs_ipvs=needs_ipvs(new.config),
+            added=frozenset(new_servers - old_servers),
+            removed=frozenset(old_servers - new_servers),
+        )
+
+    def vrrp_interfaces(self, view: NodeView) -> list[str]:
+        """The interfaces `view`'s VRRP part needs (heartbeat, floating addresses, connection sync)."""
+        vrrp = view.config.vrrp
+        if vrrp is None:
+            return []
+        roles = [vrrp.interface, *(fa.interface for fa in vrrp.addresses)]
+        if vrrp.connection_sync is not None:
+            roles.append(vrrp.connection_sync.interface)
+        return sorted({view.ifname(role) for role in roles})
+
+    # -- maintenance
+
+    def match(self, server: str, service: str | None = None) -> list[RealServerKey]:
+        """The configured real servers an operator's `server` (address or address:port) names."""
+        return [key for key in servers_of(self.config)
+                if server in (key.server, key.host) and service in (None, key.service)]
+
+    def maintenance(self, request: MaintenanceRequest) -> tuple[dict[str, Any], list[RealServerKey]]:
+        """The reply, and the servers whose drain flag it set (the caller persists and reconciles)."""
+        matches = self.match(request.server, request.service)
+        if not matches:
+            return {"ok": False, "error": f"no real server {request.server!r} in the config"}, []
+        for key in matches:
+            (self.drained.add if request.drain else self.drained.discard)(key)
+        return {"ok": True, "servers": [str(k) for k in matches]}, matches
+
+    # -- sync daemons
+
+    def sync_actions(self, vrrp_state: str, running: Iterable[SyncDaemon]) -> list[SyncAction]:
+        vrrp = self.config.vrrp
+        sync = vrrp.connection_sync if vrrp is not None else None
+        ifname = self.view.ifname(sync.interface) if sync is not None else None
+        return sync_daemon_actions(sync, ifname, vrrp_state, running)
+
+    # -- status
+
+    def status(self, *, now: float, version: str, pid: int | None, started: float, config_file: str,
+               health: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+               vrrp: Mapping[str, Any] | None = None, reconciler: ReconcilerStatus | None = None,
+               actual: IpvsTable | None = None,
+               draining: Iterable[tuple[object, object, float]] = ()) -> StatusSnapshot:
+        """Everything `havs status` shows. `health`: HealthService.snapshot(); `vrrp`: the VRRP process's
+        latest pushed snapshot; `actual`: the last dumped kernel table (connection counts)."""
+        health = health or {}
+        table = self.desired.table if self.desired else None
+        quorum_lost = set(self.desired.quorum_lost) if self.desired else set()
+        services = []
+        for vs in self.config.virtual_services:
+            skey = service_key(vs)
+            servers = []
+            for rs in vs.real_servers:
+                key = RealServerKey.of(vs, rs)
+                h = health.get(key.service, {}).get(key.server, {})
+                dest = ipvs_destination(vs, rs, 0)
+                in_table = table[skey].destinations.get(dest.key) if table and skey in table else None
+                stats = actual.destination_stats(skey, dest.key) if actual is not None else None
+                servers.append(ServerStatus(
+                    server=key.server, forwarding=dest.forwarding, configured_weight=rs.weight,
+                    effective_weight=in_table.weight if in_table else None,
+                    health=str(h.get("state", "unchecked")), last_result=h.get("reason"),
+                    latency_ms=h.get("latency_ms"), drained=key in self.drained,
+                    active_conns=stats.active_conns if stats else None,
+                    inactive_conns=stats.inactive_conns if stats else None,
+                ))
+            services.append(ServiceStatus(name=vs.name, scheduler=vs.scheduler, flags=service_flags(ipvs_service(vs)),
+                                          quorum=vs.name not in quorum_lost, real_servers=tuple(servers)))
+        return StatusSnapshot(
+            version=version, node=self.view.name, pid=pid, uptime=now - started, config_file=config_file,
+            vrrp=VrrpStatus.from_push(vrrp, now) if vrrp is not None else None,
+            services=tuple(services), reconciler=reconciler,
+            draining=tuple(DrainingStatus(str(s), str(d), t - now) for s, d, t in draining),
+        )

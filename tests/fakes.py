@@ -1,0 +1,161 @@
+"""Fakes for the daemon's edges: an IPVS that applies ops to a table, a VRRP process, health checks, a log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from havs.core.ipvs_diff import Op, apply_ops
+from havs.core.ipvs_table import IpvsTable, SyncDaemon
+
+
+class ListLog:
+    """A structlog-like logger that keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def bind(self, **_kw: Any) -> ListLog:
+        return self
+
+    def _log(self, level: str, event: str, **kw: Any) -> None:
+        self.events.append((level, event, kw))
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._log("debug", event, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._log("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._log("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._log("error", event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._log("error", event, **kw)
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [kw for _, e, kw in self.events if e == event]
+
+
+class FakeIpvs:
+    """The kernel's IPVS table as a value: `apply` applies the ops the way the kernel would. `fail_dump` /
+    `fail_apply` are exceptions raised by the next calls, in order."""
+
+    instances: ClassVar[list[FakeIpvs]] = []
+
+    def __init__(self, table: IpvsTable | None = None) -> None:
+        self.table = table if table is not None else IpvsTable([])
+        self.fail_dump: list[BaseException] = []
+        self.fail_apply: list[BaseException] = []
+        self.sync: dict[str, SyncDaemon] = {}
+        self.opened = False
+        FakeIpvs.instances.append(self)
+
+    async def open(self) -> FakeIpvs:
+        self.opened = True
+        return self
+
+    async def dump(self) -> IpvsTable:
+        if self.fail_dump:
+            raise self.fail_dump.pop(0)
+        return self.table
+
+    async def apply(self, ops: Iterable[Op]) -> list[tuple[Op, Any]]:
+        if self.fail_apply:
+            raise self.fail_apply.pop(0)
+        ops = list(ops)
+        self.table = apply_ops(self.table, ops)
+        return [(op, None) for op in ops]
+
+    async def daemons(self) -> list[SyncDaemon]:
+        return list(self.sync.values())
+
+    async def start_daemon(self, state: str, ifname: str, syncid: int = 0) -> None:
+        self.sync[state] = SyncDaemon(state, ifname, syncid)  # type: ignore[arg-type]
+
+    async def stop_daemon(self, state: str) -> None:
+        del self.sync[state]
+
+
+class FakeVrrp:
+    """`havs.vrrp.VrrpProcess` as the daemon uses it. `start_error`: what start() raises (class-wide)."""
+
+    made: ClassVar[list[FakeVrrp]] = []
+    start_error: ClassVar[BaseException | None] = None
+
+    def __init__(self, view: Any, *, log: Any, log_format: str = "json", on_state: Any = None) -> None:
+        self.view = view
+        self.calls: list[str] = []
+        self.decrement = 0
+        FakeVrrp.made.append(self)
+
+    def spawn(self) -> None:
+        self.calls.append("spawn")
+
+    def start(self) -> None:
+        self.calls.append("start")
+        if FakeVrrp.start_error is not None:
+            raise FakeVrrp.start_error
+
+    def stop(self, graceful: bool = True) -> None:
+        self.calls.append(f"stop graceful={graceful}")
+
+    def set_priority_decrement(self, n: int) -> None:
+        self.decrement = n
+
+    def update(self, view: Any) -> bool:
+        """In place unless the identity (router id, interfaces) changes, as the real one does."""
+        old, new = self.view.config.vrrp, view.config.vrrp
+        if old is None or new is None or (old.router_id, old.interface) != (new.router_id, new.interface):
+            return False
+        self.view = view
+        self.calls.append("update")
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": "BACKUP", "since": 0.0, "priority": 150, "router_id": self.view.config.vrrp.router_id,
+                "version": 3, "mode": "multicast", "interface": "eth1", "adverts_received": 4,
+                "addresses": ["192.168.0.108/24 dev eth0"], "faulty_interfaces": []}
+
+    def alive(self) -> bool:
+        return True
+
+
+class _Health:
+    def __init__(self, up: bool) -> None:
+        self.is_up = up
+        self.agent_weight: float | None = None
+
+
+class FakeHealth:
+    """HealthService without probes (no traffic leaves the test): every server has the verdict in `up`."""
+
+    def __init__(self, services: Iterable[Any], *, initial: str = "up", **_kw: Any) -> None:
+        self.initial = initial
+        self.up: dict[tuple[str, str], bool] = {}
+        self.update(services)
+
+    def update(self, services: Iterable[Any]) -> None:
+        from havs.core.desired import RealServerKey
+
+        keys = {tuple(RealServerKey.of(vs, rs)) for vs in services for rs in vs.real_servers}
+        self.up = {k: self.up.get(k, self.initial == "up") for k in keys}  # type: ignore[misc]
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def states(self) -> dict[tuple[str, str], _Health]:
+        return {k: _Health(v) for k, v in self.up.items()}
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (service, server), up in sorted(self.up.items()):
+            out.setdefault(service, {})[server] = {"state": "up" if up else "down", "reason": "ok" if up else
+                                                   "refused", "latency_ms": 1.5 if up else None}
+        return out
