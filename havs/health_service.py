@@ -2,8 +2,18 @@
 
 Each loop probes, hands the result and the loop's clock to `ServerHealth.observe`, reports a
 `HealthChanged` (log line `health.change` + `on_change`), and sleeps until the next check — the fast
-interval while the server is changing state, with jitter drawn here and passed to the core. First
-checks are spread at random over one interval so a reload does not fire every probe at once.
+interval while the server is changing state, with jitter drawn here and passed to the core.
+
+Where a server starts (keepalived's `alpha` is the reference for the choice):
+- at start (the constructor's services, or `update(..., at_start=True)`), as `initial` says: `up`
+  (the default the daemon passes for `settings.initial_health: up`) keeps a restarted daemon from
+  pulling healthy servers out of a live table, its first checks spread at random over one interval;
+  `down` makes every server earn its place with `rise` passing checks, its first checks spread at random
+  over the fast interval (so each server's first check comes within one fast interval of the start);
+- added by a reload (`update(services)`, the default): down until `rise` passing checks, its first
+  check sent at once. Nobody has checked it yet: it must not take clients before it has been.
+Servers that a reload keeps keep their state, counts and timers. `states()` reports a server that has
+no verdict yet with `is_up` False when it starts down, so the desired table leaves it out.
 
 Kept-alive HTTP connections live in one `ConnectionPool` shared by all loops. When a server closes
 its idle connection (its web process died: the kernel closes the socket at once), the pool says so
@@ -127,7 +137,8 @@ class HealthService:
 
     `start()` (inside the running loop) launches the probe loops; `update(services)` on reload keeps
     unchanged servers' state and timers, re-targets changed checks without losing state, starts new
-    servers and stops removed ones; `stop()` cancels everything and closes kept-alive connections.
+    servers (down until `rise` passes, checked at once) and stops removed ones; `stop()` cancels
+    everything and closes kept-alive connections. `initial` is the start policy (module docstring).
     Real servers whose check type is `none` are reported up at once (reason `no check`).
     """
 
@@ -153,6 +164,7 @@ class HealthService:
         self._loops: dict[Key, _Loop] = {}
         self._running = False
         self._targets = self._collect(services)
+        self._added_by_reload: set[Key] = set()  # known before start() but added by a reload: start down
         self.checks_run = 0  # probes completed, for metrics and the benchmark
         self.early_checks = 0  # checks brought forward because a server closed its idle connection
         self._gc_freeze = gc_freeze
@@ -164,20 +176,30 @@ class HealthService:
         if self._running:
             return
         self._running = True
-        for target in self._targets.values():
-            self._add(target)
+        for key, target in self._targets.items():
+            self._add(target, at_start=key not in self._added_by_reload)
+        self._added_by_reload.clear()
         self._schedule_freeze()
 
-    def update(self, services: Iterable[VirtualService]) -> None:
+    def update(self, services: Iterable[VirtualService], *, at_start: bool = False) -> None:
+        """The new set of services. By default a reload: servers not checked before start down and are
+        checked at once. `at_start=True`: servers new to this call follow the start policy (`initial`)."""
+        before = self._targets
         self._targets = targets = self._collect(services)
         if not self._running:
+            new = targets.keys() - before.keys()
+            if at_start:
+                self._added_by_reload -= new
+            else:
+                self._added_by_reload |= new
+            self._added_by_reload &= targets.keys()
             return
         for key in [k for k in self._loops if k not in targets]:
             self._remove(key)
         for key, target in targets.items():
             current = self._loops.get(key)
             if current is None:
-                self._add(target)
+                self._add(target, at_start=at_start)
             elif current.target != target:
                 self._retarget(current, target)
         self._schedule_freeze()
@@ -198,7 +220,12 @@ class HealthService:
     def states(self) -> Mapping[Key, ServerHealth]:
         """(service, server) → its hysteresis, for the desired-table builder (`.is_up`, `.since`,
         `.agent_weight`)."""
-        return {key: loop.health for key, loop in self._loops.items()}
+        if self._running:
+            return {key: loop.health for key, loop in self._loops.items()}
+        # not started: what start() will begin with, so a caller never mistakes "no loop yet" for up
+        return {key: ServerHealth(t.server, Timing.of(t.check), service=t.service,
+                                  initial="down" if key in self._added_by_reload else self._initial)
+                for key, t in self._targets.items()}
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """service → server → state, last reason, latency, since (monotonic), agent weight, check type."""
@@ -247,17 +274,28 @@ class HealthService:
                 targets[target.key] = target
         return targets
 
-    def _add(self, target: Target) -> None:
+    def _add(self, target: Target, *, at_start: bool) -> None:
         now = asyncio.get_running_loop().time()
+        initial = self._initial if at_start else "down"
         health = ServerHealth(target.server, Timing.of(target.check), service=target.service,
-                              initial=self._initial, now=now)
+                              initial=initial, now=now)
         if target.check.type == "none":
             self._loops[target.key] = _Loop(target, health, None)
             self._observe(self._loops[target.key], ProbeResult(True, "no check", 0.0), now, force=True)
             return
         loop = _Loop(target, health, make_probe(target, self._pool))
         self._loops[target.key] = loop
-        loop.task = asyncio.get_running_loop().create_task(self._run(loop), name=f"health {target.server}")
+        if not at_start:
+            first = 0.0  # added by a reload: nobody has checked it, check it now
+        elif initial == "down":
+            first = self._rand() * health.timing.fast_interval  # every server waits for this: keep it short
+        else:
+            first = self._rand() * health.timing.interval  # taken as up meanwhile: spread the load
+        self._start_task(loop, first)
+
+    def _start_task(self, loop: _Loop, first: float) -> None:
+        loop.task = asyncio.get_running_loop().create_task(self._run(loop, first),
+                                                           name=f"health {loop.target.server}")
 
     def _remove(self, key: Key) -> None:
         loop = self._loops.pop(key)
@@ -266,25 +304,33 @@ class HealthService:
         self._drop_connection(loop.probe)
 
     def _retarget(self, loop: _Loop, target: Target) -> None:
-        """Same server, new check settings: keep the verdict, swap the probe."""
-        if (loop.target.check.type == "none") != (target.check.type == "none"):
-            # switching checking on or off is a new server as far as the loop goes
-            self._remove(target.key)
-            self._add(target)
-            return
+        """Same server, new check settings: keep the verdict, swap the probe. Switching checking on keeps
+        the verdict too (a live server is not pulled while its first checks run) and checks at once."""
+        was_none, is_none = loop.target.check.type == "none", target.check.type == "none"
         self._drop_connection(loop.probe)
         loop.target = target
         loop.health.retime(Timing.of(target.check))
+        if is_none:
+            if loop.task is not None:
+                loop.task.cancel()
+                loop.task = None
+            loop.probe = None
+            if not was_none:
+                now = asyncio.get_running_loop().time()
+                self._observe(loop, ProbeResult(True, "no check", 0.0), now, force=True)
+            return
         loop.probe = make_probe(target, self._pool)
+        if was_none:
+            self._start_task(loop, 0.0)
 
     def _drop_connection(self, probe: Callable[[], Awaitable[ProbeResult]] | None) -> None:
         if isinstance(probe, functools.partial) and probe.args and isinstance(probe.args[0], HttpProbe):
             self._pool.discard(probe.args[0].key)
 
-    async def _run(self, loop: _Loop) -> None:
+    async def _run(self, loop: _Loop, first: float) -> None:
         ev = asyncio.get_running_loop()
-        # spread first checks over one interval
-        await self._sleep(loop, self._rand() * loop.health.timing.interval)
+        if first > 0:
+            await self._sleep(loop, first)
         while True:
             started = ev.time()
             probe = loop.probe

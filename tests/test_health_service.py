@@ -260,3 +260,121 @@ async def test_a_server_closing_idle_connections_gets_at_most_one_early_check_pe
         assert [e.to for e in events] == ["up"]  # early checks of a healthy server change nothing
     finally:
         await hs.stop()
+
+
+# ------------------------------------------------------------ new servers earn traffic (issue 11, item 4)
+
+SLOW = {"interval": 5.0, "fast_interval": 0.02, "timeout": 0.2}  # a spread first check would come seconds late
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+async def until(predicate: Any, timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_server_added_by_reload_is_down_until_rise_and_checked_at_once(backend: Backend) -> None:
+    other = Backend()
+    await other.start()
+    a = {"address": LOOPBACK, "port": backend.port}
+    b = {"address": LOOPBACK, "port": other.port}
+    key_a = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    key_b = ("TCP 127.0.0.100:80", f"127.0.0.1:{other.port}")
+    seen: list[tuple[bool, bool]] = []  # (result ok, is_up right after it), for b
+
+    def on_result(key: tuple[str, str], result: Any) -> None:
+        if key == key_b:
+            seen.append((result.ok, hs.states()[key_b].is_up))
+
+    hs = HealthService([service(0, servers=[a], check=SLOW)], log=Log(), on_change=lambda _c: None,
+                       on_result=on_result, initial="up", rand=lambda: 0.999)
+    hs.start()
+    try:
+        assert hs.states()[key_a].is_up  # the start policy: taken as up before its first verdict
+        hs.update([service(0, servers=[a, b], check=SLOW)])
+        assert not hs.states()[key_b].is_up  # the reload's new server: not up before any check
+        assert hs.states()[key_a].is_up
+        await until(lambda: len(seen) >= 2, timeout=1.0)  # fast interval, not the 5 s interval
+        assert seen[:2] == [(True, False), (True, True)]  # up exactly at the rise-th (2nd) passing check
+        assert other.requests >= 2
+    finally:
+        await hs.stop()
+        await other.stop()
+
+
+async def test_dead_server_added_by_reload_never_counts_as_up(backend: Backend) -> None:
+    dead = {"address": LOOPBACK, "port": closed_port()}
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{dead['port']}")
+    events: list[HealthChanged] = []
+    ups: list[bool] = []
+    hs = HealthService([service(0, servers=[{"address": LOOPBACK, "port": backend.port}], check=SLOW)],
+                       log=Log(), on_change=events.append, on_result=lambda k, _r: ups.append(hs.states()[k].is_up)
+                       if k == key else None, initial="up", rand=lambda: 0.999)
+    hs.start()
+    try:
+        hs.update([service(0, servers=[{"address": LOOPBACK, "port": backend.port}, dead], check=SLOW)])
+        await until(lambda: any(e.server == key[1] for e in events), timeout=1.0)
+        (change,) = [e for e in events if e.server == key[1]]
+        assert (change.from_, change.to, change.reason, change.after) == ("unknown", "down", "refused", 3)
+        assert ups and not any(ups)
+    finally:
+        await hs.stop()
+
+
+async def test_cold_start_down_first_checks_within_the_fast_interval(backend: Backend) -> None:
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    events: list[HealthChanged] = []
+    hs = HealthService([service(backend.port, check=SLOW)], log=Log(), on_change=events.append, initial="down",
+                       rand=lambda: 0.999)
+    assert not hs.states()[key].is_up  # before start too: no verdict is not up
+    hs.start()
+    try:
+        assert not hs.states()[key].is_up
+        await wait_for(events, 1, timeout=1.0)  # two checks at the fast interval, the 5 s interval never waited
+        assert (events[0].from_, events[0].to, events[0].after) == ("unknown", "up", 2)
+        assert hs.states()[key].is_up
+    finally:
+        await hs.stop()
+
+
+async def test_update_at_start_follows_the_start_policy(backend: Backend) -> None:
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    hs = HealthService([], log=Log(), on_change=lambda _c: None, initial="up", rand=lambda: 0.999)
+    hs.start()
+    try:
+        hs.update([service(backend.port, check=SLOW)], at_start=True)
+        assert hs.states()[key].is_up
+    finally:
+        await hs.stop()
+    # and before start: the default (a reload) remembers the server as new until start() adds it
+    hs = HealthService([], log=Log(), on_change=lambda _c: None, initial="up")
+    hs.update([service(backend.port, check=SLOW)])
+    assert not hs.states()[key].is_up
+    hs.start()
+    try:
+        assert not hs.states()[key].is_up
+    finally:
+        await hs.stop()
+
+
+async def test_switching_a_check_on_keeps_the_server_up(backend: Backend) -> None:
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    hs = HealthService([service(backend.port, check={"type": "none"})], log=Log(), on_change=lambda _c: None)
+    hs.start()
+    try:
+        health = hs.states()[key]
+        assert health.is_up
+        hs.update([service(backend.port, check=SLOW)])
+        assert hs.states()[key] is health and health.is_up
+        await until(lambda: backend.requests >= 1, timeout=1.0)  # checked at once
+        assert health.is_up and health.timing.interval == 5.0
+        hs.update([service(backend.port, check={"type": "none"})])
+        assert hs._loops[key].task is None and hs.states()[key].is_up
+    finally:
+        await hs.stop()
