@@ -109,7 +109,8 @@ class FakeVrrp:
     def update(self, view: Any) -> bool:
         """In place unless the identity (router id, interfaces) changes, as the real one does."""
         old, new = self.view.config.vrrp, view.config.vrrp
-        if old is None or new is None or (old.router_id, old.interface) != (new.router_id, new.interface):
+        if old is None or new is None or (old.router_id, old.interface, self.view.node.interfaces) != (
+                new.router_id, new.interface, view.node.interfaces):
             return False
         self.view = view
         self.calls.append("update")
