@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from havs.edge.netns import enter_netns
 from integration.benchlib import SEED_CONFIG, LabBroken, cell, edit_seed_config, keepalived_real_servers, poll, ratio
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,9 +103,6 @@ class IpvsWatch:
     presence of each real server changes (time.monotonic())."""
 
     def __init__(self, ns: str) -> None:
-        from integration.topology import _setns
-
-        self._setns = _setns
         self._ns = ns
         self._keys = {ip: _hex_server(ip, 80) for ip in REAL}
         self._lock = threading.Lock()
@@ -121,7 +119,7 @@ class IpvsWatch:
 
     def _run(self) -> None:
         try:
-            self._setns(f"/run/netns/{self._ns}")
+            enter_netns(self._ns)
         except BaseException as e:
             self.error = e
             self._ready.set()

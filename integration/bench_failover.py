@@ -36,21 +36,31 @@ Exit status: 0 with the table; 2 if the lab itself broke (partial table still pr
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from integration.benchlib import LabBroken, edit_seed_config, keepalived_real_servers, poll, ratio
+from integration.adverts import AdvertCapture
+from integration.benchlib import LabBroken, edit_seed_config, keepalived_real_servers, poll
+from integration.failover_report import (
+    IMPLS,
+    PERIOD,
+    REQUEST_TIMEOUT,
+    SCENARIOS,
+    Result,
+    failure_kind,
+    report,
+    vrrp_version,
+)
+from integration.ipmonitor import IpMonitor
+from integration.logs import read_events
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "integration" / "out" / "bench_failover"
@@ -59,15 +69,7 @@ GW_CIDR = "192.168.72.130/24"
 PRIORITY = {"lvs1": 150, "lvs2": 100}
 REAL = ("192.168.72.128", "192.168.72.129")
 LVS1_HEARTBEAT = "192.168.72.131"  # lvs1's eth1: the source of its adverts
-IMPLS = ("havs", "keepalived")
-SCENARIOS = ("crash", "sigterm")
-PERIOD = 0.05
-REQUEST_TIMEOUT = 0.25
 STEADY_RUN = 10  # good answers in a row that make the client "steady" (before) and "recovered" (after)
-
-
-def vrrp_version(interval: float) -> int:
-    return 2 if interval == int(interval) else 3
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -111,186 +113,15 @@ virtual_server 192.168.0.108 80 {{
 """
 
 
-# ---------------------------------------------------------------------------------------- ip monitor
-_ADDR_RE = re.compile(r"^(Deleted\s+)?\d+:\s+(\S+)\s+inet\s+(\S+)")
-_NEIGH_RE = re.compile(r"^(\S+) dev \S+ lladdr (\S+)")
-
-
-class IpMonitor:
-    """``ip -4 -o monitor OBJECT`` in one namespace, each line stamped with time.monotonic() on arrival."""
-
-    def __init__(self, ns: str, obj: str) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._proc = subprocess.Popen(
-            ["ip", "-n", ns, "-4", "-o", "monitor", obj],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
-        )
-        self._thread = threading.Thread(target=self._read, name=f"ipmon-{ns}-{obj}", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            now = time.monotonic()
-            with self._lock:
-                self.lines.append((now, raw.decode(errors="replace")))
-
-    def _after(self, after: float) -> list[tuple[float, str]]:
-        with self._lock:
-            return [(t, line) for t, line in self.lines if t >= after]
-
-    def address(self, cidr: str, added: bool, after: float) -> float | None:
-        """First time after ``after`` that ``cidr`` was added (or deleted)."""
-        for t, line in self._after(after):
-            m = _ADDR_RE.match(line)
-            if m and m.group(3) == cidr and (m.group(1) is None) == added:
-                return t
-        return None
-
-    def neighbour(self, ip: str, mac: str, after: float) -> float | None:
-        """First time after ``after`` that the neighbour entry of ``ip`` showed ``mac``."""
-        for t, line in self._after(after):
-            m = _NEIGH_RE.match(line)
-            if m and m.group(1) == ip and m.group(2).lower() == mac.lower():
-                return t
-        return None
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait(5)
-        self._thread.join(2)
-
-
-class AdvertSniffer:
-    """A raw protocol-112 socket in lvs2's namespace: when lvs2 heard each advert of lvs1 (time, priority).
-    Lets the crash happen right after an advert (the worst phase: a full master-down interval), so rounds
-    and implementations are compared at the same phase, and times the priority-0 advert of a graceful stop."""
-
-    def __init__(self, sock: socket.socket, src: str) -> None:
-        self.heard: list[tuple[float, int]] = []
-        self._src = socket.inet_aton(src)
-        self._sock = sock
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, name="advert-sniffer", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                pkt = self._sock.recv(2048)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            ihl = (pkt[0] & 0x0F) * 4
-            if len(pkt) >= ihl + 3 and pkt[12:16] == self._src:
-                with self._cond:
-                    self.heard.append((now, pkt[ihl + 2]))
-                    self._cond.notify_all()
-
-    def next_advert(self, timeout: float) -> float | None:
-        """Wait for the next advert from the master; its arrival time (None on timeout)."""
-        with self._cond:
-            n = len(self.heard)
-            if not self._cond.wait_for(lambda: len(self.heard) > n, timeout):
-                return None
-            return self.heard[n][0]
-
-    def last_before(self, t: float) -> float | None:
-        with self._cond:
-            return max((at for at, prio in self.heard if at <= t and prio > 0), default=None)
-
-    def resign(self, after: float) -> float | None:
-        """When the master's priority-0 advert arrived."""
-        with self._cond:
-            return next((at for at, prio in self.heard if at >= after and prio == 0), None)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
-
-
 # ------------------------------------------------------------------------------------------ a run
-@dataclass
-class Result:
-    impl: str
-    interval: float
-    scenario: str
-    round: int
-    takeover: float | None = None  # s until lvs2 holds both addresses
-    gap: float | None = None  # graceful: lvs2 holds both minus lvs1 dropped its first
-    outage: float | None = None
-    failures: int | None = None
-    requests: int | None = None
-    source: str = ""  # where takeover came from: monitor | poll
-    vip_gw: tuple[float, float] | None = None  # s until each address appeared on lvs2 (monitor)
-    released: float | None = None  # graceful: s until lvs1 dropped its first address
-    after_advert: float | None = None  # crash: takeover minus the last advert lvs2 heard from lvs1
-    resigned: float | None = None  # graceful: s until lvs2 heard lvs1's priority-0 advert
-    setup: str = ""
-    neigh: float | None = None  # s until the client's ARP for the VIP and rs1's for the gateway show lvs2
-    failed_at: list[tuple[float, str]] = field(default_factory=list)  # failed requests: start - t0, error
-    timeline: str = ""  # havs: lvs2's own log events, relative to t0
-    exit: str = ""
-    note: str = ""
-
-    def detail(self) -> str:
-        parts = [self.setup] if self.setup else []
-        if self.after_advert is not None:
-            parts.append(f"takeover {self.after_advert:.3f}s after lvs1's last advert")
-        if self.resigned is not None:
-            parts.append(f"priority-0 advert heard +{self.resigned:.3f}")
-        if self.vip_gw:
-            parts.append(f"vip +{self.vip_gw[0]:.3f} gw +{self.vip_gw[1]:.3f}")
-        elif self.source == "poll":
-            parts.append("takeover from the 0.25 s poll (no monitor lines)")
-        if self.released is not None:
-            parts.append(f"lvs1 released +{self.released:.3f}")
-        if self.neigh is not None:
-            parts.append(f"neighbours on lvs2 +{self.neigh:.3f}")
-        if self.failed_at:
-            parts.append("failed " + ", ".join(f"+{t:.2f} {e}" for t, e in self.failed_at))
-        if self.exit:
-            parts.append(self.exit)
-        if self.timeline:
-            parts.append(f"lvs2 log: {self.timeline}")
-        return "; ".join(parts)
-
-    @property
-    def ok(self) -> bool:
-        return self.outage is not None
-
-
-def failure_kind(error: str) -> str:
-    """A failed request in a word: where it timed out, or the error's class."""
-    if "read timed out" in error:
-        return "read-timeout"  # connected, no (complete) answer
-    if error.startswith("TimeoutError"):
-        return "connect-timeout"  # no SYN-ACK in time
-    return error.split(":")[0]
-
-
 def havs_timeline(log: Path, wall0: float) -> str:
     """lvs2's MASTER transition, address take and first GARP log lines, relative to the event."""
-    from datetime import datetime
-
     marks: list[str] = []
     seen: set[str] = set()
-    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-        try:
-            ev = json.loads(line)
-            at = datetime.fromisoformat(str(ev["timestamp"]).replace("Z", "+00:00")).timestamp() - wall0
-        except (ValueError, KeyError, TypeError):
-            continue
-        name = ev.get("event")
+    for ev in read_events(log):
+        at = ev["_t"] - wall0
         key = {"vrrp.state": f"state {ev.get('to')}", "vrrp.addresses": f"addresses {ev.get('action')}",
-               "vrrp.garp": "garp burst done"}.get(str(name))
+               "vrrp.garp": "garp burst done"}.get(str(ev.get("event")))
         if at < 0 or key is None or key in seen:
             continue
         seen.add(key)
@@ -320,19 +151,11 @@ class Bench:
 
     def state(self, impl: str, log: Path) -> str | None:
         """The daemon's latest VRRP state, from its log."""
-        text = log.read_text(errors="replace") if log.exists() else ""
         if impl == "keepalived":
-            found = re.findall(r"Entering (\w+) STATE", text)
+            found = re.findall(r"Entering (\w+) STATE", log.read_text(errors="replace") if log.exists() else "")
             return found[-1] if found else None
-        last = None
-        for line in text.splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict) and ev.get("event") == "vrrp.state":
-                last = str(ev.get("to"))
-        return last
+        states = [str(e.get("to")) for e in read_events(log) if e.get("event") == "vrrp.state"]
+        return states[-1] if states else None
 
     # ---- daemons
     def start(self, impl: str, interval: float, node: str, tag: str) -> Path:
@@ -361,8 +184,7 @@ class Bench:
             raise LabBroken(f"reset failed: {e}") from e
         mons = {n: IpMonitor(lab.ns(n), "address") for n in ("lvs1", "lvs2")}  # type: ignore[attr-defined]
         neigh = {n: IpMonitor(lab.ns(n), "neigh") for n in ("client", "rs1")}  # type: ignore[attr-defined]
-        sniff = AdvertSniffer(lab.socket("lvs2", socket.AF_INET, socket.SOCK_RAW, 112),  # type: ignore
-                              LVS1_HEARTBEAT)
+        sniff = AdvertCapture(lab.socket("lvs2", socket.AF_INET, socket.SOCK_RAW, 112))  # type: ignore
         t_start = time.monotonic()
         client = None
         try:
@@ -404,7 +226,7 @@ class Bench:
             res.setup = (f"setup: elected {t_elected - t_start:.1f}s, IPVS +{t_ipvs - t_elected:.1f}s, "
                          f"client steady +{t_steady - t_ipvs:.1f}s")
             if scenario == "crash":
-                if sniff.next_advert(2 * interval + 1) is None:
+                if sniff.next_advert(LVS1_HEARTBEAT, 2 * interval + 1) is None:
                     res.note += "no advert from lvs1 heard before the crash; "
                 elif self.phase == "random":
                     time.sleep(random.uniform(0, interval))
@@ -447,11 +269,11 @@ class Bench:
             else:
                 res.note += f"lvs2 did not get both addresses in {mdi + 5:.1f}s; "
             if scenario == "crash" and res.takeover is not None:
-                last = sniff.last_before(t0 + res.takeover)
+                last = sniff.last_before(LVS1_HEARTBEAT, t0 + res.takeover)
                 if last is not None:
                     res.after_advert = t0 + res.takeover - last
             if scenario == "sigterm":
-                p0 = sniff.resign(t0)
+                p0 = sniff.resign(LVS1_HEARTBEAT, t0)
                 res.resigned = None if p0 is None else p0 - t0
                 dels = [mons["lvs1"].address(c, False, t0) for c in (VIP_CIDR, GW_CIDR)]
                 first_del = min((d for d in dels if d is not None), default=None)
@@ -487,100 +309,6 @@ class Bench:
             for node in ("lvs1", "lvs2"):
                 lab.stop_havs(node, signal.SIGKILL, timeout=5)  # type: ignore[attr-defined]
             self.results.append(res)
-
-
-# ------------------------------------------------------------------------------------------ report
-def _fmt(values: Sequence[float], unit: str) -> str:
-    if not values:
-        return "-"
-    if unit == "n":
-        return f"{statistics.median(values):g} [{min(values):g}-{max(values):g}]"
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-# Columns of the table: header, unit ("s" or "n"), value of a result.
-COLUMNS: tuple[tuple[str, str, Callable[[Result], float | None]], ...] = (
-    ("outage s", "s", lambda r: r.outage),
-    ("failed", "n", lambda r: None if r.failures is None else float(r.failures)),
-    ("takeover s", "s", lambda r: r.takeover),
-    ("advert->take s | gap s", "s", lambda r: r.after_advert if r.scenario == "crash" else r.gap),
-    ("neighbours s", "s", lambda r: r.neigh),
-)
-
-
-def report(results: list[Result], adverts: Sequence[float]) -> str:
-    one_failure = PERIOD + REQUEST_TIMEOUT
-    lines = [
-        f"client: GET http://192.168.0.108/ every {PERIOD * 1000:.0f} ms, request timeout {REQUEST_TIMEOUT} s "
-        "(no answer within it = failed)",
-        f"  outage = LoopStats.longest_outage; one failed request alone makes it ~{one_failure:.2f} s "
-        "(period + timeout): the figure is quantized",
-        "crash = kill -9 of the master's daemon + its links down, right after lvs2 heard an advert from lvs1 "
-        "(--phase worst: a full master-down interval) or later by a random part of the interval (--phase random); "
-        "sigterm = SIGTERM to the master's daemon",
-        "takeover = until both 192.168.0.108 and 192.168.72.130 are on lvs2 (ip monitor address)",
-        "advert->take (crash) = takeover minus the last advert lvs2 heard from lvs1 (phase-free; "
-        "VRRP's master-down interval is 3 x advert + skew)",
-        "gap (sigterm) = takeover minus lvs1's first address release (> 0: nobody held an address; < 0: overlap)",
-        "neighbours = until the client's ARP entry for the VIP and rs1's for the gateway show lvs2's MACs",
-        "cells: median [min-max] over rounds; havs/ka = ratio of medians",
-        "",
-    ]
-    head = f"{'impl':<10} {'advert':<9} {'scenario':<8} {'n':>3}  {COLUMNS[0][0]:<21} {COLUMNS[1][0]:<10} " + \
-        " ".join(f"{c[0]:<22}" for c in COLUMNS[2:])
-    lines += [head, "-" * len(head)]
-    med: dict[tuple[str, float, str], list[float | None]] = {}
-    for interval in adverts:
-        for scenario in SCENARIOS:
-            for impl in IMPLS:
-                rs = [r for r in results if (r.impl, r.interval, r.scenario) == (impl, interval, scenario)]
-                ok = [r for r in rs if r.ok]
-                cols = [[v for r in ok if (v := get(r)) is not None] for _, _, get in COLUMNS]
-                med[(impl, interval, scenario)] = [_median(c) for c in cols]
-                cells = [_fmt(c, unit) for c, (_, unit, _) in zip(cols, COLUMNS, strict=True)]
-                adv = f"{interval:g}s v{vrrp_version(interval)}"
-                n = f"{len(ok)}" + (f"/{len(rs)}" if len(ok) != len(rs) else "")
-                lines.append(f"{impl:<10} {adv:<9} {scenario:<8} {n:>3}  {cells[0]:<21} {cells[1]:<10} "
-                             + " ".join(f"{c:<22}" for c in cells[2:]))
-            h, k = med[("havs", interval, scenario)], med[("keepalived", interval, scenario)]
-            ratios = [ratio(x, y) for x, y in zip(h, k, strict=True)]
-            lines.append(f"{'havs/ka':<10} {'':<9} {scenario:<8} {'':>3}  {ratios[0]:<21} {ratios[1]:<10} "
-                         + " ".join(f"{c:<22}" for c in ratios[2:]))
-        lines.append("")
-
-    lines.append("targets (havs):")
-    for interval in adverts:
-        h, k = med.get(("havs", interval, "crash")), med.get(("keepalived", interval, "crash"))
-        if h and k:
-            for i, what in ((0, "client outage"), (2, "takeover"), (3, "advert->take")):
-                if h[i] is not None and k[i] is not None:
-                    verdict = "met" if h[i] <= k[i] else "MISSED"  # type: ignore[operator]
-                    lines.append(f"  crash {interval:g}s: {what} median {h[i]:.3f} <= keepalived's {k[i]:.3f}: "
-                                 f"{verdict}")
-        hs = [r.outage for r in results if r.ok and r.impl == "havs" and r.interval == interval
-              and r.scenario == "crash" and r.outage is not None]
-        if hs and interval <= 0.1:
-            worst = max(hs)
-            verdict = "met" if worst <= 0.30 else "MISSED"
-            extra = ""
-            if worst > 0.30:
-                extra = f" (by {worst - 0.30:.3f}s; one failed request alone is ~{one_failure:.2f}s)"
-            lines.append(f"  crash {interval:g}s: client outage <= 0.30 s in every round: {verdict}, "
-                         f"per round {[round(x, 3) for x in hs]}{extra}")
-        gs = [r.failures for r in results if r.ok and r.impl == "havs" and r.interval == interval
-              and r.scenario == "sigterm" and r.failures is not None]
-        if gs:
-            verdict = "met" if max(gs) == 0 else "MISSED"
-            lines.append(f"  sigterm {interval:g}s: 0 failed requests in every round: {verdict}, per round {gs}")
-    notes = [r for r in results if r.note]
-    if notes:
-        lines += ["", "notes:"]
-        lines += [f"  {r.impl} {r.interval:g}s {r.scenario} round {r.round}: {r.note.strip('; ')}" for r in notes]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- inside

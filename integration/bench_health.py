@@ -23,12 +23,8 @@ import sys
 import time
 from typing import Any
 
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
-
-
-def _raise_fd_limit() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from integration.benchlib import raise_fd_limit
+from integration.okserver import has_uvloop, use_loop
 
 
 def _cpu() -> tuple[float, float]:
@@ -48,32 +44,6 @@ def _maybe_freeze() -> None:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _use_loop(name: str) -> None:
-    if name == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-# ------------------------------------------------------------------------------------------------ server
-
-
-class _Responder(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        # requests are tiny and never split in practice on loopback; one answer per request head
-        self.transport.write(RESPONSE * data.count(b"\r\n\r\n"))
-
-
-async def _serve(listeners: int) -> None:
-    loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(_Responder, "127.0.0.1", 0, backlog=4096) for _ in range(listeners)]
-    print(json.dumps([s.sockets[0].getsockname()[1] for s in servers]), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
 
 
 # ------------------------------------------------------------------------------------------------ clients
@@ -159,8 +129,8 @@ async def _run_aiohttp(n: int, ports: list[int], seconds: float, warmup: float) 
 
 
 def _client(variant: str, loop_name: str, n: int, ports: list[int], seconds: float) -> None:
-    _raise_fd_limit()
-    _use_loop(loop_name)
+    raise_fd_limit()
+    use_loop(loop_name)
     run = _run_havs if variant == "havs" else _run_aiohttp
     checks, user, system = asyncio.run(run(n, ports, seconds, warmup=2.5))
     per_check = seconds / max(checks, 1) * 1e6
@@ -183,16 +153,10 @@ def main() -> None:
                                                        "aiohttp:asyncio"])
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() in the aiohttp clients too (havs freezes by default)")
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--ports", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if args.serve:
-        _raise_fd_limit()
-        _use_loop("uvloop" if _has_uvloop() else "asyncio")
-        asyncio.run(_serve(args.listeners))
-        return
     if args.client:
         variant, loop_name = args.client.split(":")
         _client(variant, loop_name, args.servers[0], json.loads(args.ports), args.seconds)
@@ -201,18 +165,19 @@ def main() -> None:
     me = [sys.executable, "-m", "integration.bench_health"]
     if args.gc_freeze:
         os.environ["BENCH_GC_FREEZE"] = "1"
-    server = subprocess.Popen([*me, "--serve", "--listeners", str(args.listeners)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "integration.okserver", "127.0.0.1", "--until-stdin-eof",
+                               "--ports", *["0"] * args.listeners], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert server.stdout is not None
-        ports = server.stdout.readline().strip()
+        ports = server.stdout.readline().removeprefix("listening").strip()
         print(f"server pid {server.pid}: {args.listeners} listeners on 127.0.0.1, "
-              f"{'uvloop' if _has_uvloop() else 'asyncio'}; cores: {os.cpu_count()}")
+              f"{'uvloop' if has_uvloop() else 'asyncio'}; cores: {os.cpu_count()}")
         print(f"{'variant':<16}{'servers':>8}{'checks/s':>10}{'CPU µs/check':>14}{'(user+sys)':>14}"
               f"{'client CPU':>12}{'RSS MB':>8}  last results (havs)")
         for n in args.servers:
             for spec in args.variants:
-                if spec.endswith(":uvloop") and not _has_uvloop():
+                if spec.endswith(":uvloop") and not has_uvloop():
                     continue
                 out = subprocess.run([*me, "--client", spec, "--servers", str(n), "--seconds", str(args.seconds),
                                       "--ports", ports], capture_output=True, text=True, check=False)
@@ -232,14 +197,6 @@ def main() -> None:
             server.wait(timeout=5)
         except subprocess.TimeoutExpired:
             server.kill()
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -42,31 +42,27 @@ gc.freeze()): experiments that show what the GC's GIL-holding collections cost t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import ipaddress
-import itertools
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
-import statistics
-import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from integration.adverts import AdvertCapture, AdvertSender, Gaps, start_reference
+from integration.benchlib import SEED_CONFIG, poll, proc_cpu, raise_fd_limit, system_cpu
+from integration.logs import HavsLog
+from integration.okserver import read_counter
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "integration" / "out" / "bench_heartbeat"
-SEED_CONFIG = REPO / "etc" / "havs.yaml"
 # Inside UML /tmp is a tmpfs shared by every namespace: the daemon's log and the request counter live there,
 # so neither pays for hostfs writes (a real daemon logs to journald's pipe, not to a slow filesystem).
 FAST = Path("/tmp/bench_heartbeat")
@@ -77,12 +73,9 @@ LVS1_HB = "192.168.72.131"  # lvs1's eth1: the source of its adverts
 LVS2_HB = "192.168.72.132"
 REF_SRC = "192.168.72.129"  # rs2's eth0: the reference sender's adverts
 REF_VRID = 52
-GROUP = "224.0.0.18"
 PROTO_VRRP = 112
 SLACK = 0.020  # the target: worst gap <= interval + 20 ms
 HTTP_PORT0 = 8000
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -136,230 +129,7 @@ def write_config(path: Path, cfg: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-# -------------------------------------------------------------------------------------- the HTTP server (rs1)
-class _Responder(asyncio.Protocol):
-    count = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        # probe requests are tiny and arrive whole; one answer per request head
-        n = data.count(b"\r\n\r\n")
-        _Responder.count += n
-        self.transport.write(RESPONSE * n)
-
-
-async def _serve(address: str, ports: int) -> None:
-    loop = asyncio.get_running_loop()
-    for i in range(ports):
-        await loop.create_server(_Responder, address, HTTP_PORT0 + i, backlog=4096)
-    print("listening", flush=True)
-    tmp = COUNTER.with_suffix(".tmp")
-    while True:
-        tmp.write_text(json.dumps({"count": _Responder.count, "t": time.monotonic()}))
-        tmp.replace(COUNTER)
-        await asyncio.sleep(0.5)
-
-
-def serve(ports: int) -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(_serve(RS1, ports))
-
-
-def read_counter() -> tuple[int, float] | None:
-    try:
-        d = json.loads(COUNTER.read_text())
-        return int(d["count"]), float(d["t"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-# ------------------------------------------------------------------------------------------- advert capture
-class AdvertCapture:
-    """Every VRRP packet lvs2's eth1 receives: (kernel timestamp, time.monotonic() at recv, source, priority)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.heard: list[tuple[float, float, str, int]] = []
-        self.kernel_stamps = True
-        self._sock = sock
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                        struct.pack("4s4s", socket.inet_aton(GROUP), socket.inet_aton(LVS2_HB)))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.settimeout(0.2)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="advert-capture", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        space = socket.CMSG_SPACE(16)
-        while not self._stop.is_set():
-            try:
-                pkt, anc, _flags, _addr = self._sock.recvmsg(2048, space)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            mono = time.monotonic()
-            stamp = None
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-                    sec, nsec = struct.unpack("qq", data[:16])
-                    stamp = sec + nsec / 1e9
-            if stamp is None:
-                self.kernel_stamps = False
-                stamp = time.time() - (time.monotonic() - mono)
-            ihl = (pkt[0] & 0x0F) * 4
-            if len(pkt) < ihl + 3:
-                continue
-            with self._lock:
-                self.heard.append((stamp, mono, socket.inet_ntoa(pkt[12:16]), pkt[ihl + 2]))
-
-    def adverts(self, src: str, t0: float, t1: float) -> list[tuple[float, float]]:
-        """Adverts (priority > 0) from ``src`` received between monotonic t0 and t1: (kernel stamp, monotonic)."""
-        with self._lock:
-            return [(s, m) for s, m, frm, prio in self.heard if frm == src and prio > 0 and t0 <= m <= t1]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
-
-
-class FakePeer:
-    """A VRRP peer in lvs2 that advertises a higher priority for a while: lvs1 must go BACKUP, then (master-down
-    interval after the last fake advert) MASTER again, which runs its notify script."""
-
-    def __init__(self, lab: Any, advert: float, version: int, router_id: int, addresses: Sequence[str]) -> None:
-        from havs.core import wire
-        from havs.edge.vrrp_socket import VrrpSocket
-        from integration.topology import run_in_netns
-
-        self._sock = run_in_netns(lab.ns("lvs2"), lambda: VrrpSocket("eth1", ipaddress.IPv4Address(LVS2_HB)))
-        interval = round(advert * 100) if version == 3 else round(advert)
-        adv = wire.Advertisement(version=version, router_id=router_id, priority=254,
-                                 addresses=tuple(ipaddress.IPv4Address(a) for a in addresses),
-                                 advert_interval=interval)
-        dst = ipaddress.IPv4Address(GROUP)
-        self._payload = wire.encode(adv, src=ipaddress.IPv4Address(LVS2_HB), dst=dst)
-        self._dst = dst
-        self._advert = advert
-
-    def advertise(self, seconds: float) -> tuple[float, float]:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            self._sock.send(self._payload, self._dst)
-            time.sleep(self._advert)
-        return t0, time.monotonic()
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 # -------------------------------------------------------------------------------------------------- figures
-def percentile(values: Sequence[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process, all threads."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def system_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole (one-CPU) UML kernel."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return sum(vals) - idle, sum(vals)
-
-
-class HavsLog:
-    """The daemon's JSON log lines, parsed incrementally."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.events: list[dict[str, Any]] = []
-        self._offset = 0
-
-    def refresh(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return self.events
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        for raw in data[:end].splitlines():
-            try:
-                ev = json.loads(raw)
-                ev["_t"] = datetime.fromisoformat(str(ev["timestamp"]).replace("Z", "+00:00")).timestamp()
-            except (ValueError, KeyError, TypeError):
-                continue
-            self.events.append(ev)
-        return self.events
-
-    def find(self, event: str, since_wall: float, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.refresh() if e.get("event") == event and e["_t"] >= since_wall
-                and all(e.get(k) == v for k, v in match.items())]
-
-    def wait(self, event: str, since_wall: float, timeout: float, **match: Any) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.find(event, since_wall, **match)
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        return None
-
-
-@dataclass
-class Gaps:
-    """One sender's adverts in one window."""
-
-    adverts: int = 0
-    gaps: list[float] = field(default_factory=list)
-    ends: list[tuple[float, float]] = field(default_factory=list)  # (gap, its end: seconds into the window)
-
-    @classmethod
-    def of(cls, heard: list[tuple[float, float]], excluded: Sequence[tuple[float, float]], t0: float) -> Gaps:
-        g = cls(adverts=len(heard))
-        # gaps between consecutive adverts, not across a window where lvs1 was made silent on purpose
-        kept = [(s, m) for s, m in heard if not any(a <= m <= b for a, b in excluded)]
-        for (s_prev, m_prev), (s, m) in itertools.pairwise(kept):
-            if any(m_prev <= b and m >= a for a, b in excluded):
-                continue
-            g.gaps.append(s - s_prev)
-            g.ends.append((s - s_prev, m - t0))
-        return g
-
-    def cells(self, interval: float) -> str:
-        if not self.gaps:
-            return f"{self.adverts:>8}  no gaps measured"
-        worst = max(self.gaps)
-        verdict = "met" if worst <= interval + SLACK else "MISSED"
-        return (f"{self.adverts:>8}{statistics.median(self.gaps) * 1000:>10.1f}"
-                f"{percentile(self.gaps, 0.99) * 1000:>8.1f}{worst * 1000:>9.1f}{(worst - interval) * 1000:>+10.1f}"
-                f"{verdict:>8}")
-
-    def longest(self, n: int = 5) -> str:
-        return ", ".join(f"{g * 1000:.0f} (+{at:.1f}s)" for g, at in sorted(self.ends, reverse=True)[:n])
-
-
 @dataclass
 class Row:
     name: str
@@ -422,7 +192,7 @@ class Bench:
         row = Row(name, title)
         pid = self.pid
         excluded: list[tuple[float, float]] = []
-        c0, s0, k0 = proc_cpu(pid), system_cpu(), read_counter()
+        c0, s0, k0 = proc_cpu(pid), system_cpu(), read_counter(COUNTER)
         t0, wall0 = time.monotonic(), time.time()
         for at, label, fn in sorted(events, key=lambda e: e[0]):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
@@ -436,7 +206,7 @@ class Bench:
             row.notes.append("main loop still busy at the end of the window")
         t1 = time.monotonic()
         row.seconds = t1 - t0
-        c1, s1, k1 = proc_cpu(pid), system_cpu(), read_counter()
+        c1, s1, k1 = proc_cpu(pid), system_cpu(), read_counter(COUNTER)
         time.sleep(0.3)  # adverts stamped before t1 may still be on their way to the capture thread
         heard = self.capture.adverts(LVS1_HB, t0, t1)
         ref = self.capture.adverts(REF_SRC, t0, t1)
@@ -504,9 +274,9 @@ def report(rows: dict[str, Row], shape: Shape, kernel_stamps: bool, ref_note: st
         if r is None:
             continue
         cps = f"{r.checks_per_s:.0f}" if r.checks_per_s else "-"
-        lines.append(f"{f'{r.name}) {r.title}':<40}{r.seconds:>5.0f}{r.havs.cells(shape.advert)}{cps:>9}"
+        lines.append(f"{f'{r.name}) {r.title}':<40}{r.seconds:>5.0f}{r.havs.cells(shape.advert, SLACK)}{cps:>9}"
                      f"{r.cpu * 100:>8.0f}%{r.busy * 100:>7.0f}%")
-        lines.append(f"{'   ref (keepalived, rs2)':<40}{'':>5}{r.ref.cells(shape.advert)}")
+        lines.append(f"{'   ref (keepalived, rs2)':<40}{'':>5}{r.ref.cells(shape.advert, SLACK)}")
     lines.append("")
     for key in ("a", "b", "c", "d"):
         r = rows.get(key)
@@ -518,58 +288,6 @@ def report(rows: dict[str, Row], shape: Shape, kernel_stamps: bool, ref_note: st
 
 
 # ------------------------------------------------------------------------------------------------- inside
-def _raise_fd_limit() -> None:
-    # UML's PID 1 starts with 1024/4096; thousands of kept-alive checks (and the server's end of them) need more.
-    # Inherited by the daemon and the HTTP server, which we start.
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
-    except (ValueError, OSError):
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _wait(pred: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
-
-
-def start_reference(lab: Any, advert: float) -> tuple[subprocess.Popen[bytes], str]:
-    """keepalived 2.2.7 (VRRP only, C, its own timer) advertising VRID 52 from rs2 at the same interval: what the
-    lab itself (one UML CPU under this load, on a shared host) does to a sender that holds no GIL."""
-    version = 2 if advert == int(advert) else 3
-    cfg = FAST / "ref-keepalived.conf"
-    cfg.write_text(f"""global_defs {{
-    router_id ref
-}}
-vrrp_instance REF {{
-    state MASTER
-    interface eth0
-    virtual_router_id {REF_VRID}
-    version {version}
-    priority 100
-    advert_int {advert:g}
-    virtual_ipaddress {{
-        192.168.72.200/24 dev eth0
-    }}
-}}
-""")
-    argv = ["keepalived", "-n", "-l", "-D", "-G", "-P", "-f", str(cfg), "-p", str(FAST / "ref.pid"),
-            "-r", str(FAST / "ref-vrrp.pid")]
-    proc = lab.popen("rs2", argv, OUT / "ref-keepalived.log")
-    note = f"keepalived 2.2.7 VRRP-only, VRID {REF_VRID} v{version} from rs2"
-    if _wait(lambda: (FAST / "ref-vrrp.pid").exists(), 20):
-        with contextlib.suppress(OSError, ValueError):
-            vpid = int((FAST / "ref-vrrp.pid").read_text().split()[0])
-            policy = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}.get(
-                os.sched_getscheduler(vpid), "other")
-            note += f" ({policy}, nice {os.getpriority(os.PRIO_PROCESS, vpid)})"
-    return proc, note
-
-
 def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default") -> int:
     from integration.lab import in_uml
     from integration.topology import SeedLab, TopologyError
@@ -578,7 +296,7 @@ def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default
         print("--inside runs in the UML lab only (it needs IPVS)", file=sys.stderr)
         return 2
     start = time.monotonic()
-    _raise_fd_limit()
+    raise_fd_limit()  # inherited by the daemon and the HTTP server, which we start
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
     FAST.mkdir(parents=True, exist_ok=True)
@@ -592,17 +310,19 @@ def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default
         print(f"lab broke: {e}", flush=True)
         return 2
     capture: AdvertCapture | None = None
-    peer: FakePeer | None = None
+    peer: AdvertSender | None = None
     rc = 0
     try:
-        server = lab.popen("rs1", [sys.executable, "-m", "integration.bench_heartbeat", "--serve",
-                                   "--ports", str(shape.ports)], OUT / "server-rs1.log")
-        if not _wait(lambda: "listening" in (OUT / "server-rs1.log").read_text() or server.poll() is not None, 60):
+        ports = [str(HTTP_PORT0 + i) for i in range(shape.ports)]
+        server = lab.popen("rs1", [sys.executable, "-m", "integration.okserver", RS1, "--ports", *ports,
+                                   "--counter", str(COUNTER)], OUT / "server-rs1.log")
+        if poll(lambda: "listening" in (OUT / "server-rs1.log").read_text() or server.poll() is not None,
+                60, 0.2) is None:
             raise RuntimeError("HTTP server in rs1 did not start")
         if server.poll() is not None:
             raise RuntimeError(f"HTTP server in rs1 exited: {(OUT / 'server-rs1.log').read_text()[-500:]}")
-        capture = AdvertCapture(lab.socket("lvs2", socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP))
-        _ref, ref_note = start_reference(lab, shape.advert)
+        capture = AdvertCapture(lab.socket("lvs2", socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP), LVS2_HB)
+        _ref, ref_note = start_reference(lab, "rs2", shape.advert, REF_VRID, FAST, OUT / "ref-keepalived.log")
         log = HavsLog(log_path)
         t_start, wall = time.monotonic(), time.time()
         if havs_gc == "default":
@@ -630,8 +350,8 @@ def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default
         bench = Bench(lab, shape, config, log, capture)
         time.sleep(1.0)
         vrrp = build_config(shape, weight=1, checks=False)["vrrp"]
-        peer = FakePeer(lab, shape.advert, vrrp["version"], vrrp["router_id"],
-                        [a["address"].split("/")[0] for a in vrrp["addresses"]])
+        peer = AdvertSender(lab.ns("lvs2"), "eth1", LVS2_HB, shape.advert, vrrp["version"], vrrp["router_id"],
+                            [a["address"].split("/")[0] for a in vrrp["addresses"]], priority=254)
         fake = peer
         weight = 1
 
@@ -704,11 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                              "makes HealthService._freeze a plain gc.freeze() (no unfreeze + full collect)")
     parser.add_argument("--mem", default="1G", help="UML memory")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve:
-        serve(args.ports)
-        return 0
     shape = Shape(args.advert, args.services, args.per_service, args.checks, args.ports)
     if args.inside:
         return inside(shape, args.seconds, args.scenarios, args.havs_gc)

@@ -1,13 +1,19 @@
-"""What the lab benchmarks share: the lab-failure error, a non-raising poll, config edits of etc/havs.yaml,
-keepalived's real-server blocks, and the cells of their tables."""
+"""What the benchmarks share: the lab-failure error, a non-raising poll, the open-files limit, config edits
+of etc/havs.yaml, keepalived's real-server blocks, CPU figures, and the cells of their tables."""
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from integration.waits import poll
+
+__all__ = ["SEED_CONFIG", "LabBroken", "cell", "edit_seed_config", "keepalived_real_servers",
+           "percentile", "poll", "proc_cpu", "raise_fd_limit", "ratio", "system_cpu"]
 
 SEED_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "havs.yaml"
 
@@ -16,14 +22,40 @@ class LabBroken(RuntimeError):
     """The lab itself failed (not a slow or failing daemon)."""
 
 
-def poll(pred: Callable[[], bool], timeout: float, step: float) -> float | None:
-    """Seconds until ``pred`` held, or None after ``timeout``: a benchmark records a miss, never raises."""
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            return None
-        time.sleep(step)
-    return time.monotonic() - t0
+def raise_fd_limit(want: int = 65536) -> int:
+    """Raise this process's open-files limit (inherited by what it starts) to ``want``, or at least the soft
+    limit to the hard one: thousands of kept-alive probe connections need more than the default 1024 (UML's
+    PID 1 starts with 1024/4096). Returns the soft limit now in force."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        target = max(want, hard)  # never lowers the hard limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))  # above the hard limit needs root
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process, all threads; NaN once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine (in UML: its one CPU)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return sum(vals) - idle, sum(vals)
 
 
 def edit_seed_config(subs: Mapping[str, str], text: str | None = None) -> str:

@@ -15,12 +15,13 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+
+from integration.logs import read_events
+from integration.seed import GATEWAY, VIP
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "etc" / "havs.yaml"
-VIP, GATEWAY = "192.168.0.108", "192.168.72.130"
 OUT = REPO / "integration" / "out" / "demo"
 
 # The events that tell the story, and how to say each in one line.
@@ -41,12 +42,8 @@ class Line:
 
 def read_log(path: Path, who: str) -> list[Line]:
     lines = []
-    for raw in path.read_text(errors="replace").splitlines() if path.exists() else []:
-        try:
-            event = json.loads(raw)
-            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError, TypeError):
-            continue  # stderr noise, a traceback: not an event
+    for event in read_events(path):  # stderr noise, a traceback: not events, skipped
+        at = event.pop("_t")
         name = str(event.get("event"))
         if name not in STORY_EVENTS:
             continue

@@ -7,12 +7,17 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from havs.edge.ipvs import IpvsSocket
+from havs.edge.netns import run_in_netns
+from havs.errors import IpvsUnavailable
 from integration.topology import (
     BODIES,
     DIRECTORS,
@@ -25,7 +30,9 @@ from integration.topology import (
     VIP_URL,
     ClientLoop,
     SeedLab,
+    ipvs_available,
     list_netns,
+    wait_until,
 )
 
 pytestmark = pytest.mark.netns
@@ -94,10 +101,8 @@ def test_neighbour_follows_gratuitous_arp(lab: SeedLab) -> None:
     lab.start_web("lvs2", bind=VIP, body="lvs2")
     time.sleep(1.2)
     lab.exec("lvs2", ["arping", "-q", "-U", "-c", "1", "-I", "eth0", "-s", VIP, VIP], check=False)
-    deadline = time.monotonic() + 5
-    while lab.neigh("client", VIP) != lab.mac("lvs2", "eth0") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert lab.neigh("client", VIP) == lab.mac("lvs2", "eth0")
+    wait_until("the client's ARP entry for the VIP shows lvs2",
+               lambda: lab.neigh("client", VIP) == lab.mac("lvs2", "eth0"), 5)
     assert lab.http_get("client", VIP_URL) == "lvs2\n"
 
 
@@ -151,3 +156,83 @@ def test_teardown_removes_namespaces_and_processes(fresh_lab: SeedLab) -> None:
     assert not any(Path(f"/proc/{p.pid}").exists() and p.poll() is None for p in procs)
     fresh_lab.down()  # idempotent
     assert os.path.isdir(fresh_lab.workdir)  # caller-owned workdir is left alone
+
+
+def _netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def test_netns_helper_runs_in_the_namespace_and_never_creates_one(lab: SeedLab) -> None:
+    """havs.edge.netns, the one helper the daemon's IPVS socket and the lab both use."""
+    ns = lab.ns("rs1")
+    want = _netns_inode(f"/run/netns/{ns}")
+    assert _netns_inode("/proc/self/ns/net") != want
+    assert run_in_netns(ns, lambda: _netns_inode("/proc/thread-self/ns/net")) == want
+    assert run_in_netns(f"/run/netns/{ns}", lambda: _netns_inode("/proc/thread-self/ns/net")) == want  # a path
+    # a thread the function starts inherits the namespace
+    box: list[int] = []
+
+    def spawn() -> None:
+        t = threading.Thread(target=lambda: box.append(_netns_inode("/proc/thread-self/ns/net")))
+        t.start()
+        t.join()
+
+    run_in_netns(ns, spawn)
+    assert box == [want]
+    # the caller's thread never moved, and errors come back to it
+    assert _netns_inode("/proc/thread-self/ns/net") == _netns_inode("/proc/self/ns/net") != want
+    with pytest.raises(ZeroDivisionError):
+        run_in_netns(ns, lambda: 1 // 0)
+    missing = f"{lab.prefix}no-such-ns"
+    with pytest.raises(FileNotFoundError):
+        run_in_netns(missing, lambda: None)
+    assert missing not in list_netns()
+
+
+def test_ipvs_socket_opens_inside_a_namespace(lab: SeedLab) -> None:
+    """The socket is made in the namespace's thread; a missing namespace is an error, never created."""
+    missing = f"{lab.prefix}no-such-ns"
+    with pytest.raises(FileNotFoundError):
+        IpvsSocket(missing).open_now()
+    assert missing not in list_netns()
+    sock = IpvsSocket(lab.ns("lvs1"))
+    if ipvs_available():
+        with sock:
+            assert sock.family > 0
+    else:  # the host kernel has no IPVS (the UML lab has): said plainly
+        with pytest.raises(IpvsUnavailable, match=r"this kernel has no IPVS"):
+            sock.open_now()
+
+
+def _exchange(lab: SeedLab, node: str, address: str, request: bytes) -> bytes:
+    """Send ``request`` on one connection from ``node``; everything the server says until it closes."""
+    def talk() -> bytes:
+        with socket.create_connection((address, 80), timeout=5) as s:
+            s.sendall(request)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+    return run_in_netns(lab.ns(node), talk)
+
+
+def test_web_server_module_speaks_like_the_seed_httpd(lab: SeedLab) -> None:
+    """integration/webserver.py as the lab runs it: keep-alive for HTTP/1.1, close for 1.0 and on request,
+    404 outside the docroot, HEAD without a body, one log line per request."""
+    ip = REAL_SERVERS["rs1"]
+    # pipelined: the first keeps the connection, the second asks to close it
+    two = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    data = _exchange(lab, "rs2", ip, two)
+    first, _, second = data.partition(b"lvs-web1\n")
+    assert first.startswith(b"HTTP/1.1 200 OK") and b"Connection: keep-alive" in first
+    assert second.startswith(b"HTTP/1.1 404 Not Found") and b"Connection: close" in second
+    data = _exchange(lab, "rs2", ip, b"HEAD / HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.0 200 OK") and b"Connection: close" in data and data.endswith(b"\r\n\r\n")
+    data = _exchange(lab, "rs2", ip, b"GET /../../etc/passwd HTTP/1.1\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 404")
+    log = lab.web_log("rs1")
+    assert "GET / HTTP/1.1 200" in log and "GET /nope HTTP/1.1 404" in log and "HEAD / HTTP/1.0 200" in log
+    # keep_alive=False: every response closes the connection, as some servers do
+    lab.start_web("rs1", keep_alive=False)
+    data = _exchange(lab, "rs2", ip, two)
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data and b"404" not in data

@@ -1,15 +1,8 @@
-"""The seed's LVS-NAT topology, built from network namespaces.
+"""The seed's LVS-NAT topology (integration/seed.py), built from network namespaces.
 
-Works on the host kernel (netns tier: everything but IPVS) and inside the UML
-lab (real IPVS)::
-
-    client 192.168.0.105 ──┐ lan0 (client LAN)     lan1 (server LAN) ┌── rs1 192.168.72.128 "lvs-web1"
-    lvs1 eth0 .0.111 ──────┤                                          ├── rs2 192.168.72.129 "lvs-web2"
-    lvs2 eth0 .0.112 ──────┘   lvs1 eth1 .72.131, lvs2 eth1 .72.132 ──┘
-
-Both LANs are bridges inside a namespace of their own (``sw``), so nothing is
-created in the caller's namespace. VIP 192.168.0.108 and gateway 192.168.72.130
-are not assigned: the daemon (or a test) owns them.
+Works on the host kernel (netns tier: everything but IPVS) and inside the UML lab (real IPVS). Both LANs
+are bridges inside a namespace of their own (``sw``), so nothing is created in the caller's namespace.
+Real servers run the lab's web server (integration/webserver.py); the client side is integration/client.py.
 
 CLI: ``python -m integration.topology up|down [--prefix P]``.
 """
@@ -18,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import collections
 import contextlib
-import ctypes
-import itertools
 import json
 import os
 import re
@@ -34,127 +24,54 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
+from havs.edge.netns import enter_netns, run_in_netns
+from integration.client import ClientLoop, HttpError, LoopStats, Sample, http_get_here
 from integration.lab import in_uml
+from integration.logs import log_events
+from integration.namespaces import claim_prefix, delete_netns, delete_stale, kill_netns_pids, list_netns, release_prefix
+from integration.namespaces import kill_process as _kill
+from integration.seed import (
+    BODIES,
+    CLIENT_IP,
+    DIRECTORS,
+    GATEWAY,
+    LANS,
+    LINKS,
+    NODES,
+    REAL_SERVERS,
+    SWITCH,
+    VIP,
+    VIP_URL,
+    Link,
+)
+from integration.waits import wait_until
+
+# Names other modules import from here (kept while drills and benchmarks move to the modules above).
+__all__ = ["BODIES", "CLIENT_IP", "DIRECTORS", "GATEWAY", "LANS", "LINKS", "NODES", "REAL_SERVERS", "SWITCH",
+           "VIP", "VIP_URL", "ClientLoop", "HttpError", "Link", "LoopStats", "Sample", "SeedLab", "TopologyError",
+           "cleanup_stale", "default_prefix", "delete_netns", "http_get_here", "in_uml", "ipvs_available",
+           "kill_netns_pids", "list_netns", "log_events", "run_in_netns", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
-
-VIP = "192.168.0.108"
-GATEWAY = "192.168.72.130"
-CLIENT_IP = "192.168.0.105"
-VIP_URL = f"http://{VIP}/"
-DIRECTORS = ("lvs1", "lvs2")
-REAL_SERVERS = {"rs1": "192.168.72.128", "rs2": "192.168.72.129"}
-BODIES = {"rs1": "lvs-web1", "rs2": "lvs-web2"}
-SWITCH = "sw"
-NODES = ("client", "lvs1", "lvs2", "rs1", "rs2")
-LANS = ("lan0", "lan1")  # client LAN, server LAN
-
-
-@dataclass(frozen=True)
-class Link:
-    node: str
-    ifname: str
-    lan: str
-    address: str  # CIDR
-
-
-LINKS = (
-    Link("client", "eth0", "lan0", f"{CLIENT_IP}/24"),
-    Link("lvs1", "eth0", "lan0", "192.168.0.111/24"),
-    Link("lvs1", "eth1", "lan1", "192.168.72.131/24"),
-    Link("lvs2", "eth0", "lan0", "192.168.0.112/24"),
-    Link("lvs2", "eth1", "lan1", "192.168.72.132/24"),
-    Link("rs1", "eth0", "lan1", f"{REAL_SERVERS['rs1']}/24"),
-    Link("rs2", "eth0", "lan1", f"{REAL_SERVERS['rs2']}/24"),
-)
-
-_CLONE_NEWNET = 0x40000000
+WEB_SERVER = REPO / "integration" / "webserver.py"
 # Host namespaces we make are named havs<pid>-[anything-]<node>: stale once <pid> is gone.
 _PREFIX_RE = re.compile(r"^havs(\d+)-(?:.*-)?(?:" + "|".join((*NODES, SWITCH)) + ")$")
-
-# A tiny docroot web server: starts much faster than `python3 -m http.server`
-# (syscalls are slow in UML) and behaves the same for our needs: GET/HEAD of
-# files under the docroot, "/" -> index.html, 404 otherwise; one line per request.
-_WEB_SERVER = r"""
-import os, socket, sys, threading
-addr, port, root, keep_alive = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((addr, port))
-srv.listen(128)
-print("listening", addr, port, flush=True)
-def reply(c, version, keep, code, reason, body):
-    head = "%s %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n"
-    c.sendall((head % (version, code, reason, len(body), "keep-alive" if keep else "close")).encode() + body)
-def serve(c):
-    # Like the seed's httpd: HTTP/1.1 clients keep their connection (5 s idle), HTTP/1.0 ones do not.
-    try:
-        c.settimeout(5)
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data and len(data) < 65536:
-                d = c.recv(4096)
-                if not d:
-                    return
-                data += d
-            request, _, data = data.partition(b"\r\n\r\n")
-            lines = request.decode("latin-1").split("\r\n")
-            parts = lines[0].split()
-            method, path, version = (parts + ["", "", ""])[:3]
-            headers = {k.strip().lower(): v.strip().lower() for k, _, v in (x.partition(":") for x in lines[1:])}
-            keep = keep_alive and version == "HTTP/1.1" and headers.get("connection") != "close"
-            version = "HTTP/1.1" if version == "HTTP/1.1" else "HTTP/1.0"
-            path = path.split("?", 1)[0]
-            rel = os.path.normpath(path.lstrip("/")) if path not in ("", "/") else "index.html"
-            full = os.path.join(root, rel)
-            if rel.startswith("..") or not os.path.isfile(full):
-                reply(c, version, keep, 404, "Not Found", b"not found\n")
-                code = 404
-            else:
-                with open(full, "rb") as f:
-                    body = f.read()
-                reply(c, version, keep, 200, "OK", b"" if method == "HEAD" else body)
-                code = 200
-            print(lines[0].strip(), code, flush=True)
-            if not keep:
-                return
-    except OSError:
-        pass
-    finally:
-        c.close()
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
+_setns = enter_netns  # the old name, for callers that still use it
 
 
 class TopologyError(RuntimeError):
     pass
 
 
-# Default prefixes held by live SeedLabs of this process (several may coexist).
-_claimed: set[str] = set()
-_claimed_lock = threading.Lock()
-
-
 def default_prefix() -> str:
-    """Claim the first free default prefix: "" inside UML (the kernel is ours
-    alone), ``havs<pid>-`` on the host (parallel runs must not collide); then
-    "<that>2-", "<that>3-"... for further labs alive in the same process."""
-    base = "" if in_uml() else f"havs{os.getpid()}-"
-    with _claimed_lock:
-        candidate, n = base, 1
-        while candidate in _claimed:
-            n += 1
-            candidate = f"{base}{n}-"
-        _claimed.add(candidate)
-        return candidate
+    """Claim the first free default prefix: "" inside UML (the kernel is ours alone), ``havs<pid>-`` on the
+    host (parallel runs must not collide); then "<that>2-"... for further labs alive in this process."""
+    return claim_prefix("" if in_uml() else f"havs{os.getpid()}-")
 
 
 def ipvs_available() -> bool:
@@ -167,83 +84,6 @@ def _run(argv: Sequence[str], *, input: str | None = None, timeout: float = 60) 
         detail = (p.stderr or p.stdout).strip()
         raise TopologyError(f"{shlex.join(argv)} failed (rc={p.returncode}): {detail}")
     return p.stdout
-
-
-def _setns(path: str) -> None:
-    """Move the *calling thread* into a network namespace."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if hasattr(os, "setns"):  # Python >= 3.12
-            os.setns(fd, _CLONE_NEWNET)
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-T = TypeVar("T")
-
-
-def run_in_netns(ns_name: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a throwaway thread that has entered ``ns_name``.
-
-    Network namespaces are per thread, and sockets keep the namespace they were
-    created in, so this is a cheap way (no fork, no exec: UML makes those slow) to
-    get sockets or /proc/sys/net files of another namespace.
-    """
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            _setns(f"/run/netns/{ns_name}")
-            box["value"] = fn()
-        except BaseException as e:
-            box["error"] = e
-
-    t = threading.Thread(target=work, name=f"netns-{ns_name}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class HttpError(OSError):
-    pass
-
-
-def http_get_here(url: str, timeout: float) -> str:
-    """GET ``url`` from the current thread's namespace; return the body of a 200 or raise."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or 80
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    deadline = time.monotonic() + timeout
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        chunks = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"GET {url}: read timed out")
-            s.settimeout(left)
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-    raw = b"".join(chunks)
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].split()
-    if not sep or len(status) < 2:
-        raise HttpError(f"GET {url}: malformed response {raw[:80]!r}")
-    if status[1] != b"200":
-        raise HttpError(f"GET {url}: status {status[1].decode()}")
-    return body.decode("utf-8", "replace")
 
 
 @dataclass
@@ -348,8 +188,7 @@ class SeedLab:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             if self._claimed_prefix:
-                with _claimed_lock:
-                    _claimed.discard(self.prefix)
+                release_prefix(self.prefix)
                 self._claimed_prefix = False
         atexit.unregister(self.down)
 
@@ -399,17 +238,15 @@ class SeedLab:
         _run(["ip", "-4", "-n", self.ns(node), "-batch", "-"], input="".join(c + "\n" for c in cmds))
 
     # ---------------------------------------------------------- primitives
-    def exec(
-        self, node: str, argv: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: Any
-    ) -> subprocess.CompletedProcess[str]:
+    def exec(self, node: str, argv: Sequence[str], *, check: bool = True, timeout: float = 60,
+             **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside ``node``'s namespace and wait (output captured as text)."""
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         return subprocess.run(["ip", "netns", "exec", self.ns(node), *argv], check=check, timeout=timeout, **kw)
 
-    def popen(
-        self, node: str, argv: Sequence[str], log_path: str | os.PathLike[str] | None = None, **kw: Any
-    ) -> subprocess.Popen[bytes]:
+    def popen(self, node: str, argv: Sequence[str], log_path: str | os.PathLike[str] | None = None,
+              **kw: Any) -> subprocess.Popen[bytes]:
         """Start ``argv`` in ``node``'s namespace, output (stdout+stderr) to ``log_path``.
 
         The process gets its own session and is killed on reset()/down()."""
@@ -502,7 +339,7 @@ class SeedLab:
         # -S/-I: skip site imports and env, for start-up speed and isolation.
         w.proc = self.popen(
             node,
-            [sys.executable, "-I", "-S", "-u", "-c", _WEB_SERVER, w.bind, str(w.port), str(w.docroot),
+            [sys.executable, "-I", "-S", "-u", str(WEB_SERVER), w.bind, str(w.port), str(w.docroot),
              "1" if keep_alive else "0"],
             w.log_path,
         )
@@ -585,219 +422,9 @@ class SeedLab:
         return self._havs.get(node)
 
 
-def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, timeout: float = 5, group: bool = True) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        # Each process leads its own session: signal the group to catch its children.
-        if group:
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    if group:
-        # The leader may be gone while children linger.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-# ------------------------------------------------------------------ client loop
-@dataclass(frozen=True)
-class Sample:
-    start: float  # time.monotonic()
-    end: float
-    ok: bool
-    body: str  # stripped body on success, error text on failure
-
-
-@dataclass(frozen=True)
-class LoopStats:
-    requests: int
-    successes: int
-    failures: int
-    longest_outage: float  # seconds between the successes around the worst run of failures
-    max_gap: float  # longest time between two consecutive successes' starts
-    per_backend: dict[str, int] = field(default_factory=dict)  # body -> count
-
-
-class ClientLoop:
-    """Background HTTP client in ``node`` (default: client) hitting ``url`` every ``period`` s.
-
-    A thread entered into the namespace does the requests (no subprocess: cheap in
-    UML). Use as a context manager or start()/stop(); read stats() any time.
-    """
-
-    def __init__(
-        self,
-        lab: SeedLab,
-        url: str = VIP_URL,
-        period: float = 0.05,
-        timeout: float = 1.0,
-        node: str = "client",
-    ) -> None:
-        self.lab = lab
-        self.url = url
-        self.period = period
-        self.timeout = timeout
-        self.node = node
-        self._samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-
-    def __enter__(self) -> ClientLoop:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> ClientLoop:
-        ns = self.lab.ns(self.node)
-        self._thread = threading.Thread(target=self._run, args=(ns,), name="client-loop", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> LoopStats:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout + 5)
-        if self._error is not None:
-            raise self._error
-        return self.stats()
-
-    def _run(self, ns: str) -> None:
-        try:
-            _setns(f"/run/netns/{ns}")
-        except BaseException as e:
-            self._error = e
-            return
-        while not self._stop.is_set():
-            start = time.monotonic()
-            try:
-                body, ok = http_get_here(self.url, self.timeout).strip(), True
-            except (OSError, ValueError) as e:
-                body, ok = f"{type(e).__name__}: {e}", False
-            with self._cond:
-                self._samples.append(Sample(start, time.monotonic(), ok, body))
-                self._cond.notify_all()
-            self._stop.wait(max(0.0, start + self.period - time.monotonic()))
-
-    @property
-    def samples(self) -> list[Sample]:
-        with self._cond:
-            return list(self._samples)
-
-    def now(self) -> float:
-        """A timestamp to pass to stats(since=...) later."""
-        return time.monotonic()
-
-    def wait_for(self, pred: Callable[[LoopStats], bool], timeout: float, since: float | None = None) -> LoopStats:
-        """Block until ``pred(stats(since))`` holds; raise TimeoutError with the stats otherwise."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                st = self.stats(since)
-                if pred(st):
-                    return st
-                left = deadline - time.monotonic()
-                if left <= 0 or self._error is not None:
-                    raise TimeoutError(f"client loop condition not met in {timeout}s: {st}") from self._error
-                self._cond.wait(min(left, 0.5))
-
-    def stats(self, since: float | None = None) -> LoopStats:
-        with self._cond:
-            samples = [s for s in self._samples if since is None or s.start >= since]
-        ok_starts = [s.start for s in samples if s.ok]
-        backends = collections.Counter(s.body for s in samples if s.ok)
-        max_gap = max((b - a for a, b in itertools.pairwise(ok_starts)), default=0.0)
-        longest = 0.0
-        last_ok: float | None = samples[0].start if samples else None
-        in_failure = False
-        for s in samples:
-            if s.ok:
-                if in_failure and last_ok is not None:
-                    longest = max(longest, s.start - last_ok)
-                last_ok, in_failure = s.start, False
-            else:
-                in_failure = True
-        if in_failure and last_ok is not None:  # still down at the end
-            longest = max(longest, samples[-1].end - last_ok)
-        return LoopStats(
-            requests=len(samples),
-            successes=len(ok_starts),
-            failures=len(samples) - len(ok_starts),
-            longest_outage=longest,
-            max_gap=max_gap,
-            per_backend=dict(backends),
-        )
-
-
-def log_events(path: Path, name: str) -> list[dict[str, Any]]:
-    """The events called ``name`` in a daemon's JSON log (other lines, e.g. a traceback, are skipped)."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == name:
-            out.append(event)
-    return out
-
-
-def wait_until(what: str, pred: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    """Poll ``pred`` until it holds and return the seconds it took. Every wait in the lab is bounded:
-    past ``timeout``, TimeoutError names what did not happen."""
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - t0
-
-
-# --------------------------------------------------------------- housekeeping
-def list_netns() -> list[str]:
-    p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    return [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-
-
-def kill_netns_pids(names: Sequence[str]) -> None:
-    """SIGKILL every process still running in the given namespaces."""
-    for n in names:
-        p = subprocess.run(["ip", "netns", "pids", n], capture_output=True, text=True)
-        for pid in p.stdout.split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
-
-
-def delete_netns(names: Sequence[str]) -> None:
-    if not names:
-        return
-    kill_netns_pids(names)
-    subprocess.run(
-        ["ip", "-force", "-batch", "-"],
-        input="".join(f"netns del {n}\n" for n in names),
-        capture_output=True,
-        text=True,
-    )
-
-
 def cleanup_stale() -> list[str]:
     """Delete host namespaces left by earlier runs (``havs<pid>-*`` whose pid is gone)."""
-    stale = []
-    for n in list_netns():
-        m = _PREFIX_RE.match(n)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            stale.append(n)
-    delete_netns(stale)
-    return stale
+    return delete_stale(_PREFIX_RE)
 
 
 def _iter_names(prefix: str) -> Iterator[str]:
@@ -808,11 +435,8 @@ def _iter_names(prefix: str) -> Iterator[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integration.topology", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=("up", "down"))
-    parser.add_argument(
-        "--prefix",
-        default=None,
-        help="namespace name prefix (default: none inside UML, 'havs-' on the host)",
-    )
+    parser.add_argument("--prefix", default=None,
+                        help="namespace name prefix (default: none inside UML, 'havs-' on the host)")
     args = parser.parse_args(argv)
     prefix = args.prefix if args.prefix is not None else ("" if in_uml() else "havs-")
     if args.action == "down":
