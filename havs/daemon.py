@@ -60,6 +60,7 @@ class Daemon:
         self.started = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ready = False
 
     @property
     def drained(self) -> set[RealServerKey]:
@@ -111,12 +112,15 @@ class Daemon:
             self.control = None
         self.notifier.notify("READY=1", "STATUS=running")
         self.log.info("daemon.ready", node=self.view.name, pid=os.getpid())
+        self._ready = True
         if self.notifier.watchdog_interval():
             self._spawn(self._watchdog())
 
     async def _shutdown(self) -> None:
+        ready = self._ready  # a failed start was said once (its error event): nothing more to say
         self.notifier.notify("STOPPING=1")
-        self.log.info("daemon.stopping")
+        if ready:
+            self.log.info("daemon.stopping")
         for task in list(self._tasks):
             task.cancel()
         if self.control is not None:
@@ -124,7 +128,8 @@ class Daemon:
         await self.vrrp.stop()  # gracefully, whatever ended the run: priority 0, addresses released
         if self.health is not None:
             await self.health.stop()
-        self.log.info("daemon.stopped")
+        if ready:
+            self.log.info("daemon.stopped")
 
     async def _ensure_ipvs(self, initial: str) -> bool:
         """The reconciler and the health checks, made when the first config with services arrives."""
