@@ -44,3 +44,28 @@ def test_world_writable_config_is_refused(tmp_path: Path, capsys: pytest.Capture
     assert f"{path}: is world-writable (mode 0666); refusing to use it: chmod o-w" in capsys.readouterr().err
     path.chmod(0o644)
     assert main(["check", "-c", str(path), "--node", "lvs1"]) == 0
+
+
+async def test_reload_force_asks_the_daemon_for_a_forced_reload(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    from typing import Any
+
+    from havs.edge.control import ControlServer
+
+    seen: list[dict[str, Any]] = []
+
+    async def handler(req: dict[str, Any]) -> dict[str, Any]:
+        seen.append(req)
+        return {"ok": True}
+
+    path = str(tmp_path / "run" / "control.sock")
+    server = ControlServer(path, handler)
+    await server.start()
+    try:
+        assert await asyncio.to_thread(main, ["reload", "--socket", path]) == 0
+        assert await asyncio.to_thread(main, ["reload", "--force", "--socket", path]) == 0
+    finally:
+        await server.stop()
+    assert seen == [{"command": "reload"}, {"command": "reload", "force": True}]
+    assert "(forced)" in capsys.readouterr().out.splitlines()[-1]
