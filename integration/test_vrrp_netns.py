@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -422,18 +423,30 @@ class _Log:
 
 
 def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
-    """VrrpService in this test process (its thread entered lvs1's namespace), then this thread blocks
-    its own asyncio loop with CPU work for 2 s — 20 advert intervals. The peer must never see a gap."""
-    from havs.core.config import load_config, select_node
-    from havs.vrrp_service import VrrpService
-    from integration.topology import run_in_netns
+    """The daemon's handle (VrrpProcess) in this test process, its child spawned inside lvs1's namespace;
+    then this thread blocks its own asyncio loop with CPU work for 2 s — 20 advert intervals. The peer
+    must never see a gap, and the snapshot is read without waiting."""
+    from havs.core.config import parse_config, select_node
+    from havs.edge.netns import enter_netns
+    from havs.vrrp import VrrpProcess
 
     pair = Pair(fresh, 0.1)
-    view = select_node(load_config(str(pair.config)), "lvs1", "")
+    view = select_node(parse_config(pair.config.read_text()), "lvs1", "")
     log = _Log()
     states: list[str] = []
-    service = VrrpService(view, log=log, on_state=lambda f, t, r: states.append(t))
-    run_in_netns(fresh.ns("lvs1"), service.start)  # the VRRP thread inherits the namespace
+    vrrp = VrrpProcess(view, log=log, on_state=lambda f, t, r: states.append(t))
+    # The child is forked from a thread inside the namespace that lives as long as the test: the child's
+    # PR_SET_PDEATHSIG fires when the thread that forked it ends.
+    started, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        enter_netns(fresh.ns("lvs1"))
+        vrrp.start()
+        started.set()
+        done.wait()
+
+    threading.Thread(target=holder, daemon=True).start()
+    assert started.wait(60)
     try:
         wait_until("in-process lvs1 MASTER", lambda: pair.holds("lvs1") == (True, True), 5)
         pair.start("lvs2")
@@ -446,14 +459,19 @@ def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
                 sum(range(10_000))
 
         asyncio.run(hog())
-        time.sleep(0.3)
+        time.sleep(0.6)  # one push period
         assert [e["to"] for e in pair.events("lvs2", "vrrp.state")] == ["BACKUP"]
         assert pair.holds("lvs2") == (False, False)
-        snap = service.snapshot()
+        t0 = time.monotonic()
+        snap = vrrp.snapshot()
+        assert time.monotonic() - t0 < 0.01
         assert snap["state"] == "MASTER" and snap["adverts_sent"] >= 25
+        assert snap["held"] == ["192.168.0.108/24 dev eth0", "192.168.72.130/24 dev eth1"]
         assert states == ["BACKUP", "MASTER"]
+        assert vrrp.alive()
     finally:
-        service.stop(graceful=True)
+        vrrp.stop(graceful=True)
+        done.set()
         pair.stop_all()
-    assert pair.holds("lvs1") == (False, False)
-    assert ("vrrp.state", {"from_": "MASTER", "to": "INIT", "reason": "shutdown"}) in log.events
+    assert pair.holds("lvs1") == (False, False) and vrrp.restarts == 0
+    assert states[-2:] == ["RESIGNING", "INIT"]

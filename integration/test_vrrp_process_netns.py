@@ -1,7 +1,9 @@
-"""The VRRP child process: it starts or says why not, and it dies with the daemon (a crash is a crash)."""
+"""The VRRP child process: it starts or says why not, it dies with the daemon (a crash is a crash), and a
+killed child is noticed at once and restarted, releasing the addresses it left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,7 @@ PARENT = textwrap.dedent("""\
     import sys, time
     from havs.core.config import parse_config, select_node
     from havs.log import setup_logging
-    from havs.vrrp_process import VrrpProcess
+    from havs.vrrp import VrrpProcess
     view = select_node(parse_config(sys.argv[1]), "d1", "")
     vrrp = VrrpProcess(view, log=setup_logging("json", node="d1"))
     try:
@@ -96,3 +99,59 @@ def test_a_child_that_cannot_start_says_why(netns: str) -> None:
     out, _ = parent.communicate(timeout=60)
     assert parent.returncode == 3, out
     assert "START FAILED: VRRP did not start:" in out and "nosuch0" in out
+
+
+def test_a_killed_child_is_noticed_at_once_and_restarted_releasing_stale_addresses(netns: str) -> None:
+    parent = run_parent(netns, CONFIG)
+    events: list[dict[str, object]] = []
+    try:
+        assert parent.stdout is not None
+        child = None
+        deadline = time.monotonic() + 60
+        while child is None and time.monotonic() < deadline:
+            line = parent.stdout.readline()
+            assert line, "the parent exited before starting VRRP"
+            if line.startswith("CHILD "):
+                child = int(line.split()[1])
+        assert child is not None
+
+        def held() -> bool:
+            out = subprocess.run(["ip", "-n", netns, "-o", "addr", "show", "dev", "d0"], capture_output=True,
+                                 text=True, check=True).stdout
+            return "10.99.0.100/24" in out
+
+        wait = time.monotonic() + 10
+        while not held() and time.monotonic() < wait:  # alone on the link: MASTER after its down interval
+            time.sleep(0.05)
+        assert held()
+        killed = time.time()
+        os.kill(child, signal.SIGKILL)  # the address stays behind, as after an OOM kill
+        restarted = False
+        wait = time.monotonic() + 60
+        while time.monotonic() < wait:
+            line = parent.stdout.readline()
+            assert line, "the parent exited"
+            if line.startswith("{"):
+                event = json.loads(line)
+                events.append(event)
+                if event["event"] == "vrrp.process_restarted":
+                    restarted = True
+                if restarted and event["event"] == "vrrp.addresses":
+                    break
+        names = [e["event"] for e in events]
+        assert "vrrp.process_exited" in names and "vrrp.process_restarted" in names
+        exited = next(e for e in events if e["event"] == "vrrp.process_exited")
+        assert exited["level"] == "error"
+        noticed = datetime.fromisoformat(str(exited["timestamp"]).replace("Z", "+00:00")).timestamp() - killed
+        assert noticed < 0.1 + 0.01  # within one advert interval (plus the log's millisecond rounding)
+        # the new child started BACKUP and removed the address its predecessor left
+        after = events[names.index("vrrp.process_exited"):]
+        stale = [e for e in after if e["event"] == "vrrp.addresses" and e.get("reason") == "stale"]
+        states = [e["to"] for e in after if e["event"] == "vrrp.state"]
+        assert stale and stale[0]["addresses"] == ["10.99.0.100/24 dev d0"], events
+        assert states[:1] == ["BACKUP"]
+        assert "vrrp.track_failed" not in names, events
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)

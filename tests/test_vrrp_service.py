@@ -1,7 +1,9 @@
-"""VrrpService pieces that need no root: construction from the model, notify hooks."""
+"""The VRRP shell's pieces that need no root: construction from the model, notify hooks, the announcer's
+bookkeeping and the parent handle's non-blocking snapshot."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -10,7 +12,10 @@ from typing import Any
 import pytest
 
 from havs.core.model import Config, NodeView, Notify
-from havs.vrrp_service import VrrpService, _NotifyWorker
+from havs.vrrp.announcer import Announcer, RateLimitedLog
+from havs.vrrp.notify import NotifyRunner
+from havs.vrrp.process import VrrpProcess
+from havs.vrrp.shell import VrrpShell
 
 
 class ListLog:
@@ -42,12 +47,12 @@ def view(**vrrp: Any) -> NodeView:
 
 
 def test_tracks_heartbeat_address_and_extra_interfaces_once() -> None:
-    svc = VrrpService(view(track_interfaces=["mgmt", "client"]), log=ListLog())
-    assert svc._track == ("eth1", "eth0", "eth9")
+    svc = VrrpShell(view(track_interfaces=["mgmt", "client"]), log=ListLog())
+    assert svc.track == ("eth1", "eth0", "eth9")
 
 
 def test_priority_decrement_floors_at_one_and_shows_in_snapshot() -> None:
-    svc = VrrpService(view(), log=ListLog())
+    svc = VrrpShell(view(), log=ListLog())
     svc.set_priority_decrement(50)
     assert svc.effective_priority == 100
     svc.set_priority_decrement(500)
@@ -55,6 +60,7 @@ def test_priority_decrement_floors_at_one_and_shows_in_snapshot() -> None:
     snap = svc.snapshot()
     assert snap["state"] == "INIT" and snap["priority"] == 1 and snap["priority_decrement"] == 500
     assert snap["addresses"] == ["192.168.0.108/24 dev eth0", "192.168.72.130/24 dev eth1"]
+    assert snap["held"] == []
 
 
 def test_ipv6_floating_addresses_are_refused_for_now() -> None:
@@ -62,30 +68,103 @@ def test_ipv6_floating_addresses_are_refused_for_now() -> None:
     cfg["vrrp"]["addresses"] = [{"address": "2001:db8::1/64", "interface": "client"}]
     c = Config.model_validate(cfg)
     with pytest.raises(ValueError, match="IPv6"):
-        VrrpService(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog())
+        VrrpShell(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog())
 
 
-def test_notify_hooks_run_in_order_with_env_and_timeout(tmp_path: Path) -> None:
+async def test_notify_hooks_run_in_order_with_env_and_timeout(tmp_path: Path) -> None:
     out = tmp_path / "hooks"
     script = f"import os,time,sys; time.sleep(float(sys.argv[1])); open({str(out)!r},'a').write(" \
              "os.environ['HAVS_NODE']+' '+os.environ['HAVS_STATE']+' '+os.environ['HAVS_PREVIOUS']+' '+" \
              "os.environ['HAVS_REASON']+'\\n')"
     log = ListLog()
-    worker = _NotifyWorker(
+    runner = NotifyRunner(
         Notify(master=[sys.executable, "-c", script, "0.2"], backup=[sys.executable, "-c", script, "0"],
-               fault=[sys.executable, "-c", script, "5"], timeout=0.5),
+               fault=[sys.executable, "-c", script, "5"], stop=[sys.executable, "-c", script, "0"], timeout=0.5),
         log,
         "lvs1",
     )
-    worker.start()
+    runner.start()
     t0 = time.monotonic()
-    worker.submit("master", "MASTER", "BACKUP", "master_down")  # slow one first: order is kept
-    worker.submit("backup", "BACKUP", "MASTER", "higher_priority")
-    worker.submit("fault", "FAULT", "BACKUP", "interface_down")  # killed at the timeout
-    worker.submit("stop", "INIT", "BACKUP", "shutdown")  # no hook configured: nothing runs
+    runner.submit("BACKUP", "start")
+    runner.submit("MASTER", "master_down")  # slow one: order is kept
+    runner.submit("FAULT", "interface_down")  # killed at the timeout
+    runner.submit("BACKUP", "interface_up")
+    runner.submit("MASTER", "master_down")
+    runner.submit("RESIGNING", "shutdown")  # no hook: part of leaving MASTER
+    runner.submit("INIT", "shutdown")
     assert time.monotonic() - t0 < 0.1  # submitting never waits for a hook
-    worker.stop(wait=True)
-    assert out.read_text().splitlines() == ["lvs1 MASTER BACKUP master_down", "lvs1 BACKUP MASTER higher_priority"]
+    await runner.stop(wait=True)
+    assert out.read_text().splitlines() == [
+        "lvs1 BACKUP INIT start", "lvs1 MASTER BACKUP master_down", "lvs1 BACKUP FAULT interface_up",
+        "lvs1 MASTER BACKUP master_down", "lvs1 INIT MASTER shutdown"]
     notes = [kw for ev, kw in log.events if ev == "vrrp.notify"]
-    assert [n["state"] for n in notes] == ["MASTER", "BACKUP", "FAULT"]
-    assert notes[0]["rc"] == 0 and notes[2]["rc"] is None and "timed out" in notes[2]["error"]
+    assert [n["state"] for n in notes] == ["BACKUP", "MASTER", "FAULT", "BACKUP", "MASTER", "INIT"]
+    assert notes[2]["rc"] is None and "timed out" in notes[2]["error"]
+
+
+async def test_a_missing_hook_program_is_logged_not_raised() -> None:
+    log = ListLog()
+    runner = NotifyRunner(Notify(master=["/nonexistent/hook"]), log, "lvs1")
+    runner.start()
+    runner.submit("MASTER", "owner")
+    await runner.stop(wait=True)
+    (note,) = [kw for ev, kw in log.events if ev == "vrrp.notify"]
+    assert note["rc"] is None and "nonexistent" in note["error"]
+
+
+class FailingAddresses:
+    async def remove(self, ifname: str, address: object) -> bool:
+        return ifname == "eth1"
+
+    async def add(self, ifname: str, address: object) -> bool:
+        raise OSError(105, "No buffer space available")
+
+
+async def test_stale_release_is_logged_only_when_something_was_there() -> None:
+    log = ListLog()
+    v = view()
+    floating = tuple((v.ifname(fa.interface), fa.address) for fa in v.config.vrrp.addresses)  # type: ignore[union-attr]
+    ann = Announcer(floating, FailingAddresses(), log, RateLimitedLog(log))  # type: ignore[arg-type]
+    await ann.release("stale")
+    assert log.events == [("vrrp.addresses", {"action": "release", "reason": "stale",
+                                              "addresses": ["192.168.72.130/24 dev eth1"]})]
+    with pytest.raises(OSError):
+        await ann.reassert()  # the shell's effects worker catches and counts it
+
+
+def test_rate_limited_log_counts_everything_and_logs_once_per_window() -> None:
+    log = ListLog()
+    warn = RateLimitedLog(log)
+    for _ in range(1000):
+        warn("drop:answer_rate", "vrrp.advert_dropped", reason="answer_rate")
+    assert warn.counts["drop:answer_rate"] == 1000
+    assert len(log.events) == 1
+
+
+def test_snapshot_never_waits_for_the_child() -> None:
+    proc = VrrpProcess(view(), log=ListLog())
+    t0 = time.monotonic()
+    snap = proc.snapshot()
+    assert time.monotonic() - t0 < 0.01
+    assert snap["state"] == "UNKNOWN" and snap["restarts"] == 0  # not spawned: nothing alive
+
+
+async def test_effects_worker_survives_a_failing_effect() -> None:
+    log = ListLog()
+    shell = VrrpShell(view(), log=log)
+    worker = asyncio.get_running_loop().create_task(shell._effects_worker())
+
+    async def boom() -> None:
+        raise OSError(105, "ENOBUFS")
+
+    ran: list[int] = []
+
+    async def ok() -> None:
+        ran.append(1)
+
+    for effect in (boom, boom, ok):
+        shell._effects.put_nowait(effect)
+    shell._effects.put_nowait(None)
+    await asyncio.wait_for(worker, 2)
+    assert ran == [1] and shell.warn.counts["effect:OSError"] == 2
+    assert [ev for ev, _ in log.events] == ["vrrp.effect_failed"]

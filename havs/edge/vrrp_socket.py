@@ -20,6 +20,9 @@ TOS_NETWORK_CONTROL = 0xC0
 # not exported by Python's socket module on every build
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# Room for a burst of forged adverts without losing the peer's real ones behind it (~4,000 packets).
+RCVBUF = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class VrrpSocket:
             s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_NETWORK_CONTROL)
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)  # beyond rmem_max: CAP_NET_ADMIN
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             if not self.peers:
                 mreqn = struct.pack("4s4si", group.packed, src.packed, self.ifindex)
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
@@ -77,10 +84,11 @@ class VrrpSocket:
         pktinfo = struct.pack("i4s4s", self.ifindex, self.src.packed, b"\x00" * 4)
         self._sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, (str(dst), 0))
 
-    def receive(self) -> list[Received]:
-        """Every datagram queued now, minus our own and, in unicast mode, anyone but the peers."""
+    def receive(self, limit: int = 1 << 30) -> list[Received]:
+        """Datagrams queued now (at most `limit` read, so a flood cannot hold the caller's loop), minus our
+        own and, in unicast mode, anyone but the peers."""
         out: list[Received] = []
-        while True:
+        for _ in range(limit):
             try:
                 data = self._sock.recv(65535)
             except (BlockingIOError, InterruptedError):
@@ -91,6 +99,7 @@ class VrrpSocket:
             if self.peers and got.src not in self.peers:
                 continue
             out.append(got)
+        return out
 
     def close(self) -> None:
         self._sock.close()

@@ -1,0 +1,136 @@
+"""The floating addresses' side of VRRP: add, remove, re-add, and gratuitous ARP, in one place.
+
+The core decides (TakeAddresses, ReleaseAddresses, AnnounceAddresses); this carries it out with one
+rtnetlink socket (`edge.addresses`) and one packet socket per interface (`edge.garp.Garp`). Every failure
+is caught here, counted, logged once per kind per `LOG_EVERY` seconds, and never reaches the heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import Counter
+from typing import Any
+
+from havs.edge.addresses import Addresses, Interface
+from havs.edge.garp import Garp
+
+LOG_EVERY = 5.0  # seconds between two log lines of one kind of failure
+
+
+class RateLimitedLog:
+    """Warnings that could repeat per packet: the first at once, then one per LOG_EVERY with a count."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.counts: Counter[str] = Counter()
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str, event: str, *, level: str = "warning", **fields: Any) -> None:
+        self.counts[key] += 1
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._last[key] = (last, suppressed + 1)
+            return
+        self._last[key] = (now, 0)
+        getattr(self.log, level)(event, suppressed=suppressed, **fields)
+
+
+class Announcer:
+    def __init__(self, floating: tuple[tuple[str, Interface], ...], addrs: Addresses, log: Any,
+                 warn: RateLimitedLog) -> None:
+        self.floating = floating
+        self._addrs = addrs
+        self._log = log
+        self._warn = warn
+        self._garp = Garp()
+        self.held: set[str] = set()  # "address dev ifname" this node holds, as far as we know
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _name(self, ifname: str, a: Interface) -> str:
+        return f"{a} dev {ifname}"
+
+    def _by_interface(self) -> dict[str, list[ipaddress.IPv4Address]]:
+        by_if: dict[str, list[ipaddress.IPv4Address]] = {}
+        for ifname, a in self.floating:
+            by_if.setdefault(ifname, []).append(ipaddress.IPv4Address(a.ip))
+        return by_if
+
+    async def take(self) -> None:
+        for ifname, a in self.floating:
+            await self._addrs.ensure(ifname, a)
+            self.held.add(self._name(ifname, a))
+        self._log.info("vrrp.addresses", action="take", addresses=[self._name(i, a) for i, a in self.floating])
+
+    async def release(self, reason: str) -> None:
+        """reason "stale": remove what is there and say so only then (at warning: someone left them)."""
+        self.cancel_bursts()
+        removed = []
+        for ifname, a in self.floating:
+            if await self._addrs.remove(ifname, a):
+                removed.append(self._name(ifname, a))
+            self.held.discard(self._name(ifname, a))
+        if reason == "stale":
+            if removed:
+                self._log.warning("vrrp.addresses", action="release", reason="stale", addresses=removed)
+            return
+        self._log.info("vrrp.addresses", action="release", reason=reason, addresses=removed or "already absent")
+
+    async def reassert(self) -> None:
+        """MASTER: put back an address someone removed, and tell the neighbours again."""
+        readded = []
+        for ifname, a in self.floating:
+            if await self._addrs.add(ifname, a):
+                readded.append(self._name(ifname, a))
+            self.held.add(self._name(ifname, a))
+        if readded:
+            self._log.warning("vrrp.addresses", action="readd", addresses=readded)
+            self.announce(rounds=1, interval=0.0, reason="readd")
+
+    def announce(self, rounds: int, interval: float, reason: str) -> None:
+        """Gratuitous ARP for every floating address: the first round now, on every side back to back (the
+        clients and the real servers must switch together), the rest of a burst `interval` apart."""
+        sent = self._round()
+        if rounds <= 1:
+            self._logged(sent, 1, reason)
+            return
+        task = asyncio.get_running_loop().create_task(self._burst(sent, rounds, interval, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _round(self) -> dict[str, int]:
+        sent: dict[str, int] = {}
+        for ifname, ips in self._by_interface().items():
+            try:
+                sent[ifname] = self._garp.announce(ifname, ips)
+            except OSError as e:
+                sent[ifname] = 0
+                self._warn(f"garp:{ifname}", "vrrp.garp_failed", interface=ifname, error=e.strerror or str(e))
+        return sent
+
+    async def _burst(self, sent: dict[str, int], rounds: int, interval: float, reason: str) -> None:
+        done = 1
+        try:
+            for _ in range(rounds - 1):
+                await asyncio.sleep(interval)
+                for ifname, n in self._round().items():
+                    sent[ifname] = sent.get(ifname, 0) + n
+                done += 1
+        finally:
+            self._logged(sent, done, reason)
+
+    def _logged(self, sent: dict[str, int], rounds: int, reason: str) -> None:
+        for ifname, ips in self._by_interface().items():
+            if sent.get(ifname):
+                self._log.info("vrrp.garp", interface=ifname, address=[str(i) for i in ips], count=rounds,
+                               reason=reason)
+
+    def cancel_bursts(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def close(self) -> None:
+        self.cancel_bursts()
+        self._garp.close()

@@ -1,0 +1,150 @@
+"""The VRRP child process (`python -m havs.vrrp --fd N`): one asyncio loop, no other thread.
+
+The parent link is read on the loop; the shell (`VrrpShell`) runs on it; snapshots are pushed to the
+parent on every state change and every `PUSH_EVERY` seconds, so the daemon never waits to read them (and
+a push that stops coming means this loop is stuck). It dies with its parent (PR_SET_PDEATHSIG): a crashed
+daemon is a crashed director, never half of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import signal
+import socket
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from havs.core.model import NodeView
+from havs.vrrp import protocol
+from havs.vrrp.protocol import (
+    ProtocolError,
+    Ready,
+    SetDecrement,
+    Snapshot,
+    Start,
+    StartFailed,
+    StateChange,
+    Stop,
+    Update,
+    Updated,
+)
+
+PUSH_EVERY = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _no_watcher_threads() -> None:
+    # Python 3.11's default child watcher starts a thread per hook process; pidfd needs none.
+    if sys.version_info < (3, 12):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(asyncio.get_running_loop())
+            asyncio.set_child_watcher(watcher)
+
+
+async def serve(fd: int, log_format: str) -> int:
+    from havs.log import setup_logging
+    from havs.vrrp.shell import VrrpShell
+
+    _no_watcher_threads()
+    link = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=link)
+
+    def send(message: protocol.Message) -> None:
+        if not writer.is_closing():
+            writer.write(protocol.encode(message))  # buffered: never blocks the loop
+
+    try:
+        first = protocol.decode(await reader.readline())
+        if not isinstance(first, Start):
+            raise ProtocolError(f"expected Start, got {type(first).__name__}")
+        view = NodeView.model_validate(first.view)
+    except (ProtocolError, ValueError) as e:
+        send(StartFailed(f"VRRP did not start: bad start message: {e}"))
+        await writer.drain()
+        return 2
+    log = setup_logging(log_format, node=view.name)  # type: ignore[arg-type]
+    shell: VrrpShell
+
+    def push() -> None:
+        send(Snapshot(shell.snapshot()))
+
+    shell = VrrpShell(view, log=log, on_state=lambda f, t, r: send(StateChange(f, t, r)), on_change=push)
+    try:
+        await shell.start()
+    except (RuntimeError, ValueError) as e:
+        send(StartFailed(str(e) if str(e).startswith("VRRP") else f"VRRP did not start: {e}"))
+        await writer.drain()
+        return 1
+    gc.freeze()  # what is loaded now lives as long as the process: keep it out of every collection
+    send(Ready())
+    push()
+    pusher = asyncio.get_running_loop().create_task(_push_every(push))
+    graceful = await _commands(reader, send, shell, log)
+    pusher.cancel()
+    await shell.stop(graceful=graceful)
+    push()
+    with contextlib.suppress(OSError):
+        await writer.drain()
+    writer.close()
+    return 0
+
+
+async def _push_every(push: Any) -> None:
+    while True:
+        await asyncio.sleep(PUSH_EVERY)
+        push()
+
+
+async def _commands(reader: asyncio.StreamReader, send: Any, shell: Any, log: Any) -> bool:
+    """Until Stop (graceful as asked) or EOF (the parent died: do as a crash would)."""
+    while True:
+        try:
+            line = await reader.readline()
+        except (OSError, ValueError):
+            return False
+        if not line:
+            return False
+        try:
+            message = protocol.decode(line)
+        except ProtocolError as e:
+            log.error("vrrp.link_error", error=str(e))
+            continue
+        if isinstance(message, Stop):
+            return message.graceful
+        if isinstance(message, SetDecrement):
+            shell.set_priority_decrement(message.n)
+            send(Snapshot(shell.snapshot()))
+        elif isinstance(message, Update):
+            try:
+                applied = shell.update(NodeView.model_validate(message.view))
+            except ValueError as e:
+                log.error("vrrp.reload_failed", error=str(e))
+                applied = False
+            send(Updated(message.id, applied))
+            send(Snapshot(shell.snapshot()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m havs.vrrp", description="havs's VRRP child process")
+    parser.add_argument("--fd", type=int, required=True, help="the socketpair end inherited from the daemon")
+    parser.add_argument("--log-format", choices=("json", "console"), default="json")
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    # The parent orchestrates: a terminal's Ctrl-C or a HUP reaches the whole process group, not us.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    return asyncio.run(serve(args.fd, args.log_format))

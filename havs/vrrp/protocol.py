@@ -1,0 +1,112 @@
+"""The messages between the daemon and its VRRP child: typed, versioned, one codec.
+
+One JSON object per line over a socketpair: `{"v": VERSION, "type": <class name>, ...fields}`. Anything
+that does not decode to one of `MESSAGES` raises `ProtocolError` (a type, not a text prefix); a start that
+fails is a `StartFailed` message, not an error string to parse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """A line that is not a message of this version."""
+
+
+# ---------------------------------------------------------------------------- daemon → child
+
+
+@dataclass(frozen=True)
+class Start:
+    view: dict[str, Any]  # NodeView.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Stop:
+    graceful: bool = True
+
+
+@dataclass(frozen=True)
+class SetDecrement:
+    n: int
+
+
+@dataclass(frozen=True)
+class Update:
+    id: int
+    view: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- child → daemon
+
+
+@dataclass(frozen=True)
+class Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    error: str
+
+
+@dataclass(frozen=True)
+class StateChange:
+    from_: str
+    to: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Pushed on every state change and every `PUSH_EVERY` seconds: also the child's heartbeat."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Updated:
+    id: int
+    applied: bool
+
+
+Message = Start | Stop | SetDecrement | Update | Ready | StartFailed | StateChange | Snapshot | Updated
+MESSAGES: dict[str, type[Any]] = {c.__name__: c for c in (Start, Stop, SetDecrement, Update, Ready, StartFailed,
+                                                         StateChange, Snapshot, Updated)}
+_TYPES = {"bool": bool, "int": int, "str": str}
+
+
+def encode(message: Message) -> bytes:
+    body = {"v": VERSION, "type": type(message).__name__, **dataclasses.asdict(message)}
+    return json.dumps(body, default=str, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> Message:
+    try:
+        body = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("not an object")
+    if body.pop("v", None) != VERSION:
+        raise ProtocolError(f"protocol version {body.get('v')!r}, expected {VERSION}")
+    cls = MESSAGES.get(str(body.pop("type", "")))
+    if cls is None:
+        raise ProtocolError("unknown message type")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if set(body) - set(fields):
+        raise ProtocolError(f"{cls.__name__}: unknown fields {sorted(set(body) - set(fields))}")
+    for name, f in fields.items():
+        want = _TYPES.get(str(f.type)) or (dict if str(f.type).startswith("dict") else None)
+        if name in body and want is not None and type(body[name]) is not want:
+            raise ProtocolError(f"{cls.__name__}.{name}: expected {want.__name__}")
+    try:
+        return cls(**body)  # type: ignore[no-any-return]
+    except TypeError as e:
+        raise ProtocolError(f"{cls.__name__}: {e}") from None

@@ -1,0 +1,341 @@
+"""The asyncio shell around one VRRP instance: the socket, the timer, link tracking, and the actions.
+
+Runs on the caller's loop (the VRRP child's only loop). On the heartbeat's path there is nothing but the
+core and the socket: a received advert or a due timer goes through `VrrpInstance` and its adverts are sent
+at once; address changes and GARP run after, in order, on an effects queue; notify hooks are asyncio
+subprocesses. Every effect that fails is caught, counted and logged (rate-limited), and VRRP goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from havs.core import wire
+from havs.core.model import NodeView
+from havs.core.vrrp import (
+    MASTER,
+    RESIGN_EXTRA,
+    Action,
+    AdvertDropped,
+    AnnounceAddresses,
+    Handover,
+    Ignored,
+    ReleaseAddresses,
+    SendAdvertisement,
+    StateChanged,
+    TakeAddresses,
+    VrrpInstance,
+    VrrpParams,
+)
+from havs.edge.addresses import Addresses
+from havs.edge.vrrp_socket import VrrpSocket
+from havs.vrrp.announcer import Announcer, RateLimitedLog
+from havs.vrrp.notify import NotifyRunner
+
+OnState = Callable[[str, str, str], None]
+READ_BATCH = 64  # adverts read per wake-up: a flood cannot hold the loop away from the timer
+
+
+def identity(view: NodeView) -> tuple[object, ...]:
+    """What a reload cannot change without a new instance."""
+    cfg = view.config.vrrp
+    assert cfg is not None
+    return (cfg.router_id, cfg.version, view.ifname(cfg.interface), tuple(cfg.unicast_peers), cfg.v3_checksum,
+            tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses), view.node.unicast_src)
+
+
+class VrrpShell:
+    def __init__(self, view: NodeView, *, log: Any, on_state: OnState | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        cfg = view.config.vrrp
+        if cfg is None:
+            raise ValueError(f"node {view.name}: the config has no vrrp section")
+        if any(fa.address.version != 4 for fa in cfg.addresses):
+            raise ValueError("VRRP over IPv6 is not implemented in the service yet (core/wire support it)")
+        self.view = view
+        self._log = log
+        self._on_state = on_state
+        self._on_change = on_change or (lambda: None)  # a state changed: push a snapshot now
+        self._hb_if = view.ifname(cfg.interface)
+        self.floating = tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses)
+        self.decrement = 0
+        self.warn = RateLimitedLog(log)
+        self.notify = NotifyRunner(cfg.notify, log, view.name)
+        self.faulty: frozenset[str] = frozenset()
+        self.src: ipaddress.IPv4Address | None = None
+        self.inst: VrrpInstance | None = None
+        self.last_tick = time.monotonic()
+        self._sock: VrrpSocket | None = None
+        self._addrs = Addresses()
+        self._netlink = asyncio.Lock()  # pyroute2's async socket takes one request at a time (EBUSY otherwise)
+        self._announcer: Announcer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reassert_pending = False
+        self._stopped = asyncio.Event()  # the instance reached INIT after a stop
+
+    @property
+    def track(self) -> tuple[str, ...]:
+        """The heartbeat link, the links the addresses live on, and any extra: a director that cannot
+        reach the clients or the real servers must not stay MASTER."""
+        cfg = self.view.config.vrrp
+        assert cfg is not None
+        return tuple(dict.fromkeys([self._hb_if, *(i for i, _ in self.floating),
+                                    *map(self.view.ifname, cfg.track_interfaces)]))
+
+    @property
+    def effective_priority(self) -> int:
+        return max(1, self.view.node.priority - self.decrement)
+
+    def params(self) -> VrrpParams:
+        cfg = self.view.config.vrrp
+        assert cfg is not None and self.src is not None
+        return VrrpParams(
+            router_id=cfg.router_id, priority=self.view.node.priority, advert_interval=cfg.advert_interval,
+            primary_address=self.src, addresses=tuple(a.ip for _, a in self.floating), version=cfg.version,
+            preempt=cfg.preempt, preempt_delay=cfg.preempt_delay, auth_pass=cfg.auth_pass,
+            garp_refresh=cfg.garp.refresh, garp_burst_interval=cfg.garp.burst_interval,
+        )
+
+    # ------------------------------------------------------------------------------ start, stop
+
+    async def start(self) -> None:
+        """Open the socket, start in BACKUP (or FAULT), releasing stale addresses. RuntimeError if not."""
+        loop = asyncio.get_running_loop()
+        cfg = self.view.config.vrrp
+        assert cfg is not None
+        try:
+            await self._addrs.open()
+            floating_ips = {a.ip for _, a in self.floating}
+            src = self.view.node.unicast_src or await self._addrs.primary_ipv4(self._hb_if, exclude=floating_ips)
+            if src is None or src.version != 4:
+                raise RuntimeError(f"{self._hb_if} has no IPv4 address to send adverts from (set unicast_src)")
+            self.src = ipaddress.IPv4Address(src)
+            # one config serves both directors, so the peer list may name us too
+            peers = [ipaddress.IPv4Address(p) for p in cfg.unicast_peers if p != self.src]
+            self._sock = VrrpSocket(self._hb_if, self.src, peers=peers)
+            down = {i for i in self.track if not await self._addrs.link_up(i)}
+        except (OSError, ValueError) as e:
+            await self.close()
+            raise RuntimeError(f"VRRP did not start: {e}") from e
+        except RuntimeError as e:
+            await self.close()
+            raise RuntimeError(f"VRRP did not start: {e}") from e
+        self.inst = VrrpInstance(self.params(), loop.time())
+        self.inst.priority = self.effective_priority
+        self._announcer = Announcer(self.floating, self._addrs, self._log, self.warn)
+        self.notify.start()
+        self._tasks = [loop.create_task(self._effects_worker()), loop.create_task(self._track_loop())]
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+        self._log.info(
+            "vrrp.started", interface=self._hb_if, source=str(self.src), router_id=cfg.router_id,
+            version=cfg.version, priority=self.inst.priority, interval=cfg.advert_interval,
+            mode="unicast" if peers else "multicast", track=list(self.track),
+        )
+        self.faulty = frozenset(down)
+        now = loop.time()
+        self.dispatch(self.inst.fault(now) if down else self.inst.start(now))
+
+    async def stop(self, graceful: bool) -> None:
+        """graceful: a MASTER resigns and hands over (make before break, driven by the core's timers);
+        anything else releases stale addresses. Not graceful: stop as a crash would, addresses stay."""
+        loop = asyncio.get_running_loop()
+        if self.inst is not None and graceful:
+            self.dispatch(self.inst.stop(loop.time()))
+            interval = self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), 3 * interval + RESIGN_EXTRA + 1.0)
+        if self._sock is not None:
+            loop.remove_reader(self._sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._tasks, tasks = [], self._tasks
+        for task in tasks[1:]:
+            task.cancel()
+        if tasks:
+            self._effects.put_nowait(None)
+            if graceful:  # the release must be done before we go
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(tasks[0], 5.0)
+            tasks[0].cancel()
+        await self.notify.stop(wait=graceful)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        await self._addrs.close()
+
+    def set_priority_decrement(self, n: int) -> None:
+        """Lower the advertised priority by n (quorum tracking); 0 restores the configured priority."""
+        self.decrement = max(0, int(n))
+        inst = self.inst
+        if inst is None or inst.priority == self.effective_priority:
+            return
+        self._log.info("vrrp.priority", from_=inst.priority, to=self.effective_priority, decrement=self.decrement)
+        self.dispatch(inst.set_priority(self.effective_priority, asyncio.get_running_loop().time()))
+
+    def update(self, view: NodeView) -> bool:
+        """Reloaded tunables in place (priority, interval, preemption, tracking, notify, GARP): the state
+        stays and adverts keep their rhythm. False: the identity changed; the caller restarts."""
+        if view.config.vrrp is None or self.inst is None or identity(view) != identity(self.view):
+            return False
+        old, self.view = self.view, view
+        try:
+            actions = self.inst.reconfigure(self.params(), self.effective_priority, asyncio.get_running_loop().time())
+        except ValueError as e:
+            self.view = old
+            self._log.info("vrrp.reload", applied=False, reason=str(e))
+            return False
+        self.notify.notify = view.config.vrrp.notify
+        self.dispatch(actions)
+        self._log.info("vrrp.reload", applied=True, priority=self.effective_priority,
+                       interval=view.config.vrrp.advert_interval)
+        return True
+
+    # ------------------------------------------------------------------------------ events in
+
+    def _on_readable(self) -> None:
+        inst, sock = self.inst, self._sock
+        if inst is None or sock is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for r in sock.receive(limit=READ_BATCH):
+            # keepalived skips the TTL rule for unicast peers (they may be routed)
+            self.dispatch(inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
+                                             ttl=None if sock.unicast else r.ttl, now=now))
+
+    def _on_timer(self, at: float) -> None:
+        self._timer = self._timer_at = None
+        self.last_tick = time.monotonic()
+        if self.inst is not None:
+            # the loop may wake a hair early (clock resolution); the deadline has come by definition
+            self.dispatch(self.inst.handle_timer(max(asyncio.get_running_loop().time(), at)))
+
+    async def _track_loop(self) -> None:
+        cfg = self.view.config.vrrp
+        assert cfg is not None and self.inst is not None
+        while True:
+            await asyncio.sleep(self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0)
+            self.last_tick = time.monotonic()
+            try:
+                async with self._netlink:
+                    down = frozenset({i for i in self.track if not await self._addrs.link_up(i)})
+            except Exception as e:  # netlink trouble: keep the last known state, say so (rate-limited)
+                self.warn("track", "vrrp.track_failed", error=f"{type(e).__name__}: {e}")
+                continue
+            if down == self.faulty:
+                continue
+            for ifname in sorted(down ^ self.faulty):
+                self._log.info("vrrp.track", interface=ifname, up=ifname not in down)
+            self.faulty = down
+            now = asyncio.get_running_loop().time()
+            self.dispatch(self.inst.fault(now) if down else self.inst.recover(now))
+
+    # ------------------------------------------------------------------------------ actions out
+
+    def dispatch(self, actions: Sequence[Action]) -> None:
+        assert self.inst is not None and self._announcer is not None
+        ann = self._announcer
+        for action in actions:
+            if isinstance(action, SendAdvertisement):
+                self._send(action.adv)
+                if self.inst.state == MASTER and not self._reassert_pending:
+                    self._reassert_pending = True
+                    self._effects.put_nowait(self._reassert)
+            elif isinstance(action, StateChanged):
+                self._state_changed(action)
+            elif isinstance(action, TakeAddresses):
+                self._effects.put_nowait(ann.take)
+            elif isinstance(action, ReleaseAddresses):
+                ann.cancel_bursts()
+                self._effects.put_nowait(lambda reason=action.reason: ann.release(reason))
+            elif isinstance(action, AnnounceAddresses):
+                self._effects.put_nowait(lambda a=action: self._announce(a))
+            elif isinstance(action, AdvertDropped):
+                self.warn(f"drop:{action.reason}", "vrrp.advert_dropped", reason=action.reason, src=str(action.src))
+            elif isinstance(action, Ignored):
+                self.warn(f"ignored:{action.state}:{action.input}", "vrrp.ignored", level="info",
+                          state=str(action.state), input=str(action.input))
+            elif isinstance(action, Handover):
+                self._log.info("vrrp.handover", outcome=action.outcome, waited=round(action.waited, 3))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        assert self.inst is not None
+        at = self.inst.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer, at) if at is not None else None
+        self._timer_at = at
+
+    def _send(self, adv: wire.Advertisement) -> None:
+        assert self._sock is not None and self.src is not None and self.view.config.vrrp is not None
+        for dst in self._sock.destinations:
+            payload = wire.encode(adv, src=self.src, dst=dst, checksum=self.view.config.vrrp.v3_checksum)
+            try:
+                self._sock.send(payload, dst)
+            except OSError as e:
+                self.warn("send", "vrrp.send_failed", dst=str(dst), error=e.strerror or str(e))
+
+    def _state_changed(self, change: StateChanged) -> None:
+        self._log.info("vrrp.state", from_=str(change.from_), to=str(change.to), reason=change.reason)
+        self.notify.submit(str(change.to), change.reason)
+        if change.to == "INIT":
+            self._stopped.set()
+        if self._on_state is not None:
+            try:
+                self._on_state(str(change.from_), str(change.to), change.reason)
+            except Exception as e:  # a bad callback must not stop VRRP
+                self._log.error("vrrp.on_state_failed", error=f"{type(e).__name__}: {e}")
+        self._on_change()
+
+    async def _announce(self, action: AnnounceAddresses) -> None:
+        assert self.inst is not None and self._announcer is not None and self.view.config.vrrp is not None
+        if self.inst.state == MASTER:
+            garp = self.view.config.vrrp.garp
+            self._announcer.announce(garp.burst if action.burst else 1, garp.burst_interval, action.reason)
+
+    async def _reassert(self) -> None:
+        self._reassert_pending = False
+        if self.inst is not None and self.inst.state == MASTER and self._announcer is not None:
+            await self._announcer.reassert()
+
+    async def _effects_worker(self) -> None:
+        # effects run one at a time, in order (netlink is quick; GARP bursts run apart)
+        while (effect := await self._effects.get()) is not None:
+            try:
+                async with self._netlink:
+                    await effect()
+            except Exception as e:  # netlink refusing one change must not stop VRRP
+                self.warn(f"effect:{type(e).__name__}", "vrrp.effect_failed", level="error",
+                          error=f"{type(e).__name__}: {e}")
+
+    def snapshot(self) -> dict[str, Any]:
+        cfg = self.view.config.vrrp
+        assert cfg is not None
+        snap: dict[str, Any] = self.inst.snapshot() if self.inst is not None else {"state": "INIT", "since": None}
+        snap.setdefault("priority", self.effective_priority)
+        since = snap.get("since")
+        snap["since_wall"] = time.time() - (time.monotonic() - since) if isinstance(since, float) else None
+        snap.update(
+            router_id=cfg.router_id, version=cfg.version, interface=self._hb_if,
+            source=str(self.src) if self.src else None, mode="unicast" if cfg.unicast_peers else "multicast",
+            priority_decrement=self.decrement, addresses=[f"{a} dev {i}" for i, a in self.floating],
+            faulty_interfaces=sorted(self.faulty),
+            held=sorted(self._announcer.held) if self._announcer is not None else [],
+            failures=dict(self.warn.counts),
+        )
+        return snap
