@@ -36,3 +36,28 @@ def test_watchdog_interval_is_half_of_watchdog_sec(monkeypatch: pytest.MonkeyPat
     assert SystemdNotifier("").watchdog_interval() == 2.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # for another process
     assert SystemdNotifier("").watchdog_interval() is None
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_sender(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(path)  # bound, never read: its queue fills up
+    notifier = SystemdNotifier(path)
+    results = [notifier.notify("WATCHDOG=1", "STATUS=" + "x" * 1000) for _ in range(2000)]  # returns, every time
+    assert results[0] is True and results[-1] is False
+    assert notifier.failed == results.count(False) > 0
+    manager.close()
+
+
+def test_unencodable_text_and_bad_watchdog_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "notify")
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(path)
+    manager.settimeout(2)
+    assert SystemdNotifier(path).notify("STATUS=bad \udcff byte")
+    assert manager.recv(4096) == b"STATUS=bad ? byte"
+    manager.close()
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    for value in ("soon", "-5", "0"):
+        monkeypatch.setenv("WATCHDOG_USEC", value)
+        assert SystemdNotifier("").watchdog_interval() is None

@@ -1,4 +1,8 @@
-"""systemd's notify protocol: datagrams like `READY=1` to $NOTIFY_SOCKET (no libsystemd needed)."""
+"""systemd's notify protocol: datagrams like `READY=1` to $NOTIFY_SOCKET (no libsystemd needed).
+
+Never blocks and never raises: the socket is non-blocking (a manager that stopped reading fills the
+datagram queue, and a blocking send would stall the daemon's loop), and any failure is a False return.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,13 @@ class SystemdNotifier:
             addr = "\0" + addr[1:]
         self._address = addr or None
         self._sock: socket.socket | None = None
+        self.failed = 0  # notifications that could not be sent
         if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                           | socket.SOCK_NONBLOCK)
+            except OSError:
+                self._address = None  # no descriptor to spare: run without notifications rather than not at all
 
     @property
     def enabled(self) -> bool:
@@ -27,9 +36,11 @@ class SystemdNotifier:
         if self._sock is None or self._address is None:
             return False
         try:
-            self._sock.sendto("\n".join(lines).encode(), self._address)
-        except OSError:
-            return False  # the manager went away: never let that take the daemon down
+            self._sock.sendto("\n".join(lines).encode("utf-8", "replace"), self._address)
+        except (OSError, ValueError):
+            # the manager went away or is not reading (EAGAIN): never let that take or stall the daemon
+            self.failed += 1
+            return False
         return True
 
     def watchdog_interval(self) -> float | None:
@@ -38,7 +49,11 @@ class SystemdNotifier:
         pid = os.environ.get("WATCHDOG_PID")
         if not usec or (pid and pid != str(os.getpid())):
             return None
-        return int(usec) / 2e6
+        try:
+            value = int(usec)
+        except ValueError:
+            return None  # not a number: no watchdog we can honour
+        return value / 2e6 if value > 0 else None
 
     def close(self) -> None:
         if self._sock is not None:
