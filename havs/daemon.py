@@ -33,7 +33,7 @@ from havs.errors import ConfigError, HavsError
 from havs.health_service import HealthService
 from havs.log import LogFormat, resolve_format, setup_logging
 from havs.reconcile import Reconciler
-from havs.startup import EarlySignals, StartError, raise_open_files_limit, take_lock
+from havs.startup import EarlySignals, StartError, raise_open_files_limit, take_lock, watchdog
 from havs.vrrp_supervisor import VrrpSupervisor, in_thread
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ class Daemon:
         self.log.info("daemon.ready", node=self.view.name, pid=os.getpid())
         self._ready = True
         if self.notifier.watchdog_interval():
-            self._spawn(self._watchdog())
+            # only while the heartbeat is alive: a wedged VRRP process must get us restarted
+            self._spawn(watchdog(self.notifier, lambda: self.vrrp.process is None or self.vrrp.process.alive()))
 
     async def _shutdown(self) -> None:
         ready = self._ready  # a failed start was said once (its error event): nothing more to say
@@ -230,13 +231,6 @@ class Daemon:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval() or 1.0
-        while True:
-            await asyncio.sleep(interval)
-            if self.vrrp.process is None or self.vrrp.process.alive():  # a wedged heartbeat must get us restarted
-                self.notifier.notify("WATCHDOG=1")
 
     def _install_signals(self) -> None:
         assert self.loop is not None

@@ -10,9 +10,11 @@ becomes a queued reload, SIGTERM/SIGINT a stop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import resource
 import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -66,3 +68,12 @@ def raise_open_files_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def watchdog(notifier: Any, alive: Callable[[], bool]) -> None:
+    """systemd's watchdog, fed only while `alive()`: a daemon whose heartbeat is wedged gets restarted."""
+    interval = notifier.watchdog_interval() or 1.0
+    while True:
+        await asyncio.sleep(interval)
+        if alive():
+            notifier.notify("WATCHDOG=1")
