@@ -49,6 +49,7 @@ from havs.core.ipvs_table import (
     Timeouts,
     sched_flag_names,
 )
+from havs.core.vocab import Forwarding
 
 # ---- include/uapi/linux/ip_vs.h ----
 IPVS_GENL_NAME = "IPVS"
@@ -80,8 +81,6 @@ AF = {"inet": 2, "inet6": 10}
 AF_NAME = {v: k for k, v in AF.items()}
 PROTO = {"tcp": 6, "udp": 17, "sctp": 132}
 PROTO_NAME = {v: k for k, v in PROTO.items()}
-FWD = {"masq": 0, "local": 1, "tunnel": 2, "route": 3}
-FWD_NAME = {v: k for k, v in FWD.items()}
 TUN_TYPE = {"ipip": 0, "gue": 1, "gre": 2}
 TUN_TYPE_NAME = {v: k for k, v in TUN_TYPE.items()}
 TUN_FLAGS = {"nocsum": 0, "csum": 1, "remcsum": 2}
@@ -137,7 +136,7 @@ def dest_key_attrs(d: Destination) -> bytes:
 
 def dest_attrs(d: Destination) -> bytes:
     """The complete destination (omitting the forwarding method would make it DR)."""
-    return (dest_key_attrs(d) + nla_u32(DEST_ATTR_FWD_METHOD, FWD[d.forwarding])
+    return (dest_key_attrs(d) + nla_u32(DEST_ATTR_FWD_METHOD, d.forwarding.kernel)
             + nla(DEST_ATTR_WEIGHT, _I32.pack(d.weight))
             + nla_u32(DEST_ATTR_U_THRESH, d.upper_threshold)
             + nla_u32(DEST_ATTR_L_THRESH, d.lower_threshold)
@@ -232,7 +231,7 @@ def decode_dest(d: dict[int, bytes], service_family: str) -> tuple[Destination, 
         else service_family
     dest = Destination(
         DestinationKey(_address(d[DEST_ATTR_ADDR], family), _BE16.unpack(d[DEST_ATTR_PORT][:2])[0]),
-        forwarding=FWD_NAME[u32(DEST_ATTR_FWD_METHOD) & 0x7],  # type: ignore[arg-type]
+        forwarding=Forwarding.from_kernel(u32(DEST_ATTR_FWD_METHOD)),
         weight=_I32.unpack(d[DEST_ATTR_WEIGHT][:4])[0],
         upper_threshold=u32(DEST_ATTR_U_THRESH), lower_threshold=u32(DEST_ATTR_L_THRESH),
         tunnel_type=TUN_TYPE_NAME.get(d[DEST_ATTR_TUN_TYPE][0] if DEST_ATTR_TUN_TYPE in d else 0,
@@ -275,7 +274,7 @@ def decode_dest_fast(nest: bytes) -> tuple[Destination, bytes, tuple[int, int, i
      _, _, u_thr, _, _, l_thr, _, _, active, _, _, inact, _, _, persist, _, _, af) = v
     family = AF_NAME[af]
     dest = Destination(
-        _dest_key(addr, family, int.from_bytes(port, "big")), FWD_NAME[fwd & 0x7],  # type: ignore[arg-type]
+        _dest_key(addr, family, int.from_bytes(port, "big")), Forwarding.from_kernel(fwd),
         weight, u_thr, l_thr, TUN_TYPE_NAME.get(tun_type, "ipip"),  # type: ignore[arg-type]
         int.from_bytes(tun_port, "big"), TUN_FLAGS_NAME.get(tun_flags, "nocsum"))  # type: ignore[arg-type]
     return dest, nest[_DEST_FAST.size:], (active, inact, persist)
