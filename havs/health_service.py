@@ -167,6 +167,8 @@ class HealthService:
         self._added_by_reload: set[Key] = set()  # known before start() but added by a reload: start down
         self.checks_run = 0  # probes completed, for metrics and the benchmark
         self.early_checks = 0  # checks brought forward because a server closed its idle connection
+        self.inconclusive_checks = 0  # checks this director could not run (out of descriptors, memory)
+        self._local_logged_at = -math.inf
         self._gc_freeze = gc_freeze
         self._freeze_timer: asyncio.TimerHandle | None = None
 
@@ -380,6 +382,12 @@ class HealthService:
         if force:  # `none` checks: up at once
             h.retime(Timing(rise=1, fall=h.timing.fall))
         change = h.observe(result, now)
+        if result.inconclusive:
+            self.inconclusive_checks += 1
+            if now - self._local_logged_at >= 10.0:  # a shortage hits every server: say it, not 10,000 times
+                self._local_logged_at = now
+                self._log.warning("health.local_error", server=h.server, service=h.service, reason=result.reason,
+                                  inconclusive_checks=self.inconclusive_checks)
         if self._on_result is not None:
             self._on_result(loop.target.key, result)
         if change is not None:

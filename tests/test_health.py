@@ -231,3 +231,19 @@ def test_health_core_is_pure() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & banned
+
+
+def test_an_inconclusive_result_neither_passes_nor_fails() -> None:
+    """The director could not run the check (EMFILE): counts, state and agent weight stand."""
+    local = ProbeResult(False, "local: too many open files", 0.0, inconclusive=True)
+    h = ServerHealth("10.0.0.1:80", Timing(rise=2, fall=2), initial="up")
+    assert h.observe(ProbeResult(True, "ok", 0.0, 0.5), 1.0) is None
+    for t in range(2, 20):
+        assert h.observe(local, float(t)) is None
+    assert h.is_up and h.state == "unknown" and h.agent_weight == 0.5 and h.last is local
+    change = h.observe(OK, 20.0)  # the earlier success still counts: this is the second in a row
+    assert change is not None and (change.to, change.after) == ("up", 2)
+    assert h.observe(FAIL, 21.0) is None
+    assert h.observe(local, 22.0) is None
+    change = h.observe(FAIL, 23.0)
+    assert change is not None and (change.to, change.after) == ("down", 2)

@@ -378,3 +378,27 @@ async def test_switching_a_check_on_keeps_the_server_up(backend: Backend) -> Non
         assert hs._loops[key].task is None and hs.states()[key].is_up
     finally:
         await hs.stop()
+
+
+async def test_a_local_shortage_is_logged_and_never_marks_a_server_down(backend: Backend) -> None:
+    from havs.core.health import ProbeResult
+
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    events: list[HealthChanged] = []
+    log = Log()
+    hs = HealthService([service(backend.port)], log=log, on_change=events.append)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        assert hs.states()[key].is_up
+
+        async def no_descriptors() -> ProbeResult:
+            return ProbeResult(False, "local: too many open files", 0.0, inconclusive=True)
+
+        hs._loops[key].probe = no_descriptors
+        await until(lambda: hs.inconclusive_checks >= 10)  # fall is 3: three failures would have been enough
+        assert hs.states()[key].is_up and len(events) == 1
+        warnings = [kw for name, kw in log.events if name == "health.local_error"]
+        assert len(warnings) == 1 and warnings[0]["reason"] == "local: too many open files"
+    finally:
+        await hs.stop()

@@ -4,6 +4,7 @@ clear reason, connections are kept alive, nothing leaks."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import shutil
@@ -337,6 +338,20 @@ async def test_source_address_and_connect_errors(server: Server, no_leaks: Conne
     # a source address this host does not have is a clear failure, not an exception
     bad = await probe_http(HttpProbe(LOOPBACK, server.port, source_address="192.0.2.1"), no_leaks)
     assert not bad.ok and bad.reason.startswith("error: ")
+
+
+async def test_local_shortage_is_inconclusive(server: Server, no_leaks: ConnectionPool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors on the director: the check says so and is not a failure of the server."""
+    def no_descriptors(*_args: object, **_kw: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socket", no_descriptors)
+    for result in (await probe_tcp(LOOPBACK, server.port), await probe_http(_probe(server, "/ok"), no_leaks)):
+        assert not result.ok and result.inconclusive and result.reason == "local: too many open files"
+    monkeypatch.undo()
+    refused = await probe_tcp(LOOPBACK, _free_port())
+    assert refused.reason == "refused" and not refused.inconclusive
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,18 @@ Initial = Literal["down", "up"]
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One probe's outcome. `reason` is short and stable: ok, timeout, refused, reset, closed,
-    unreachable, garbage, `status 503`, `body mismatch`, `tls: <detail>`, `error: <detail>`."""
+    unreachable, garbage, `status 503`, `body mismatch`, `tls: <detail>`, `error: <detail>`,
+    `local: <detail>`.
+
+    `inconclusive`: this director could not run the check (no file descriptor, no buffer memory): the
+    result says nothing about the server, so it neither passes nor fails a check. Counting it as a
+    failure is how ~20,000 idle control connections used to mark healthy servers down."""
 
     ok: bool
     reason: str
     latency: float = 0.0
     agent_weight: float | None = None  # 0..1 from the agent header, None when absent
+    inconclusive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +130,8 @@ class ServerHealth:
 
     def observe(self, result: ProbeResult, now: float) -> HealthChanged | None:
         self.last = result
+        if result.inconclusive:
+            return None  # counts, state and agent weight stand until a check can actually run
         self.agent_weight = result.agent_weight if result.ok else None
         if result.ok:
             self._oks += 1

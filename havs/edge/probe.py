@@ -46,6 +46,8 @@ from havs.core.health import ProbeResult
 C_PARSER = HttpResponseParser.__module__ == "aiohttp._http_parser"
 DEFAULT_AGENT_HEADER = "X-Havs-Weight"
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+# this director's own shortage, not the server's fault: the check is inconclusive
+_LOCAL = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PARSER_LIMIT = 2**16
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -334,11 +336,18 @@ def _os_reason(exc: BaseException) -> str:
         return "reset"
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
         return "unreachable"
+    if isinstance(exc, OSError) and exc.errno in _LOCAL:
+        return f"local: {(exc.strerror or str(exc)).lower()}"
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, OSError) and exc.strerror:
         return f"error: {exc.strerror.lower()}"
     return f"error: {exc!r}"
+
+
+def _failed(reason: str | None, latency: float) -> ProbeResult:
+    reason = reason or "error"
+    return ProbeResult(False, reason, latency, inconclusive=reason.startswith("local: "))
 
 
 def _tls_reason(exc: ssl.SSLError) -> str:
@@ -419,7 +428,7 @@ async def probe_http(probe: HttpProbe, pool: ConnectionPool | None = None) -> Pr
         if conn is None:
             conn, reason = await _open(loop, probe, deadline)
             if conn is None:
-                return ProbeResult(False, reason or "error", loop.time() - start)
+                return _failed(reason, loop.time() - start)
         try:
             failure = await conn.start(probe.request, deadline)
         except BaseException:
@@ -434,7 +443,7 @@ async def probe_http(probe: HttpProbe, pool: ConnectionPool | None = None) -> Pr
     latency = loop.time() - start
     if failure is not None:
         conn.abort()
-        return ProbeResult(False, failure, latency)
+        return _failed(failure, latency)
     result = _judge(probe, conn, latency)
     if pool is not None and conn.reusable and conn.alive and not conn.msg.should_close:
         pool.put(probe.key, conn)
@@ -485,7 +494,7 @@ async def probe_tcp(
     )
     latency = loop.time() - start
     if sock is None:
-        return ProbeResult(False, reason or "error", latency)
+        return _failed(reason, latency)
     with contextlib.suppress(OSError):
         # RST instead of FIN: no TIME_WAIT pile-up on the director at thousands of checks per second
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
