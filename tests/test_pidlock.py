@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,10 @@ def test_symlink_is_not_followed(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         acquire(str(tmp_path / "havs.pid"))
     assert target.read_text() == "keep me"
+
+
+def test_a_missing_directory_is_created_root_only(tmp_path: Path) -> None:
+    """The daemon keeps the lock next to the control socket: whichever is made first, the directory is 0700."""
+    path = tmp_path / "run" / "havs" / "control.sock.lock"
+    with acquire(str(path)):
+        assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700

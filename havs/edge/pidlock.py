@@ -60,11 +60,11 @@ def _read_pid(fd: int) -> int | None:
 
 
 def acquire(path: str) -> PidLock:
-    """Lock `path` (created 0644, parent directories 0755 if missing) and write our pid into it.
+    """Lock `path` (created 0644; missing parent directories 0700, as the control socket's) and write our pid.
     Raises AlreadyRunning naming the holder's pid, or OSError if the file cannot be opened."""
     parent = os.path.dirname(path)
     if parent:
-        os.makedirs(parent, mode=0o755, exist_ok=True)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
     # no O_TRUNC: the holder's pid must survive our failed attempt
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
