@@ -119,7 +119,7 @@ def havs_timeline(log: Path, wall0: float) -> str:
     marks: list[str] = []
     seen: set[str] = set()
     for ev in read_events(log):
-        at = ev["_t"] - wall0
+        at = ev.get("_t", -1.0) - wall0
         key = {"vrrp.state": f"state {ev.get('to')}", "vrrp.addresses": f"addresses {ev.get('action')}",
                "vrrp.garp": "garp burst done"}.get(str(ev.get("event")))
         if at < 0 or key is None or key in seen:

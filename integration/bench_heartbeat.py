@@ -176,15 +176,13 @@ class Bench:
 
     def quiet(self, timeout: float) -> bool:
         """Wait until the main loop has no work we caused: every SIGHUP reloaded, no IPVS op for 1.5 s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def quiet() -> bool:
             events = self.log.refresh()
             reloads = sum(1 for e in events if e.get("event") in ("config.reloaded", "config.reload_failed"))
-            applies = [e["_t"] for e in events[-200:] if e.get("event") == "ipvs.apply"]
-            if reloads >= self.hups and (not applies or time.time() - applies[-1] > 1.5):
-                return True
-            time.sleep(0.2)
-        return False
+            applies = [e["_t"] for e in events[-200:] if e.get("event") == "ipvs.apply" and "_t" in e]
+            return reloads >= self.hups and (not applies or time.time() - applies[-1] > 1.5)
+
+        return poll(quiet, timeout, 0.2) is not None
 
     def run(self, name: str, title: str, seconds: float, events: Sequence[Event] = (), settle: bool = False) -> Row:
         """Measure for ``seconds``, firing ``events`` on the way; with ``settle`` the window is stretched (up to

@@ -43,7 +43,9 @@ class Line:
 def read_log(path: Path, who: str) -> list[Line]:
     lines = []
     for event in read_events(path):  # stderr noise, a traceback: not events, skipped
-        at = event.pop("_t")
+        at = event.pop("_t", None)
+        if at is None:
+            continue
         name = str(event.get("event"))
         if name not in STORY_EVENTS:
             continue

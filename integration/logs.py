@@ -1,26 +1,31 @@
 """Reading a daemon's structured log (one JSON event per line) in drills, benchmarks and the demo.
 
-Lines that are not events (stderr noise, a traceback) are skipped. Each event read here gets ``_t``: its
-``timestamp`` as unix time, so it can be set against time.time() taken around a lab action.
+Lines that are not events (stderr noise, a traceback) are skipped. An event with a ``timestamp`` gets
+``_t``: that time as unix time, so it can be set against time.time() taken around a lab action.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from integration.waits import poll
+
 
 def parse_event(raw: str | bytes) -> dict[str, Any] | None:
-    """One log line → the event with ``_t`` added, or None if the line is not a timestamped event."""
+    """One log line → the event (with ``_t`` when it has a readable timestamp), or None if it is no event."""
     try:
         event = json.loads(raw)
-        event["_t"] = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         return None
-    return event if isinstance(event, dict) else None
+    if not isinstance(event, dict) or "event" not in event:
+        return None
+    with contextlib.suppress(ValueError, KeyError):
+        event["_t"] = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+    return event
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -56,16 +61,15 @@ class HavsLog:
 
     def find(self, event: str, since_wall: float, **match: Any) -> list[dict[str, Any]]:
         """Events called ``event`` logged at or after unix time ``since_wall`` whose fields equal ``match``."""
-        return [e for e in self.refresh() if e.get("event") == event and e["_t"] >= since_wall
+        return [e for e in self.refresh() if e.get("event") == event and e.get("_t", -1.0) >= since_wall
                 and all(e.get(k) == v for k, v in match.items())]
 
     def wait(self, event: str, since_wall: float, timeout: float, **match: Any) -> dict[str, Any] | None:
         """The first such event, waiting up to ``timeout`` seconds for it; None if it never came."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(event, since_wall, **match)
-            if found:
-                return found[0]
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.1)
+        found: list[dict[str, Any]] = []
+
+        def seen() -> bool:
+            found[:] = self.find(event, since_wall, **match)
+            return bool(found)
+
+        return found[0] if poll(seen, timeout, 0.1) is not None else None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from integration.topology import GATEWAY, VIP, ClientLoop, SeedLab, log_events, wait_until
+from integration.waits import poll
 
 pytestmark = pytest.mark.uml
 
@@ -307,12 +308,13 @@ def test_recovered_server_ramps_up_with_slow_start(lab: SeedLab, configs: dict[s
                 return int(line.split()[3])
         return None
 
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and 20 not in seen:
+    def ramped() -> bool:
         w = weight()
         if w is not None:
             seen.add(w)
-        time.sleep(0.1)
+        return 20 in seen
+
+    poll(ramped, 20, 0.1)
     assert 20 in seen and min(seen) < 10 and len(seen) >= 3, sorted(seen)  # ramped, not jumped
 
 

@@ -228,7 +228,7 @@ def test_web_server_module_speaks_like_the_seed_httpd(lab: SeedLab) -> None:
     assert second.startswith(b"HTTP/1.1 404 Not Found") and b"Connection: close" in second
     data = _exchange(lab, "rs2", ip, b"HEAD / HTTP/1.0\r\n\r\n")
     assert data.startswith(b"HTTP/1.0 200 OK") and b"Connection: close" in data and data.endswith(b"\r\n\r\n")
-    data = _exchange(lab, "rs2", ip, b"GET /../../etc/passwd HTTP/1.1\r\n\r\n")
+    data = _exchange(lab, "rs2", ip, b"GET /../../etc/passwd HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 404")
     log = lab.web_log("rs1")
     assert "GET / HTTP/1.1 200" in log and "GET /nope HTTP/1.1 404" in log and "HEAD / HTTP/1.0 200" in log

@@ -49,7 +49,7 @@ from integration.seed import (
     VIP_URL,
     Link,
 )
-from integration.waits import wait_until
+from integration.waits import poll, wait_until
 
 # Names other modules import from here (kept while drills and benchmarks move to the modules above).
 __all__ = ["BODIES", "CLIENT_IP", "DIRECTORS", "GATEWAY", "LANS", "LINKS", "NODES", "REAL_SERVERS", "SWITCH",
@@ -343,14 +343,12 @@ class SeedLab:
              "1" if keep_alive else "0"],
             w.log_path,
         )
-        deadline = time.monotonic() + timeout
-        while "listening" not in w.log_path.read_text():
-            if w.proc.poll() is not None:
-                raise TopologyError(f"web server in {node} exited: {w.log_path.read_text().strip()}")
-            if time.monotonic() > deadline:
-                raise TopologyError(f"web server in {node} did not start within {timeout}s")
-            time.sleep(0.02)
-        return w.proc
+        proc, log = w.proc, w.log_path
+        if poll(lambda: "listening" in log.read_text() or proc.poll() is not None, timeout, 0.02) is None:
+            raise TopologyError(f"web server in {node} did not start within {timeout}s")
+        if "listening" not in log.read_text():
+            raise TopologyError(f"web server in {node} exited: {log.read_text().strip()}")
+        return proc
 
     def stop_web(self, node: str, sig: int = signal.SIGTERM) -> None:
         w = self._web.get(node)
