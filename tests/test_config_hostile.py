@@ -229,3 +229,12 @@ def test_fuzzed_seed_never_raises_anything_but_config_error() -> None:
             assert all(str(p).startswith("fuzz.yaml") for p in e.problems), e
             outcomes["error"] += 1
     assert outcomes["error"] > 500, json.dumps(outcomes)  # the mutations do reach the error paths
+
+
+def test_too_many_values_without_any_alias() -> None:
+    from havs.core.config import MAX_NODES
+
+    text = "nodes: [" + "1," * MAX_NODES + "1]\n"  # a mapping, its key, a list and MAX_NODES + 1 items
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml")
+    assert str(info.value) == f"f.yaml: has {MAX_NODES + 4} values; a config may have at most {MAX_NODES}"
