@@ -8,6 +8,7 @@ the caller counts drops by reason and never crashes on what a peer sends.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -141,9 +142,7 @@ def decode(payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None) -
         raise PacketError("count", f"{len(payload)} bytes, {count} addresses need {expected}")
     if not _checksum_ok(payload, version, src, dst):
         raise PacketError("checksum", f"bad checksum {payload[6]:02x}{payload[7]:02x}")
-    raw = payload[8 : 8 + count * alen]
-    family = ipaddress.IPv4Address if alen == 4 else ipaddress.IPv6Address
-    addresses = tuple(family(raw[i : i + alen]) for i in range(0, len(raw), alen))
+    addresses = _addresses(payload[8 : 8 + count * alen], alen)
     auth_pass: str | None = None
     if version == 2:
         auth_type, interval = payload[4], payload[5]
@@ -158,16 +157,31 @@ def decode(payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None) -
     return Advertisement(version, router_id, priority, addresses, interval, auth_pass)
 
 
+@functools.lru_cache(maxsize=256)
+def _addresses(raw: bytes, alen: int) -> tuple[IPAddress, ...]:
+    # a peer (or a flood) repeats the same list: decode it once
+    family = ipaddress.IPv4Address if alen == 4 else ipaddress.IPv6Address
+    return tuple(family(raw[i : i + alen]) for i in range(0, len(raw), alen))
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def _checksum_ok(payload: bytes, version: int, src: IPAddress, dst: IPAddress) -> bool:
     if version == 2 or src.version == 6:
         return _checksum_for(payload, version, src, dst, "pseudo_header") == 0
     # v3 over IPv4: accept keepalived/FRR (pseudo-header), RFC 9568/vendors (message only), and
-    # keepalived < 1.3.6 unicast, which put the multicast group in the pseudo-header.
-    return (
-        internet_checksum(payload) == 0
-        or internet_checksum(_pseudo_header(src, dst, len(payload)) + payload) == 0
-        or internet_checksum(_pseudo_header(src, MULTICAST_V4, len(payload)) + payload) == 0
-    )
+    # keepalived < 1.3.6 unicast, which put the multicast group in the pseudo-header. The message is
+    # summed once and each pseudo-header's sum added to it (one's-complement sums add).
+    message = _sum16(payload)
+    if message == 0xFFFF:
+        return True
+    n = len(payload)
+    return (_fold(message + _sum16(_pseudo_header(src, dst, n))) == 0xFFFF
+            or _fold(message + _sum16(_pseudo_header(src, MULTICAST_V4, n))) == 0xFFFF)
 
 
 BROADCAST_MAC = b"\xff" * 6

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import os
 import signal
 import socket
 import sys
@@ -36,6 +37,7 @@ from havs.vrrp.protocol import (
 )
 
 PUSH_EVERY = 0.5
+NICE = -10
 PR_SET_PDEATHSIG = 1
 
 
@@ -43,6 +45,14 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _raise_priority() -> int:
+    """A heartbeat process should not wait behind batch work for a CPU (keepalived's `vrrp_priority`).
+    Needs CAP_SYS_NICE; without it the child runs at the daemon's priority. Returns the niceness."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def _no_watcher_threads() -> None:
@@ -77,6 +87,9 @@ async def serve(fd: int, log_format: str) -> int:
         await writer.drain()
         return 2
     log = setup_logging(log_format, node=view.name)  # type: ignore[arg-type]
+    nice = _raise_priority()
+    if nice != NICE:
+        log.info("vrrp.priority_unraised", nice=nice, wanted=NICE, reason="no CAP_SYS_NICE")
     shell: VrrpShell
 
     def push() -> None:

@@ -79,6 +79,7 @@ class VrrpShell:
         self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._reassert_pending = False
+        self._reasserted = 0.0  # when the addresses were last checked as MASTER (at most once an interval)
         self._stopped = asyncio.Event()  # the instance reached INIT after a stop
 
     @property
@@ -250,7 +251,7 @@ class VrrpShell:
         for action in actions:
             if isinstance(action, SendAdvertisement):
                 self._send(action.adv)
-                if self.inst.state == MASTER and not self._reassert_pending:
+                if self.inst.state == MASTER and not self._reassert_pending and self._reassert_due():
                     self._reassert_pending = True
                     self._effects.put_nowait(self._reassert)
             elif isinstance(action, StateChanged):
@@ -307,6 +308,15 @@ class VrrpShell:
         if self.inst.state == MASTER:
             garp = self.view.config.vrrp.garp
             self._announcer.announce(garp.burst if action.burst else 1, garp.burst_interval, action.reason)
+
+    def _reassert_due(self) -> bool:
+        # with every advert, but an answer to a forged advert must not add a netlink dump
+        now = time.monotonic()
+        interval = self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0
+        if now - self._reasserted < interval * 0.9:
+            return False
+        self._reasserted = now
+        return True
 
     async def _reassert(self) -> None:
         self._reassert_pending = False
