@@ -17,7 +17,8 @@ from havs.core.config import parse_config, select_node
 from havs.core.model import Config, NodeView
 from havs.errors import ConfigError, ConfigProblem
 
-MAX_SIZE = 16 * 1024 * 1024  # the seed's file is 3 KB; 10,000 real servers written out are about 1 MB
+MAX_SIZE = 4 * 1024 * 1024  # the seed's file is 3 KB; 10,000 real servers written out are ~0.5 MB; 4 MiB of
+# one-line servers (~100,000) take ~8 s and ~350 MB to validate: the most a director should spend on a file
 
 
 def _refuse(path: str, message: str) -> ConfigError:

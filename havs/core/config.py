@@ -49,7 +49,7 @@ class LoadedConfig:
 MAX_DEPTH = 64
 ALIAS_EXPANSION = 4  # built nodes may be at most this many times the nodes written, plus MIN_BUDGET
 MIN_BUDGET = 100_000
-# and never more than this: ~125,000 real servers, ~10 s and ~400 MB to validate (10,000 take 0.4 s, 33 MB)
+# and never more than this: ~100,000 one-line real servers, ~8 s and ~350 MB to validate (10,000: 0.4 s, 33 MB)
 MAX_NODES = 500_000
 
 
