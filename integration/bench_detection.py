@@ -367,7 +367,8 @@ def report(results: list[Round], webs: Sequence[str]) -> str:
 
 # ------------------------------------------------------------------------------------------- inside
 def inside(rounds: int, webs: Sequence[str], budget: float) -> int:
-    from havs.core.config import load_config, select_node
+    from havs.configfile import load_config
+    from havs.core.config import select_node
     from integration.topology import SeedLab, TopologyError
 
     start = time.monotonic()

@@ -313,7 +313,8 @@ class Bench:
 
 # ------------------------------------------------------------------------------------------- inside
 def inside(rounds: int, adverts: Sequence[float], budget: float, phase: str) -> int:
-    from havs.core.config import load_config, select_node
+    from havs.configfile import load_config
+    from havs.core.config import select_node
     from integration.topology import SeedLab, TopologyError
 
     start = time.monotonic()
