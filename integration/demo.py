@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.benchlib import edit_seed_config
 from integration.logs import read_events
 from integration.seed import GATEWAY, VIP
 
@@ -66,6 +68,19 @@ def render_story(lines: Iterable[Line], zero: float) -> str:
     return "\n".join(out)
 
 
+def node_config(node: str) -> Path:
+    """etc/havs.yaml as shipped, with the node's own control socket and state dir: the lab's directors share
+    one filesystem, and a second daemon on the same control socket refuses to start (as it should)."""
+    shutil.rmtree(OUT / f"state-{node}", ignore_errors=True)  # a fresh start, no drains left from a last run
+    (OUT / f"state-{node}").mkdir()
+    path = OUT / f"havs-{node}.yaml"
+    path.write_text(edit_seed_config({
+        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / f'control-{node}.sock'}",
+        r"(?m)^(\s+state_dir:)\s*\S+": rf"\g<1> {OUT / f'state-{node}'}",
+    }, CONFIG.read_text()))
+    return path
+
+
 def inside(args: argparse.Namespace) -> int:
     from integration.topology import ClientLoop, SeedLab, wait_until
 
@@ -89,10 +104,10 @@ def inside(args: argparse.Namespace) -> int:
             return lab.exec(node, ["ipvsadm", "-Ln"]).stdout
 
         # One after the other, as directors usually come up: the first one up is MASTER at once.
-        lab.start_havs("lvs1", CONFIG, log_path=OUT / "lvs1.log")
+        lab.start_havs("lvs1", node_config("lvs1"), log_path=OUT / "lvs1.log")
         mark("havs started on lvs1 (priority 150)")
         wait_until("lvs1 holds the VIP and the gateway", lambda: holds("lvs1"), 60)
-        lab.start_havs("lvs2", CONFIG, log_path=OUT / "lvs2.log")
+        lab.start_havs("lvs2", node_config("lvs2"), log_path=OUT / "lvs2.log")
         mark("havs started on lvs2 (priority 100)")
         wait_until("lvs2 ready", lambda: '"daemon.ready"' in (OUT / "lvs2.log").read_text(), 60)
         wait_until("both directors program IPVS", lambda: all(
