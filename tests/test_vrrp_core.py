@@ -145,10 +145,10 @@ def test_repeated_priority_zero_does_not_move_the_deadline() -> None:
     link = elected()
     link.run_until(10.5)
     inject(link, "b", adv(0), A_ADDR)
-    deadline = link.nodes["b"].inst._timers.master_down
+    deadline = link.nodes["b"].inst.timers.master_down
     link.run_until(10.6)
     assert inject(link, "b", adv(0), A_ADDR) == [AdvertDropped("priority0_repeat", A_ADDR)]
-    assert link.nodes["b"].inst._timers.master_down == deadline
+    assert link.nodes["b"].inst.timers.master_down == deadline
 
 
 # ------------------------------------------------------------------------------------ the flood
@@ -195,7 +195,7 @@ def test_stale_addresses_released_on_start_and_rechecked_in_backup() -> None:
     inst = VrrpInstance(params(B_ADDR, 100), 0.0)
     assert inst.start(0.0) == [StateChanged(INIT, BACKUP, "start"), ReleaseAddresses((VIP, GW), "stale")]
     every = STALE_CHECK_INTERVALS * 1.0
-    assert inst._timers.stale == every
+    assert inst.timers.stale == every
     # a master keeps it BACKUP; the re-check comes every `every` seconds, exactly
     seen = []
     t = 0.0
@@ -210,7 +210,7 @@ def test_stale_addresses_released_on_start_and_rechecked_in_backup() -> None:
 
 def test_master_has_no_stale_check_and_leaving_master_releases_for_real() -> None:
     link = elected()
-    assert link.nodes["a"].inst._timers.stale is None
+    assert link.nodes["a"].inst.timers.stale is None
     out = link.do("a", "fault")
     assert ReleaseAddresses((VIP, GW)) in out and ReleaseAddresses((VIP, GW), "stale") not in out
 

@@ -48,6 +48,7 @@ class Announcer:
         self._garp = Garp()
         self.held: set[str] = set()  # "address dev ifname" this node holds, as far as we know
         self._tasks: set[asyncio.Task[None]] = set()
+        self._checked = 0.0  # when a MASTER last checked its addresses
 
     def _name(self, ifname: str, a: Interface) -> str:
         return f"{a} dev {ifname}"
@@ -77,6 +78,14 @@ class Announcer:
                 self._log.warning("vrrp.addresses", action="release", reason="stale", addresses=removed)
             return
         self._log.info("vrrp.addresses", action="release", reason=reason, addresses=removed or "already absent")
+
+    def reassert_due(self, interval: float) -> bool:
+        """With every advert, but at most once an interval: answers to forged adverts add no netlink dumps."""
+        now = time.monotonic()
+        if now - self._checked < interval * 0.9:
+            return False
+        self._checked = now
+        return True
 
     async def reassert(self) -> None:
         """MASTER: put back an address someone removed, and tell the neighbours again."""

@@ -78,8 +78,6 @@ class VrrpShell:
         self._timer_at: float | None = None
         self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reassert_pending = False
-        self._reasserted = 0.0  # when the addresses were last checked as MASTER (at most once an interval)
         self._stopped = asyncio.Event()  # the instance reached INIT after a stop
 
     @property
@@ -90,6 +88,10 @@ class VrrpShell:
         assert cfg is not None
         return tuple(dict.fromkeys([self._hb_if, *(i for i, _ in self.floating),
                                     *map(self.view.ifname, cfg.track_interfaces)]))
+
+    @property
+    def _interval(self) -> float:
+        return self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0
 
     @property
     def effective_priority(self) -> int:
@@ -150,9 +152,8 @@ class VrrpShell:
         loop = asyncio.get_running_loop()
         if self.inst is not None and graceful:
             self.dispatch(self.inst.stop(loop.time()))
-            interval = self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), 3 * interval + RESIGN_EXTRA + 1.0)
+                await asyncio.wait_for(self._stopped.wait(), 3 * self._interval + RESIGN_EXTRA + 1.0)
         if self._sock is not None:
             loop.remove_reader(self._sock.fileno())
         if self._timer is not None:
@@ -227,7 +228,7 @@ class VrrpShell:
         cfg = self.view.config.vrrp
         assert cfg is not None and self.inst is not None
         while True:
-            await asyncio.sleep(self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0)
+            await asyncio.sleep(self._interval)
             self.last_tick = time.monotonic()
             try:
                 async with self._netlink:
@@ -251,9 +252,8 @@ class VrrpShell:
         for action in actions:
             if isinstance(action, SendAdvertisement):
                 self._send(action.adv)
-                if self.inst.state == MASTER and not self._reassert_pending and self._reassert_due():
-                    self._reassert_pending = True
-                    self._effects.put_nowait(self._reassert)
+                if self.inst.state == MASTER and ann.reassert_due(self._interval):
+                    self._effects.put_nowait(lambda: self._if_master(ann.reassert))
             elif isinstance(action, StateChanged):
                 self._state_changed(action)
             elif isinstance(action, TakeAddresses):
@@ -262,7 +262,10 @@ class VrrpShell:
                 ann.cancel_bursts()
                 self._effects.put_nowait(lambda reason=action.reason: ann.release(reason))
             elif isinstance(action, AnnounceAddresses):
-                self._effects.put_nowait(lambda a=action: self._announce(a))
+                garp = self.view.config.vrrp.garp if self.view.config.vrrp else None
+                rounds, gap = (garp.burst if action.burst else 1, garp.burst_interval) if garp else (1, 0.0)
+                self._effects.put_nowait(lambda r=rounds, g=gap, why=action.reason: self._if_master(
+                    lambda: ann.announce(r, g, why)))
             elif isinstance(action, AdvertDropped):
                 self.warn(f"drop:{action.reason}", "vrrp.advert_dropped", reason=action.reason, src=str(action.src))
             elif isinstance(action, Ignored):
@@ -303,25 +306,12 @@ class VrrpShell:
                 self._log.error("vrrp.on_state_failed", error=f"{type(e).__name__}: {e}")
         self._on_change()
 
-    async def _announce(self, action: AnnounceAddresses) -> None:
-        assert self.inst is not None and self._announcer is not None and self.view.config.vrrp is not None
-        if self.inst.state == MASTER:
-            garp = self.view.config.vrrp.garp
-            self._announcer.announce(garp.burst if action.burst else 1, garp.burst_interval, action.reason)
-
-    def _reassert_due(self) -> bool:
-        # with every advert, but an answer to a forged advert must not add a netlink dump
-        now = time.monotonic()
-        interval = self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0
-        if now - self._reasserted < interval * 0.9:
-            return False
-        self._reasserted = now
-        return True
-
-    async def _reassert(self) -> None:
-        self._reassert_pending = False
-        if self.inst is not None and self.inst.state == MASTER and self._announcer is not None:
-            await self._announcer.reassert()
+    async def _if_master(self, effect: Callable[[], Awaitable[None] | None]) -> None:
+        """Announcer work that only a MASTER does (the state may have moved on since it was queued)."""
+        if self.inst is not None and self.inst.state == MASTER:
+            result = effect()
+            if result is not None:
+                await result
 
     async def _effects_worker(self) -> None:
         # effects run one at a time, in order (netlink is quick; GARP bursts run apart)
