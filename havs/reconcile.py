@@ -4,14 +4,21 @@ Used by the daemon (every pass, level-triggered: a stray `ipvsadm -C` is repaire
 `havs apply` (once, every real server taken as healthy). A pass never raises: whatever the IPVS socket
 throws (ENOBUFS on a dump, a netlink error, a bug) is counted, logged once per kind with the stage it
 concerns, and the next pass tries again from a fresh dump.
+
+`IpvsSide` is the daemon's IPVS shell around it: the socket opened when the first config with services
+arrives, passes as `havs.core.controller.Controller` plans them, and the kernel's connection-sync threads
+as the controller says for the latest VRRP state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from havs.core.controller import SyncAction
+from havs.core.controller import Controller, HealthView, SyncAction
 from havs.core.desired import Desired, Removals
 from havs.core.ipvs_diff import AddDestination, EditDestination, EditService, Op, describe, diff, drift
 from havs.core.ipvs_table import IpvsTable, SyncDaemon
@@ -65,6 +72,9 @@ class Reconciler:
         self.last_actual: IpvsTable | None = None
         self.expected: IpvsTable | None = None  # what the last pass left in the kernel
         self._failing: tuple[str, str, int | None] | None = None  # the kind last logged
+        # one sync-daemon run at a time: two VRRP state changes in quick succession must not interleave
+        # their stop/start calls (the slower one would leave the threads of the state it planned for)
+        self._sync_lock = asyncio.Lock()
 
     def counters(self) -> ReconcilerStatus:
         return ReconcilerStatus(passes=self.passes, ops_applied=self.ops_applied, failures=self.failures,
@@ -130,7 +140,11 @@ class Reconciler:
             self._failing = None
 
     async def sync_daemons(self, plan: Any) -> None:
-        """Run the kernel's connection-sync threads as `plan(running) -> [SyncAction]` says."""
+        """Run the kernel's connection-sync threads as `plan(running) -> [SyncAction]` says; serialised."""
+        async with self._sync_lock:
+            await self._sync_daemons(plan)
+
+    async def _sync_daemons(self, plan: Any) -> None:
         try:
             actions: list[SyncAction] = plan(await self.ipvs.daemons())
             for a in actions:
@@ -143,6 +157,49 @@ class Reconciler:
         except Exception as e:  # retried on the next VRRP state change or reload
             self.log.error("ipvs.sync_daemon_failed", error=str(e) or type(e).__name__,
                            error_type=type(e).__name__)
+
+
+class IpvsSide:
+    """The daemon's hold on IPVS. `open_ipvs()` makes an unopened `havs.edge.ipvs.IpvsSocket` (or a fake)."""
+
+    def __init__(self, controller: Controller, log: Any, open_ipvs: Callable[[], Any]) -> None:
+        self.controller, self.log, self._open_ipvs = controller, log, open_ipvs
+        self.reconciler: Reconciler | None = None
+
+    async def open(self) -> bool:
+        """The socket and the reconciler, once; False (logged) when IPVS cannot be reached."""
+        if self.reconciler is not None:
+            return True
+        ipvs = self._open_ipvs()
+        try:
+            await ipvs.open()
+        except Exception as e:  # no IPVS module, no capability, anything: said, never a traceback
+            self.log.error("ipvs.unavailable", error=str(e) or type(e).__name__)
+            return False
+        self.reconciler = Reconciler(ipvs, self.log)
+        return True
+
+    async def run_pass(self, health: Mapping[tuple[str, str], HealthView]) -> Desired | None:
+        """One pass as the controller plans it now; the desired table (None: IPVS not open)."""
+        if self.reconciler is None:
+            return None
+        settings, now = self.controller.config.settings, time.monotonic()
+        desired = self.controller.plan(health, now)
+        await self.reconciler.run_pass(desired, now=now, removals=self.controller.removals,
+                                       drain_timeout=settings.drain_timeout, purge_unmanaged=settings.purge_unmanaged)
+        return desired
+
+    async def sync_connections(self) -> None:
+        """The kernel's sync threads for the controller's latest VRRP state (never raises)."""
+        if self.reconciler is not None and self.controller.syncs_connections:
+            await self.reconciler.sync_daemons(self.controller.sync_actions)
+
+    def counters(self) -> ReconcilerStatus | None:
+        return self.reconciler.counters() if self.reconciler is not None else None
+
+    @property
+    def last_actual(self) -> IpvsTable | None:
+        return self.reconciler.last_actual if self.reconciler is not None else None
 
 
 def op_fields(op: Op) -> dict[str, object]:

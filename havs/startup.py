@@ -43,6 +43,15 @@ class EarlySignals:
         return taken
 
 
+def install_signals(loop: asyncio.AbstractEventLoop, early: EarlySignals | None,
+                    handler: Callable[[int], None]) -> None:
+    """The loop's own handlers, then what arrived before them, in order."""
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, handler, sig)
+    for sig in early.take() if early else ():
+        handler(sig)
+
+
 class StartError(HavsError):
     """Start cannot go on (another daemon holds the node, no IPVS, VRRP cannot start): exit 1."""
 

@@ -2,8 +2,10 @@
 accident. A reload whose VRRP part cannot be applied keeps the running instance (its addresses stay
 where they are) and says so; the next reload tries again.
 
-The instance itself runs in a process of its own (`havs.vrrp.VrrpProcess`); every blocking call to it
-goes through a worker thread so the daemon's loop keeps running probes and passes meanwhile.
+The instance itself runs in a process of its own (`havs.vrrp.VrrpProcess`); every call to it that can
+block goes through a worker thread so the daemon's loop keeps running probes, passes, status and metrics
+meanwhile. That includes the priority decrement: `VrrpProcess.set_priority_decrement` does not wait for
+the child, but it takes the lock a blocking send on another thread (a reload's update, a restart) holds.
 """
 
 from __future__ import annotations
@@ -11,15 +13,32 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from havs.core.controller import Controller
 from havs.core.model import NodeView
 
-if TYPE_CHECKING:
-    from havs.vrrp import VrrpProcess
-
 OnState = Callable[[str, str, str], None]
+
+
+class VrrpProcess(Protocol):
+    """What the supervisor uses of `havs.vrrp.VrrpProcess` (the daemon hands the class in; tests a fake)."""
+
+    view: NodeView
+
+    def spawn(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, graceful: bool = True) -> None: ...
+
+    def update(self, view: NodeView) -> bool: ...
+
+    def set_priority_decrement(self, n: int) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def alive(self) -> bool: ...
 
 
 def interface_exists(name: str) -> bool:
@@ -35,35 +54,77 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class VrrpSupervisor:
-    def __init__(self, controller: Controller, *, log: Any, log_format: str, on_state: OnState) -> None:
+    def __init__(self, controller: Controller, factory: Callable[..., VrrpProcess], *, log: Any, log_format: str,
+                 on_state: OnState) -> None:
         self.controller = controller  # its vrrp_view: the view the running instance was made from
         self.log, self.log_format, self.on_state = log, log_format, on_state
         self.process: VrrpProcess | None = None
-        self.factory: Callable[..., VrrpProcess] | None = None  # tests give a fake
+        self.factory = factory  # VrrpProcess(view, log=, log_format=, on_state=)
+        self._decrement = 0  # wanted; `_sent` is (process, decrement) last handed over
+        self._sent: tuple[object, int] | None = None
+        self._started: object | None = None  # the process whose start succeeded: the child's first
+        # message must be Start, so a decrement known earlier (quorum lost at start) waits for it
+        self._pushing: asyncio.Task[None] | None = None
 
     def _new(self, view: NodeView) -> VrrpProcess:
-        if self.factory is None:
-            from havs.vrrp import VrrpProcess  # its imports are the child's business until VRRP is configured
-
-            self.factory = VrrpProcess
         return self.factory(view, log=self.log, log_format=self.log_format, on_state=self.on_state)
 
-    def spawn(self, view: NodeView) -> None:
-        """The child imports while the daemon programs IPVS; it announces only after `start`."""
+    def spawn(self, view: NodeView) -> bool:
+        """The child imports while the daemon programs IPVS; it announces only after `start`. False
+        (logged) when no process can be made (EAGAIN, ENOMEM, EMFILE)."""
         self.process = self._new(view)
-        self.process.spawn()
+        try:
+            self.process.spawn()
+            return True
+        except OSError as e:
+            self.log.error("vrrp.unavailable", error=f"cannot start the VRRP process: {e}")
+            self.process = None
+            return False
+
+    def alive(self) -> bool:
+        """For the systemd watchdog: no VRRP, or a VRRP process that answers."""
+        return self.process is None or self.process.alive()
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The process's latest pushed snapshot: never waits for it."""
+        return self.process.snapshot() if self.process is not None else None
+
+    def set_decrement(self, n: int) -> None:
+        """Returns at once; the latest value reaches the started process from a worker thread."""
+        self._decrement = n
+        self._kick()
+
+    def _kick(self) -> None:
+        process = self.process
+        if process is not None and process is self._started and self._sent != (process, self._decrement) and (
+                self._pushing is None or self._pushing.done()):
+            self._pushing = asyncio.ensure_future(self._push())
+
+    async def _push(self) -> None:
+        while (process := self.process) is self._started and process is not None and \
+                self._sent != (process, n := self._decrement):
+            try:
+                await in_thread(process.set_priority_decrement, n)
+            except Exception as e:  # the next pass tries again
+                self.log.error("vrrp.decrement_failed", error=str(e))
+                return
+            self._sent = (process, n)
 
     async def start(self) -> bool:
         assert self.process is not None
         try:
             await in_thread(self.process.start)
-            return True
         except RuntimeError as e:
             self.log.error("vrrp.unavailable", error=str(e))
             return False
+        self._started = self.process
+        self._kick()
+        return True
 
     async def stop(self) -> None:
         """Gracefully (priority 0, addresses released), whatever ended the run; never raises."""
+        if self._pushing is not None:
+            self._pushing.cancel()
         if self.process is None:
             return
         try:
@@ -92,18 +153,21 @@ class VrrpSupervisor:
             return "stopped"
         self.process = await self._start_new(view)
         if self.process is not None:
+            self._kick()
             return "restarted"
         self.controller.vrrp_view = previous  # not applied: the next reload tries again
         if old is not None:  # the new one would not start: bring the previous one back rather than none
             self.log.error("config.vrrp_not_applied", reason="the new VRRP instance did not start",
                            kept="previous VRRP config, restarted")
             self.process = await self._start_new(previous)
+            self._kick()
         return "kept previous config" if self.process is not None else "unavailable"
 
     async def _start_new(self, view: NodeView) -> VrrpProcess | None:
         process = self._new(view)
         try:
             await in_thread(process.start)
+            self._started = process
             return process
         except RuntimeError as e:
             self.log.error("vrrp.unavailable", error=str(e))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -51,6 +54,7 @@ class FakeIpvs:
         self.fail_dump: list[BaseException] = []
         self.fail_apply: list[BaseException] = []
         self.sync: dict[str, SyncDaemon] = {}
+        self.netlink_delay = 0.0  # seconds each sync-daemon call takes (a netlink round trip)
         self.opened = False
         FakeIpvs.instances.append(self)
 
@@ -71,25 +75,36 @@ class FakeIpvs:
         return [(op, None) for op in ops]
 
     async def daemons(self) -> list[SyncDaemon]:
-        return list(self.sync.values())
+        running = list(self.sync.values())
+        await asyncio.sleep(self.netlink_delay)
+        return running
 
     async def start_daemon(self, state: str, ifname: str, syncid: int = 0) -> None:
+        await asyncio.sleep(self.netlink_delay)
+        if state in self.sync:
+            raise OSError(errno.EEXIST, "File exists")  # as the kernel says
         self.sync[state] = SyncDaemon(state, ifname, syncid)  # type: ignore[arg-type]
 
     async def stop_daemon(self, state: str) -> None:
+        await asyncio.sleep(self.netlink_delay)
+        if state not in self.sync:
+            raise OSError(errno.ESRCH, "No such process")
         del self.sync[state]
 
 
 class FakeVrrp:
-    """`havs.vrrp.VrrpProcess` as the daemon uses it. `start_error`: what start() raises (class-wide)."""
+    """`havs.vrrp.VrrpProcess` as the daemon uses it. `start_error`: what start() raises (class-wide).
+    Like the real child, it refuses to start when anything but Start was its first message."""
 
     made: ClassVar[list[FakeVrrp]] = []
     start_error: ClassVar[BaseException | None] = None
 
     def __init__(self, view: Any, *, log: Any, log_format: str = "json", on_state: Any = None) -> None:
         self.view = view
+        self.on_state = on_state
         self.calls: list[str] = []
         self.decrement = 0
+        self.decrement_delay = 0.0  # seconds set_priority_decrement blocks (a send waiting for the link's lock)
         FakeVrrp.made.append(self)
 
     def spawn(self) -> None:
@@ -99,12 +114,17 @@ class FakeVrrp:
         self.calls.append("start")
         if FakeVrrp.start_error is not None:
             raise FakeVrrp.start_error
+        if next(c for c in self.calls if c != "spawn") != "start":
+            raise RuntimeError("VRRP did not start: bad start message: expected Start, got SetDecrement")
 
     def stop(self, graceful: bool = True) -> None:
         self.calls.append(f"stop graceful={graceful}")
 
     def set_priority_decrement(self, n: int) -> None:
-        self.decrement = n
+        time.sleep(self.decrement_delay)
+        if n != self.decrement:  # as the real one: only a change is sent
+            self.decrement = n
+            self.calls.append(f"decrement {n}")
 
     def update(self, view: Any) -> bool:
         """In place unless the identity (router id, interfaces) changes, as the real one does."""

@@ -118,6 +118,29 @@ def test_reload_plan_names_added_and_removed_servers_and_a_vrrp_change_against_t
     assert c.vrrp_interfaces(new) == ["eth0", "eth1"]
 
 
+def test_reload_plan_says_what_else_the_daemon_must_do() -> None:
+    c = Controller(view())
+    plan = c.reload(view(), {})
+    assert (plan.resync, plan.restart_needed, plan.state_dir_moved) == (False, (), False)
+    sync = SEED.replace("  garp:\n", "  connection_sync: {interface: server}\n  garp:\n", 1)
+    moved = sync.replace("/var/lib/havs", "/srv/havs").replace("/run/havs/control.sock", "/run/h.sock").replace(
+        "state_dir:", "metrics_listen: 127.0.0.1:9101\n  state_dir:")
+    plan = c.reload(view(moved), {})
+    # sync threads are re-checked on every reload that has them (a failed start earlier is retried)
+    assert plan.resync and plan.state_dir_moved
+    assert plan.restart_needed == ("control_socket", "metrics_listen")
+    assert c.reload(view(moved), {}).resync and not c.reload(view(moved), {}).restart_needed
+
+
+def test_sync_actions_follow_the_latest_vrrp_state() -> None:
+    c = Controller(view(SEED.replace("  garp:\n", "  connection_sync: {interface: server, mode: follow}\n  garp:\n")))
+    assert c.syncs_connections and not Controller(view()).syncs_connections
+    assert c.sync_actions([]) == [SyncAction("start", "backup", "eth1", 0)]  # every director starts as a backup
+    c.vrrp_changed("MASTER")
+    assert c.sync_actions([SyncDaemon("backup", "eth1", 0)]) == [
+        SyncAction("start", "master", "eth1", 0), SyncAction("stop", "backup", "eth1", 0)]
+
+
 def test_the_reload_guard_is_set_by_the_running_config() -> None:
     c = Controller(view(SEED.replace("state_dir:", "reload_max_removed: 0.25\n  state_dir:")))
     seen: list[float] = []

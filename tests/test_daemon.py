@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,23 +44,23 @@ def daemon(config: Path) -> Daemon:
 
 async def test_drain_is_kept_across_restarts(config: Path) -> None:
     first = daemon(config)
-    reply = await first.handle_request({"command": "drain", "server": "192.168.72.128"})
+    reply = await first.control.handle({"command": "drain", "server": "192.168.72.128"})
     assert reply == {"ok": True, "servers": ["TCP 192.168.0.108:80 192.168.72.128:80"]}
     second = daemon(config)
-    second._load_drained()
-    assert second.drained == {("TCP 192.168.0.108:80", "192.168.72.128:80")}
-    await second.handle_request({"command": "enable", "server": "192.168.72.128:80"})
+    second.control.load_drained()
+    assert second.controller.drained == {("TCP 192.168.0.108:80", "192.168.72.128:80")}
+    await second.control.handle({"command": "enable", "server": "192.168.72.128:80"})
     third = daemon(config)
-    third._load_drained()
-    assert third.drained == set()
+    third.control.load_drained()
+    assert third.controller.drained == set()
 
 
 async def test_control_requests_name_what_is_wrong(config: Path) -> None:
     d = daemon(config)
-    assert await d.handle_request({"command": "drain", "server": "10.9.9.9"}) == {
+    assert await d.control.handle({"command": "drain", "server": "10.9.9.9"}) == {
         "ok": False, "error": "no real server '10.9.9.9' in the config"}
-    assert await d.handle_request({"command": "explode"}) == {"ok": False, "error": "unknown command 'explode'"}
-    status = (await d.handle_request({"command": "status"}))["status"]
+    assert await d.control.handle({"command": "explode"}) == {"ok": False, "error": "unknown command 'explode'"}
+    status = (await d.control.handle({"command": "status"}))["status"]
     assert status["node"] == "lvs1" and status["vrrp"] is None
     assert [rs["health"] for rs in status["services"][0]["real_servers"]] == ["unchecked", "unchecked"]
 
@@ -67,8 +69,8 @@ def test_unreadable_drain_state_is_logged_not_fatal(config: Path, tmp_path: Path
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "drained.json").write_text("{not json")
     d = daemon(config)
-    d._load_drained()
-    assert d.drained == set()
+    d.control.load_drained()
+    assert d.controller.drained == set()
 
 
 # ---------------------------------------------------------------------------------------------- fault injection
@@ -161,12 +163,12 @@ async def test_a_dangerous_reload_is_refused_unless_forced(env: Path) -> None:
     d, task = start(path, log)
     await until(lambda: log.named("daemon.ready"))
     write(env, without_services((REPO / "etc/havs.yaml").read_text()))  # a file caught mid-copy
-    assert await d.handle_request({"command": "reload"}) == {"ok": True, "force": False}
+    assert await d.control.handle({"command": "reload"}) == {"ok": True, "force": False}
     await until(lambda: log.named("config.reload_refused"))
     assert log.named("config.reload_refused")[0]["reasons"] and d.view.config.virtual_services
     assert FakeIpvs.instances[0].table == seed_table(write(env))
     write(env, without_services((REPO / "etc/havs.yaml").read_text()))
-    assert await d.handle_request({"command": "reload", "force": True}) == {"ok": True, "force": True}
+    assert await d.control.handle({"command": "reload", "force": True}) == {"ok": True, "force": True}
     await until(lambda: log.named("config.reloaded"))
     assert log.named("config.reload_forced") and not d.view.config.virtual_services
     assert await stop(d, task) == 0
@@ -180,17 +182,17 @@ async def test_a_reload_whose_vrrp_part_cannot_start_keeps_vrrp_running(env: Pat
     running = d.vrrp.process
     monkeypatch.setattr(havs.vrrp_supervisor, "interface_exists", lambda name: name != "eth7")
     write(env, (REPO / "etc/havs.yaml").read_text().replace("client: eth0", "client: eth7", 1))
-    await d.handle_request({"command": "reload"})
+    await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))
     assert log.named("config.vrrp_not_applied")[0]["interfaces"] == ["eth7"]
     assert d.vrrp.process is running and running.calls == ["spawn", "start"]  # untouched: addresses kept
     FakeVrrp.start_error = RuntimeError("cannot bind the VRRP socket")
     write(env, (REPO / "etc/havs.yaml").read_text().replace("router_id: 51", "router_id: 52"))
-    await d.handle_request({"command": "reload"})
+    await d.control.handle({"command": "reload"})
     await until(lambda: len(log.named("config.reloaded")) == 2)
     assert log.named("config.reloaded")[1]["vrrp"] == "unavailable"  # previous one restarted: it failed too
     FakeVrrp.start_error = None
-    await d.handle_request({"command": "reload"})  # the same file again: VRRP is retried, not forgotten
+    await d.control.handle({"command": "reload"})  # the same file again: VRRP is retried, not forgotten
     await until(lambda: len(log.named("config.reloaded")) == 3)
     assert log.named("config.reloaded")[2]["vrrp"] == "restarted"
     assert d.vrrp.process is not None and d.vrrp.process.view.config.vrrp.router_id == 52  # type: ignore[attr-defined]
@@ -210,7 +212,7 @@ async def test_a_failed_vrrp_restart_brings_the_previous_instance_back(env: Path
 
     d.vrrp.factory = FailsOnce  # type: ignore[assignment]
     write(env, (REPO / "etc/havs.yaml").read_text().replace("router_id: 51", "router_id: 52"))
-    await d.handle_request({"command": "reload"})
+    await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))
     assert log.named("config.reloaded")[0]["vrrp"] == "kept previous config"
     assert d.vrrp.process is not None and d.vrrp.process.view.config.vrrp.router_id == 51  # type: ignore[attr-defined]
@@ -222,9 +224,9 @@ async def test_services_added_by_reload_to_a_daemon_started_without_any_are_appl
     seed = (REPO / "etc/havs.yaml").read_text()
     d, task = start(write(env, without_services(seed)), log)
     await until(lambda: log.named("daemon.ready"))
-    assert d.reconciler is None and FakeIpvs.instances == []
+    assert d.ipvs.reconciler is None and FakeIpvs.instances == []
     write(env, seed)
-    await d.handle_request({"command": "reload"})
+    await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))
     health = d.health
     assert isinstance(health, FakeHealth) and health.initial == "down"  # new servers earn their place
@@ -280,4 +282,189 @@ async def test_status_reaches_havs_status_through_the_control_socket(env: Path,
     wire = json.loads(capsys.readouterr().out)
     assert StatusSnapshot.from_dict(wire).services == d.snapshot().services
     assert wire["services"][0]["flags"] == [] and wire["vrrp"]["adverts_received"] == 4
+    assert await stop(d, task) == 0
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+SEED = (REPO / "etc/havs.yaml").read_text()
+SYNC = SEED.replace("  garp:\n", "  connection_sync: {interface: server, sync_id: 7, mode: follow}\n  garp:\n", 1)
+QUORUM = SEED.replace("    scheduler: rr\n", "    scheduler: rr\n    quorum: {min_weight: 1, priority_decrement: 50}\n",
+                      1)
+
+
+def sync_threads(ipvs: FakeIpvs) -> dict[str, tuple[str, int]]:
+    return {state: (d.ifname, d.syncid) for state, d in ipvs.sync.items()}
+
+
+async def test_sync_threads_end_in_the_latest_vrrp_state_when_changes_come_in_quick_succession(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env, SYNC), log)
+    await until(lambda: log.named("daemon.ready"))
+    ipvs = FakeIpvs.instances[0]
+    assert sync_threads(ipvs) == {"backup": ("eth1", 7)}
+    ipvs.netlink_delay = 0.02  # each netlink call takes a while: the two runs would interleave
+    [vrrp] = FakeVrrp.made
+    await asyncio.to_thread(vrrp.on_state, "BACKUP", "MASTER", "master_down")  # from the link's thread
+    await asyncio.to_thread(vrrp.on_state, "MASTER", "BACKUP", "higher_priority")
+    await asyncio.sleep(0.3)
+    assert sync_threads(ipvs) == {"backup": ("eth1", 7)}
+    assert log.named("ipvs.sync_daemon_failed") == []
+    await asyncio.to_thread(vrrp.on_state, "BACKUP", "MASTER", "master_down")
+    await until(lambda: sync_threads(ipvs) == {"master": ("eth1", 7)})
+    assert await stop(d, task) == 0
+
+
+async def test_a_reload_brings_the_sync_threads_to_the_new_config(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env, SYNC), log)
+    await until(lambda: log.named("daemon.ready"))
+    ipvs = FakeIpvs.instances[0]
+    write(env, SYNC.replace("sync_id: 7", "sync_id: 9"))
+    await d.control.handle({"command": "reload"})
+    await until(lambda: log.named("config.reloaded"))
+    await until(lambda: sync_threads(ipvs) == {"backup": ("eth1", 9)})
+    assert await stop(d, task) == 0
+
+
+async def test_a_reload_that_fails_half_way_still_tells_systemd_it_is_over(env: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(env / "notify"))
+    manager.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(env / "notify"))
+    log = ListLog()
+    d, task = start(write(env), log)
+    await until(lambda: log.named("daemon.ready"))
+
+    class Wedged(FakeVrrp):
+        def update(self, view: Any) -> bool:
+            raise RuntimeError("the link is gone")
+
+    d.vrrp.process.__class__ = Wedged  # type: ignore[union-attr]
+    write(env, SEED.replace("advert_interval: 0.1", "advert_interval: 0.2"))
+    await d.control.handle({"command": "reload"})
+    await until(lambda: log.named("daemon.error"))
+    sent = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sent.append(manager.recv(4096).decode())
+    reloading = next(i for i, m in enumerate(sent) if m.startswith("RELOADING=1"))
+    assert any(m.startswith("READY=1") for m in sent[reloading + 1:]), sent
+    assert not task.done()
+    manager.close()
+    assert await stop(d, task) == 0
+
+
+async def test_a_reloaded_reconcile_interval_takes_effect(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env), log)
+    await until(lambda: log.named("daemon.ready"))
+    write(env, SEED.replace("reconcile_interval: 5 ", "reconcile_interval: 0.05 "))
+    await d.control.handle({"command": "reload"})
+    await until(lambda: log.named("config.reloaded"))
+    rec = d.ipvs.reconciler
+    assert rec is not None
+    passes = rec.passes
+    await asyncio.sleep(0.5)  # no wake: only the interval runs passes now
+    assert rec.passes - passes >= 4
+    assert await stop(d, task) == 0
+
+
+async def test_a_priority_decrement_known_at_start_reaches_vrrp_only_after_its_start(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env, QUORUM.replace("  state_dir:", "  initial_health: down\n  state_dir:")), log)
+    await until(lambda: log.named("daemon.ready") or task.done())
+    assert not task.done() and log.named("vrrp.unavailable") == []
+    [vrrp] = FakeVrrp.made
+    await until(lambda: vrrp.decrement == 50)  # quorum lost: every server is down until `rise` checks
+    assert vrrp.calls == ["spawn", "start", "decrement 50"]
+    assert await stop(d, task) == 0
+
+
+async def test_a_vrrp_send_that_blocks_never_stalls_the_loop(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env, QUORUM), log)
+    await until(lambda: log.named("daemon.ready"))
+    [vrrp] = FakeVrrp.made
+    vrrp.decrement_delay = 1.0  # the link's lock held by a blocking send on another thread
+    health = d.health
+    assert isinstance(health, FakeHealth)
+    for key in health.up:
+        health.up[key] = False
+    d.wake.set()
+    loop = asyncio.get_running_loop()
+    worst, until_t = 0.0, loop.time() + 0.6
+    while loop.time() < until_t:
+        t = loop.time()
+        status = await d.control.handle({"command": "status"})
+        await asyncio.sleep(0.01)
+        worst = max(worst, loop.time() - t)
+    assert status["ok"] and worst < 0.3, f"the loop stalled {worst:.2f}s"
+    await until(lambda: vrrp.decrement == 50)
+    assert await stop(d, task) == 0
+
+
+async def test_a_vrrp_process_that_cannot_be_made_is_a_logged_start_error(env: Path) -> None:
+    class NoFork(FakeVrrp):
+        def spawn(self) -> None:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    log = ListLog()
+    d = Daemon(str(write(env)), "lvs1", log)  # type: ignore[arg-type]
+    d.vrrp.factory = NoFork  # type: ignore[assignment]
+    assert await asyncio.wait_for(d.run(), 5) == 1
+    assert "Resource temporarily unavailable" in log.named("vrrp.unavailable")[0]["error"]
+
+
+async def test_a_stop_does_not_wait_for_a_slow_reload_parse(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import havs.reload_reader
+
+    log = ListLog()
+    d, task = start(write(env), log)
+    await until(lambda: log.named("daemon.ready"))
+    slow = threading.Event()
+
+    def parse(*args: Any) -> Any:
+        slow.wait(3)  # a huge file
+        return load_view(*args)
+
+    monkeypatch.setattr(havs.reload_reader, "load_view", parse)
+    d._on_signal(signal.SIGHUP)
+    await asyncio.sleep(0.1)
+    t = asyncio.get_running_loop().time()
+    assert await stop(d, task) == 0
+    assert asyncio.get_running_loop().time() - t < 1.0
+    assert FakeVrrp.made[0].calls[-1] == "stop graceful=True"
+    slow.set()
+
+
+async def test_vrrp_is_stopped_gracefully_even_when_closing_the_control_socket_fails(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env), log)
+    await until(lambda: log.named("daemon.ready"))
+
+    async def broken() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    d.control.stop = broken  # type: ignore[method-assign]
+    assert await stop(d, task) == 0
+    assert FakeVrrp.made[0].calls[-1] == "stop graceful=True"
+    assert log.named("daemon.stop_failed")[0]["step"] == "control"
+
+
+async def test_a_reload_moving_state_dir_keeps_the_drains_and_names_settings_needing_a_restart(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env), log)
+    await until(lambda: log.named("daemon.ready"))
+    await d.control.handle({"command": "drain", "server": "192.168.72.128"})
+    text = write(env).read_text()
+    write(env, "\n".join(line for line in text.splitlines() if "state_dir" not in line and "control_socket" not in line)
+          .replace("settings:\n", f"settings:\n  state_dir: {env / 'moved'}\n  metrics_listen: 127.0.0.1:1\n", 1))
+    await d.control.handle({"command": "reload"})
+    await until(lambda: log.named("config.reloaded"))
+    assert json.loads((env / "moved" / "drained.json").read_text()) == [[SVC, "192.168.72.128:80"]]
+    assert log.named("config.restart_needed")[0]["settings"] == ["control_socket", "metrics_listen"]
     assert await stop(d, task) == 0

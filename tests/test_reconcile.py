@@ -3,15 +3,17 @@ servers, and survives anything the socket throws, repairing on the next pass."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 
 from fakes import FakeIpvs, ListLog
 
-from havs.core.config import parse_config
+from havs.core.config import parse_config, select_node
+from havs.core.controller import Controller
 from havs.core.desired import Removals, build_desired
 from havs.core.ipvs_table import IpvsTable, ServiceKey
 from havs.errors import HavsError
-from havs.reconcile import Reconciler
+from havs.reconcile import IpvsSide, Reconciler
 
 CONFIG = """\
 nodes:
@@ -105,3 +107,52 @@ async def test_dry_run_plans_without_applying_and_without_removals_deletes_at_on
     await rec.run_pass(desired())
     await rec.run_pass(desired(CONFIG.replace("      - {address: 192.168.72.129}\n", "")))
     assert servers(ipvs.table) == ["192.168.72.128:80"]
+
+
+SYNCED = """\
+nodes:
+  lvs1: {interfaces: {client: eth0, server: eth1}}
+vrrp:
+  router_id: 51
+  interface: server
+  addresses: [{address: 192.168.0.108/24, interface: client}]
+  connection_sync: {interface: server, sync_id: 3, mode: follow}
+"""
+
+
+def controller(text: str = CONFIG) -> Controller:
+    return Controller(select_node(parse_config(text), "lvs1", "lvs1"))
+
+
+async def test_sync_runs_are_serialised_and_plan_for_the_latest_state() -> None:
+    c, ipvs, log = controller(SYNCED), FakeIpvs(), ListLog()
+    side = IpvsSide(c, log, lambda: ipvs)
+    assert await side.open()
+    await side.sync_connections()
+    assert set(ipvs.sync) == {"backup"}
+    ipvs.netlink_delay = 0.02
+    c.vrrp_changed("MASTER")
+    first = asyncio.ensure_future(side.sync_connections())
+    await asyncio.sleep(0.03)  # the first run has planned for MASTER and is stopping the backup thread
+    c.vrrp_changed("BACKUP")
+    await asyncio.gather(first, side.sync_connections())
+    assert set(ipvs.sync) == {"backup"} and log.named("ipvs.sync_daemon_failed") == []
+
+
+async def test_the_ipvs_side_opens_once_says_why_it_cannot_and_runs_the_controllers_passes() -> None:
+    class NoModule(FakeIpvs):
+        async def open(self) -> FakeIpvs:
+            raise OSError(errno.ENOENT, "ip_vs: no such family (module not loaded)")
+
+    log = ListLog()
+    side = IpvsSide(controller(), log, NoModule)
+    assert not await side.open() and side.reconciler is None and await side.run_pass({}) is None
+    assert "module not loaded" in log.named("ipvs.unavailable")[0]["error"]
+    ipvs = FakeIpvs()
+    side = IpvsSide(controller(), log, lambda: ipvs)
+    assert await side.open()
+    opened = side.reconciler
+    assert await side.open() and side.reconciler is opened  # once
+    planned = await side.run_pass({})
+    assert planned is not None and ipvs.table == planned.table == desired().table
+    assert side.counters() == opened.counters() and side.last_actual is not None  # type: ignore[union-attr]

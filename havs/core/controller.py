@@ -137,6 +137,12 @@ class ReloadPlan:
     needs_ipvs: bool  # the new config has services (or purges): a reconciler must exist
     added: frozenset[RealServerKey]  # servers the running config did not have
     removed: frozenset[RealServerKey]
+    resync: bool = False  # connection sync is configured: bring the kernel's sync threads to the new config
+    restart_needed: tuple[str, ...] = ()  # changed settings only a restart applies (said, not silently ignored)
+    state_dir_moved: bool = False  # the drains must be written where the next start will read them
+
+
+RESTART_ONLY = ("control_socket", "metrics_listen")
 
 
 def needs_ipvs(config: Config) -> bool:
@@ -162,6 +168,7 @@ class Controller:
         # the view the running VRRP instance was made from: a reload whose VRRP part could not be applied
         # leaves it behind `view`, and the next reload tries again
         self.vrrp_view = view
+        self.vrrp_state = "BACKUP"  # every director starts as a backup; the VRRP process says what follows
 
     @property
     def config(self) -> Config:
@@ -200,11 +207,16 @@ class Controller:
         self.view = new
         for key in old_servers - new_servers:
             self.ramp_from.pop(key, None)
+        was, now = old.config.settings, new.config.settings
         return ReloadPlan(
             vrrp_changed=new.config.vrrp != self.vrrp_view.config.vrrp or new.node != self.vrrp_view.node,
             needs_ipvs=needs_ipvs(new.config),
             added=frozenset(new_servers - old_servers),
             removed=frozenset(old_servers - new_servers),
+            # always, not only on a change: a sync start that failed earlier is retried here
+            resync=new.config.vrrp is not None and new.config.vrrp.connection_sync is not None,
+            restart_needed=tuple(k for k in RESTART_ONLY if getattr(was, k) != getattr(now, k)),
+            state_dir_moved=was.state_dir != now.state_dir,
         )
 
     def vrrp_interfaces(self, view: NodeView) -> list[str]:
@@ -233,13 +245,21 @@ class Controller:
             (self.drained.add if request.drain else self.drained.discard)(key)
         return {"ok": True, "servers": [str(k) for k in matches]}, matches
 
-    # -- sync daemons
+    # -- VRRP state and sync daemons
 
-    def sync_actions(self, vrrp_state: str, running: Iterable[SyncDaemon]) -> list[SyncAction]:
+    def vrrp_changed(self, to: str) -> None:
+        self.vrrp_state = to
+
+    @property
+    def syncs_connections(self) -> bool:
+        return self.config.vrrp is not None and self.config.vrrp.connection_sync is not None
+
+    def sync_actions(self, running: Iterable[SyncDaemon]) -> list[SyncAction]:
+        """For the latest VRRP state: a run that started before a later state change still ends right."""
         vrrp = self.config.vrrp
         sync = vrrp.connection_sync if vrrp is not None else None
         ifname = self.view.ifname(sync.interface) if sync is not None else None
-        return sync_daemon_actions(sync, ifname, vrrp_state, running)
+        return sync_daemon_actions(sync, ifname, self.vrrp_state, running)
 
     # -- status
 
