@@ -15,6 +15,7 @@ from havs.core.model import Config, NodeView, Notify
 from havs.vrrp.announcer import Announcer, RateLimitedLog
 from havs.vrrp.notify import NotifyRunner
 from havs.vrrp.process import VrrpProcess
+from havs.vrrp.protocol import Snapshot
 from havs.vrrp.shell import VrrpShell
 
 
@@ -168,3 +169,34 @@ async def test_effects_worker_survives_a_failing_effect() -> None:
     await asyncio.wait_for(worker, 2)
     assert ran == [1] and shell.warn.counts["effect:OSError"] == 2
     assert [ev for ev, _ in log.events] == ["vrrp.effect_failed"]
+
+
+def test_decrement_waits_for_a_started_child_and_never_blocks() -> None:
+    import socket as _socket
+
+    proc = VrrpProcess(view(), log=ListLog())
+    ours, theirs = _socket.socketpair()
+    proc._sock = ours
+    proc.set_priority_decrement(20)  # not started: nothing may reach the child before Start
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)
+    proc._ready.set()
+    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 4096)
+    while True:  # fill the link: the child is stalled
+        try:
+            ours.send(b"x" * 4096, _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    t0 = time.monotonic()
+    proc.set_priority_decrement(30)
+    assert time.monotonic() - t0 < 0.05 and proc._sent_decrement == 0
+    while True:  # the child catches up; its next push retries
+        try:
+            theirs.recv(1 << 16)
+        except BlockingIOError:
+            break
+    proc._dispatch(Snapshot({"state": "BACKUP"}))
+    assert proc._sent_decrement == 30
+    ours.close()
+    theirs.close()

@@ -68,6 +68,7 @@ class VrrpProcess:
         self._started = False  # start() succeeded once: from then on a dead child is restarted
         self._stopping = False
         self._decrement = 0
+        self._sent_decrement = 0  # what the running child was told
         self._snapshot: dict[str, Any] = {"state": "INIT", "since": None}
         self._last_push = time.monotonic()
         self._replies: dict[int, tuple[threading.Event, list[bool]]] = {}
@@ -97,6 +98,7 @@ class VrrpProcess:
             self.stop(graceful=False)
             raise RuntimeError(error)
         self._started = True
+        self._flush_decrement()
 
     def stop(self, graceful: bool = True) -> None:
         """graceful: a MASTER resigns and hands the addresses over (make before break); anything else
@@ -120,11 +122,9 @@ class VrrpProcess:
             self._proc = self._sock = None
 
     def set_priority_decrement(self, n: int) -> None:
-        """Never blocks (a full link buffer drops the message; the snapshot tells)."""
-        if n != self._decrement:
-            self._decrement = n
-            with contextlib.suppress(OSError):
-                self._send(SetDecrement(n), block=False)
+        """Never blocks: if the link is busy or full, the child's next push retries it."""
+        self._decrement = n
+        self._flush_decrement()
 
     def update(self, view: NodeView) -> bool:
         """Reloaded settings in place; False: the caller restarts the process. Blocking."""
@@ -180,15 +180,31 @@ class VrrpProcess:
         interval = vrrp.advert_interval if vrrp else 1.0
         return 3 * interval + 0.5 + 5.0  # the handover wait, then some
 
-    def _send(self, message: protocol.Message, block: bool = True) -> None:
+    def _send(self, message: protocol.Message) -> None:
         data = protocol.encode(message)
         with self._lock:
             if self._sock is None:
                 raise OSError("VRRP process not started")
-            if block:
-                self._sock.sendall(data)
-            else:
-                self._sock.send(data, socket.MSG_DONTWAIT)
+            self._sock.sendall(data)
+
+    def _flush_decrement(self) -> None:
+        n = self._decrement
+        if n == self._sent_decrement or not self._ready.is_set() or self._start_error is not None:
+            return  # before Ready the child takes nothing but Start
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._sock is None:
+                return
+            data = protocol.encode(SetDecrement(n))
+            sent = self._sock.send(data, socket.MSG_DONTWAIT)
+            if sent < len(data):
+                self._sock.sendall(data[sent:])  # a line is never left half-written
+            self._sent_decrement = n
+        except OSError:  # BlockingIOError included: the next push retries
+            pass
+        finally:
+            self._lock.release()
 
     def _read_forever(self) -> None:
         """Read the link; when it ends without a stop, restart the child."""
@@ -223,8 +239,8 @@ class VrrpProcess:
             self._ready.clear()
             self._start_error = None
             self._send(Start(self.view.model_dump(mode="json")))
-            if self._decrement:
-                self._send(SetDecrement(self._decrement))
+            self._sent_decrement = 0  # a new child starts at the configured priority
+            self._flush_decrement()
         except OSError as e:
             self._log.error("vrrp.restart_failed", error=str(e))
             return
@@ -253,6 +269,7 @@ class VrrpProcess:
         if isinstance(message, Snapshot):
             self._snapshot = message.data
             self._last_push = time.monotonic()
+            self._flush_decrement()
         elif isinstance(message, StateChange):
             if self._on_state is not None:
                 try:
