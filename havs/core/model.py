@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from havs.core.scalars import item_type, strict_message
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -46,9 +48,23 @@ _STATUS_RANGE = re.compile(r"^(\d{3})(?:-(\d{3}))?$")
 
 
 class Strict(BaseModel):
-    """Every config object: unknown keys are errors, objects are immutable once loaded."""
+    """Every config object: unknown keys are errors, objects are immutable once loaded, and scalars are never
+    coerced across YAML types (`priority: true`, `address: 1`, `port: "80"` are errors: core.scalars)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, v: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(v, list):
+            item = item_type(annotation)
+            for i, x in enumerate(v if item is not None else ()):
+                if (why := strict_message(item, x)) is not None:
+                    raise Problem((i,), why)
+        elif (why := strict_message(annotation, v)) is not None:
+            raise ValueError(why)
+        return v
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -214,6 +230,8 @@ class VirtualService(Strict):
     quorum: Quorum | None = None
     check: Check = Field(default_factory=Check)
     real_servers: list[RealServer] = Field(default_factory=list)
+    # vrrp: the address floats with the VRRP MASTER; bgp: every director announces it (docs/scaleout.md)
+    announce: Literal["vrrp", "bgp"] = "vrrp"
 
     @field_validator("scheduler")
     @classmethod
@@ -364,6 +382,73 @@ class Vrrp(Strict):
         return self
 
 
+# ------------------------------------------------------------------------------------------------- BGP
+
+Asn = Annotated[int, Range(1, 4294967295)]
+_COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})$")
+
+
+class BgpNeighbor(Strict):
+    """An upstream router this director announces its VIPs to (BIRD's `neighbor ADDRESS as ASN`)."""
+
+    address: IPAddress
+    asn: Asn
+    password: Annotated[str, Field(min_length=1, max_length=80)] | None = None
+    multihop: bool = Field(default=False, description="eBGP to a router that is not on a directly connected LAN")
+
+    @field_validator("password")
+    @classmethod
+    def _quotable(cls, v: str | None) -> str | None:
+        if v is not None and ('"' in v or "\\" in v or not v.isprintable()):
+            raise ValueError("must be printable text without quotes or backslashes")
+        return v
+
+
+class Bfd(Strict):
+    """Bidirectional Forwarding Detection on every BGP session: a dead director is dropped by the router
+    within interval x multiplier instead of the BGP hold time."""
+
+    enabled: bool = True
+    interval: Annotated[float, Range(0.01, 10)] = 0.1
+    multiplier: Annotated[int, Range(1, 255)] = 3
+
+
+class Bgp(Strict):
+    """Active-active announcement of `announce: bgp` services over BGP (BIRD 2 started by havs)."""
+
+    asn: Asn = Field(description="this director's AS (the same on every director)")
+    neighbors: list[BgpNeighbor] = Field(min_length=1)
+    hold_time: Annotated[int, Range(3, 65535)] = 9
+    keepalive_time: Annotated[int, Range(1, 21845)] = 3
+    bfd: Bfd = Field(default_factory=Bfd)
+    communities: list[str] = Field(default_factory=list, description="added to every announced VIP: 'ASN:value'")
+    med: Annotated[int, Range(0, 4294967295)] | None = None
+    bird: str = Field(default="bird", description="the BIRD 2 binary (a name on PATH or a path)")
+    run_dir: str = Field(default="/run/havs/bird", description="BIRD's rendered config, control socket and log")
+    loopback: str = Field(default="lo", description="where the VIPs are put (/32 or /128) so IPVS sees them as local")
+
+    @field_validator("communities")
+    @classmethod
+    def _communities(cls, v: list[str]) -> list[str]:
+        for item in v:
+            m = _COMMUNITY.match(item)
+            if not m or not all(int(g) <= 65535 for g in m.groups()):
+                raise ValueError(f"a community is 'ASN:value' with both 0..65535, got {item!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _timers(self) -> Bgp:
+        if self.keepalive_time * 3 > self.hold_time:
+            raise Problem(("keepalive_time",), f"must be at most hold_time/3 ({self.hold_time}), got "
+                                               f"{self.keepalive_time}")
+        seen: set[str] = set()
+        for i, n in enumerate(self.neighbors):
+            if str(n.address) in seen:
+                raise Problem(("neighbors", i, "address"), f"{n.address} is listed twice")
+            seen.add(str(n.address))
+        return self
+
+
 # ----------------------------------------------------------------------------------------------- nodes
 
 
@@ -374,6 +459,7 @@ class Node(Strict):
     priority: Annotated[int, Range(1, 254)] = 100
     interfaces: dict[str, str] = Field(description="role name (client, server, …) → interface name")
     unicast_src: IPAddress | None = None
+    router_id: ipaddress.IPv4Address | None = Field(default=None, description="BGP router id; needed with bgp")
 
     @field_validator("interfaces")
     @classmethod
@@ -416,10 +502,12 @@ class Config(Strict):
     settings: Settings = Field(default_factory=Settings)
     nodes: dict[str, Node] = Field(min_length=1)
     vrrp: Vrrp | None = None
+    bgp: Bgp | None = None
     virtual_services: list[VirtualService] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        _bgp_checks(self)
         if self.vrrp is not None:
             v = self.vrrp
             roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
@@ -437,6 +525,40 @@ class Config(Strict):
                 raise Problem(("virtual_services", i), f"{vs.name} is declared twice")
             keys.add(vs.name)
         return self
+
+
+def _bgp_checks(config: Config) -> None:
+    """What active-active needs (docs/scaleout.md): a `bgp:` section and a router id per director; replies
+    that never cross the director (DR or TUN, not NAT); a scheduler every director computes alike (mh/sh);
+    and destinations that keep their order, so health failures set weight 0 (inhibit) and never remove."""
+    announced = [(i, vs) for i, vs in enumerate(config.virtual_services) if vs.announce == "bgp"]
+    if config.bgp is not None:
+        for name, node in config.nodes.items():
+            if node.router_id is None:
+                raise Problem(("nodes", name), "bgp needs a router_id for every node (an IPv4 address)")
+    for i, vs in announced:
+        where: tuple[str | int, ...] = ("virtual_services", i)
+        if config.bgp is None:
+            raise Problem((*where, "announce"), "announce: bgp needs a top-level bgp: section")
+        if vs.address is None:
+            raise Problem((*where, "announce"), "a fwmark service has no VIP to announce; announce its address")
+        if vs.scheduler not in ("mh", "sh"):
+            raise Problem((*where, "scheduler"), f"announce: bgp needs mh (or sh): every director must pick the "
+                                                 f"same real server for a flow, got {vs.scheduler}")
+        if vs.on_down != "inhibit":
+            raise Problem((*where, "on_down"), "announce: bgp needs on_down: inhibit (a removed and re-added "
+                                               "server changes the destination order mh hashes over)")
+        for j, rs in enumerate(vs.real_servers):
+            if vs.real_server_forwarding(rs) == "nat":
+                key = (*where, "real_servers", j, "forwarding") if rs.forwarding else (*where, "forwarding")
+                raise Problem(key, "announce: bgp needs dr or tun: with several active directors NAT replies "
+                                   "cannot find their way back")
+    if config.vrrp is not None:
+        vrrp_ips = {str(fa.address.ip) for fa in config.vrrp.addresses}
+        for i, vs in announced:
+            if str(vs.address) in vrrp_ips:
+                raise Problem(("virtual_services", i, "address"), f"{vs.address} is a VRRP address; a VIP is "
+                                                                  "announced by one of vrrp or bgp")
 
 
 class NodeView(Strict):
