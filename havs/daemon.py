@@ -128,7 +128,7 @@ class Daemon:
             self.log.info("daemon.stopped")
 
     async def _open_ipvs(self, initial: str) -> bool:
-        """The IPVS side and the health checks, made when the first config with services arrives."""
+        """The IPVS side and the health checks, made when the first config that needs IPVS arrives."""
         if self.health is not None or not await self.ipvs.open():
             return self.health is not None
         self.health = HealthService(self.view.config.virtual_services, log=self.log, on_change=self.on_health_change,

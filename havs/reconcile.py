@@ -5,7 +5,7 @@ Used by the daemon (every pass, level-triggered: a stray `ipvsadm -C` is repaire
 throws (ENOBUFS on a dump, a netlink error, a bug) is counted, logged once per kind with the stage it
 concerns, and the next pass tries again from a fresh dump.
 
-`IpvsSide` is the daemon's IPVS shell around it: the socket opened when the first config with services
+`IpvsSide` is the daemon's IPVS shell around it: the socket opened when the first config needing IPVS
 arrives, passes as `havs.core.controller.Controller` plans them, and the kernel's connection-sync threads
 as the controller says for the latest VRRP state.
 """

@@ -468,3 +468,12 @@ async def test_a_reload_moving_state_dir_keeps_the_drains_and_names_settings_nee
     assert json.loads((env / "moved" / "drained.json").read_text()) == [[SVC, "192.168.72.128:80"]]
     assert log.named("config.restart_needed")[0]["settings"] == ["control_socket", "metrics_listen"]
     assert await stop(d, task) == 0
+
+
+async def test_connection_sync_runs_on_a_director_started_without_services(env: Path) -> None:
+    log = ListLog()
+    d, task = start(write(env, without_services(SYNC)), log)
+    await until(lambda: log.named("daemon.ready"))
+    [ipvs] = FakeIpvs.instances
+    assert sync_threads(ipvs) == {"backup": ("eth1", 7)} and ipvs.table == IpvsTable([])
+    assert await stop(d, task) == 0

@@ -134,7 +134,7 @@ def sync_daemon_actions(sync: ConnectionSync | None, ifname: str | None, vrrp_st
 @dataclass(frozen=True)
 class ReloadPlan:
     vrrp_changed: bool  # the VRRP part differs from what the running VRRP instance was made from
-    needs_ipvs: bool  # the new config has services (or purges): a reconciler must exist
+    needs_ipvs: bool  # the new config has services, purges or syncs connections: the IPVS socket must be open
     added: frozenset[RealServerKey]  # servers the running config did not have
     removed: frozenset[RealServerKey]
     resync: bool = False  # connection sync is configured: bring the kernel's sync threads to the new config
@@ -146,7 +146,9 @@ RESTART_ONLY = ("control_socket", "metrics_listen")
 
 
 def needs_ipvs(config: Config) -> bool:
-    return bool(config.virtual_services) or config.settings.purge_unmanaged
+    """Connection sync counts: a director whose services come by a later reload still runs sync threads."""
+    return bool(config.virtual_services) or config.settings.purge_unmanaged or (
+        config.vrrp is not None and config.vrrp.connection_sync is not None)
 
 
 def servers_of(config: Config) -> list[RealServerKey]:
