@@ -20,7 +20,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    view = load_view(args.config, args.node)
+    view = load_view(args.config, args.node, host_checks=not args.offline)
     print(config_summary(view, args.config))
     return EXIT_OK
 
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate the config and summarise it for this node (like keepalived -t)")
     with_config(p)
+    p.add_argument("--offline", action="store_true",
+                   help="skip what only the director can say (its interfaces exist, notify commands are executable)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("run", help="run the daemon")

@@ -8,6 +8,7 @@ errors too.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from havs.core.model import Config, NodeView, Problem
+from havs.core.model import Config, Node, NodeView, Problem, Settings, VirtualService, Vrrp
+from havs.core.semantics import semantic_problems
 from havs.errors import ConfigError, ConfigProblem
 
 Path = tuple[str | int, ...]
@@ -37,10 +39,26 @@ def path_str(path: Iterable[str | int]) -> str:
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated config and where it came from."""
+    """A validated config, where it came from, and the line of every key path (for later problems: the
+    host checks of `havs check`)."""
 
     config: Config
     file: str
+    lines: dict[Path, int]
+
+    def line_of(self, path: Path) -> int | None:
+        return _line_of(self.lines, path)
+
+    def problem(self, path: Path, message: str) -> ConfigProblem:
+        return ConfigProblem(self.file, self.line_of(path), path_str(path), message)
+
+
+def _line_of(lines: dict[Path, int], path: Path) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
 
 
 # Bounds on what a file may make the builder do: a YAML alias is a reference, so ten lines of nested
@@ -147,11 +165,7 @@ class _Builder:
         self.problems.append(ConfigProblem(self.file, line, path_str(path), message))
 
     def line_of(self, path: Path) -> int | None:
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = path[:-1]
-        return self.lines.get(())
+        return _line_of(self.lines, path)
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -198,6 +212,11 @@ def _clean_loc(loc: tuple[Any, ...]) -> Path:
 def parse_config(text: str, file: str = "<config>") -> Config:
     """Parse and validate; raise ConfigError listing every problem with file:line: path: message.
     Nothing else escapes: whatever a parser or validator raises on hostile input is a ConfigError too."""
+    return parse_located(text, file).config
+
+
+def parse_located(text: str, file: str = "<config>") -> LoadedConfig:
+    """parse_config, keeping the line of every key path."""
     try:
         return _parse(text, file)
     except ConfigError:
@@ -206,7 +225,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         raise ConfigError([ConfigProblem(file, None, "", f"cannot be parsed: {type(e).__name__}: {e}")]) from None
 
 
-def _parse(text: str, file: str) -> Config:
+def _parse(text: str, file: str) -> LoadedConfig:
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
@@ -230,25 +249,93 @@ def _parse(text: str, file: str) -> Config:
             "YAML aliases expand to too many nodes (an alias bomb?); write the values out")]) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(file, 1, "", "the top level must be a mapping of keys")])
+    _default_checks(data)
     _merge_real_server_checks(data)
     problems = list(builder.problems)
     said = {p.path for p in problems}  # a value the builder already rejected needs no second message
     try:
-        config = Config.model_validate(data)
+        config: Config | None = Config.model_validate(data)
     except ValidationError as e:
-        for err in e.errors(include_url=False):
-            loc = _clean_loc(tuple(err["loc"]))
-            cause = (err.get("ctx") or {}).get("error")
-            if isinstance(cause, Problem):
-                loc = (*loc, *cause.where)
-            if path_str(loc) in said:
-                continue
-            problems.append(ConfigProblem(file, builder.line_of(loc), path_str(loc), _message(dict(err))))
+        problems += _located(e, (), builder, said)
         config = None
+    said |= {p.path for p in problems}
+    parts = _parts(config) if config is not None else _valid_parts(data)
+    for path, message in semantic_problems(*parts):
+        if not any(path_str(path[:n]) in said for n in range(1, len(path) + 1)):
+            problems.append(ConfigProblem(file, builder.line_of(path), path_str(path), message))
     if problems or config is None:
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ConfigError(_dedupe(problems))
-    return config
+    return LoadedConfig(config, file, builder.lines)
+
+
+def _located(e: ValidationError, prefix: Path, builder: _Builder, said: set[str]) -> list[ConfigProblem]:
+    out = []
+    for err in e.errors(include_url=False):
+        loc = (*prefix, *_clean_loc(tuple(err["loc"])))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, Problem):
+            loc = (*loc, *cause.where)
+        if path_str(loc) in said:
+            continue
+        out.append(ConfigProblem(builder.file, builder.line_of(loc), path_str(loc), _message(dict(err))))
+    return out
+
+
+Parts = tuple[Settings | None, dict[str, Node], Vrrp | None, list[tuple[int, VirtualService]]]
+
+
+PARTIAL_ROUNDS = 4
+
+
+def _drop(data: Any, loc: Path, missing: bool) -> bool:
+    """Delete the deepest mapping key on `loc` (for a missing key: the one above it); True if one was."""
+    holder: tuple[dict[str, Any], str] | None = None
+    node = data
+    for part in loc[:-1] if missing else loc:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            holder = (node, part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            break
+    if holder is None:
+        return False
+    del holder[0][holder[1]]
+    return True
+
+
+def _parts(config: Config) -> Parts:
+    return config.settings, dict(config.nodes), config.vrrp, list(enumerate(config.virtual_services))
+
+
+def _valid_parts(data: dict[str, Any]) -> Parts:
+    """The sections of a file that failed validation which are valid on their own: their meaning is still
+    checked, so one run reports every problem."""
+
+    def valid(model: type[Any], value: Any) -> Any:
+        # Drop each key that failed (its default stands in) and try again: a typo in one key must not hide
+        # what the rest of the section means. List items are never dropped, so indexes stay the file's.
+        value = copy.deepcopy(value)
+        for _ in range(PARTIAL_ROUNDS):
+            try:
+                return model.model_validate(value)
+            except ValidationError as e:
+                if not any(_drop(value, _clean_loc(tuple(err["loc"])), err.get("type") == "missing")
+                           for err in e.errors(include_url=False)):
+                    return None
+        return None
+
+    settings = valid(Settings, data.get("settings") if data.get("settings") is not None else {})
+    raw_nodes = data.get("nodes")
+    nodes = {k: n for k, v in raw_nodes.items() if (n := valid(Node, v)) is not None} \
+        if isinstance(raw_nodes, dict) else {}
+    vrrp = valid(Vrrp, data["vrrp"]) if data.get("vrrp") is not None else None
+    raw_services = data.get("virtual_services")
+    services = [(i, vs) for i, v in enumerate(raw_services) if (vs := valid(VirtualService, v)) is not None] \
+        if isinstance(raw_services, list) else []
+    return settings, nodes, vrrp, services
 
 
 def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:
@@ -260,6 +347,22 @@ def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:
             seen.add(key)
             out.append(p)
     return out
+
+
+# A TCP connect is no check of a UDP or SCTP server (it fails on a healthy one, or passes on the wrong
+# socket), and a fwmark service has no port to connect to: without an explicit `check:` their real servers
+# are not probed (keepalived's real_server without a checker); docs/config.md says so.
+UNPROBED = {"type": "none"}
+
+
+def _default_checks(data: dict[str, Any]) -> None:
+    services = data.get("virtual_services")
+    if not isinstance(services, list):
+        return
+    for vs in services:
+        if isinstance(vs, dict) and "check" not in vs and (
+                vs.get("protocol") in ("udp", "sctp") or vs.get("fwmark") is not None):
+            vs["check"] = dict(UNPROBED)
 
 
 def _merge_real_server_checks(data: dict[str, Any]) -> None:

@@ -1,0 +1,159 @@
+"""What a config means, checked across keys: the mistakes a schema accepts and a director cannot run.
+
+Each check takes the parts of the file that validated on their own, so a file with a typo in one service
+still gets every other problem reported in the same run (`havs check` finds everything at once). Every
+problem is (key path, message); `core.config` adds file and line. Pure: nothing here looks at the host
+(interfaces, notify commands on disk: `havs.configfile.host_problems`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+from collections.abc import Iterator, Sequence
+
+from havs.core.model import IPAddress, Node, Settings, VirtualService, Vrrp
+
+Path = tuple[str | int, ...]
+Found = tuple[Path, str]
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+
+
+def semantic_problems(
+    settings: Settings | None,
+    nodes: dict[str, Node],
+    vrrp: Vrrp | None,
+    services: Sequence[tuple[int, VirtualService]],
+) -> list[Found]:
+    found: list[Found] = []
+    if settings is not None:
+        found += _settings(settings)
+    found += _nodes(nodes)
+    if vrrp is not None:
+        found += _vrrp(vrrp)
+    found += _services(services, vrrp)
+    return found
+
+
+def host_address(ip: IPAddress) -> str | None:
+    """Why `ip` cannot be one host's address (a VIP, a real server, a peer), or None."""
+    if ip.is_unspecified:
+        return f"{ip} is the unspecified address, not a host"
+    if ip.is_multicast:
+        return f"{ip} is a multicast address, not a host"
+    if ip.is_loopback:
+        return f"{ip} is a loopback address, not reachable from another host"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address, not a host"
+    return None
+
+
+def _settings(s: Settings) -> Iterator[Found]:
+    if not s.state_dir:
+        yield ("settings", "state_dir"), "must not be empty (drained servers are kept there across restarts)"
+    elif not s.state_dir.startswith("/"):
+        yield ("settings", "state_dir"), f"must be an absolute path, got {s.state_dir!r}"
+    sock = s.control_socket
+    where = ("settings", "control_socket")
+    if not sock:
+        yield where, "must not be empty"
+        return
+    if not sock.startswith("/"):
+        yield where, f"must be an absolute path, got {sock!r} (relative to what the daemon's directory is)"
+        return
+    if sock.endswith("/"):
+        yield where, f"is a directory, not a socket path, got {sock!r}"
+        return
+    if len(sock.encode("utf-8", "surrogateescape")) > UNIX_PATH_MAX:
+        yield where, f"is longer than a Unix socket path may be ({UNIX_PATH_MAX} bytes)"
+    if s.state_dir.startswith("/") and posixpath.normpath(sock) == posixpath.normpath(s.state_dir):
+        yield where, "is the state_dir; the socket needs a path of its own"
+
+
+def socket_collision(socket_path: str, config_path: str) -> str | None:
+    """Why the control socket cannot live at `socket_path` given the config's absolute path, or None.
+    (Binding the socket replaces whatever file is at its path.)"""
+    sock, config = posixpath.normpath(socket_path), posixpath.normpath(config_path)
+    if sock == config:
+        return "is the config file itself: starting the daemon would replace the file with a socket"
+    if posixpath.dirname(sock) == posixpath.dirname(config):
+        return (f"is beside the config in {posixpath.dirname(config)} (read-only under the unit's "
+                "ProtectSystem=strict, and a socket among configs invites mistakes): use /run/havs/control.sock")
+    return None
+
+
+def _nodes(nodes: dict[str, Node]) -> Iterator[Found]:
+    owner: dict[str, str] = {}
+    for name, node in nodes.items():
+        names = {name, node.hostname or name}
+        where: Path = ("nodes", name, "hostname") if node.hostname else ("nodes", name)
+        for host in sorted(names):
+            other = owner.get(host)
+            if other is not None and other != name:
+                yield where, f"{host!r} also names node {other}: each director must be told apart by its hostname"
+                break
+        for host in names:
+            owner.setdefault(host, name)
+        if node.unicast_src is not None and (why := host_address(node.unicast_src)):
+            yield ("nodes", name, "unicast_src"), why
+        if not node.interfaces:
+            yield ("nodes", name, "interfaces"), "must name at least one interface"
+
+
+def _vrrp(v: Vrrp) -> Iterator[Found]:
+    for i, fa in enumerate(v.addresses):
+        where: Path = ("vrrp", "addresses", i, "address")
+        net, ip = fa.address.network, fa.address.ip
+        if net.prefixlen == 0:
+            yield where, f"{fa.address} covers every address; a floating address is one host with its LAN's prefix"
+        elif why := host_address(ip):
+            yield where, why
+        elif ip.version == 4 and net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
+            kind = "network" if ip == net.network_address else "broadcast"
+            yield where, f"{ip} is the {kind} address of {net}, not a host"
+    for i, peer in enumerate(v.unicast_peers):
+        if why := host_address(peer):
+            yield ("vrrp", "unicast_peers", i), why
+    for hook in ("master", "backup", "fault", "stop"):
+        argv = getattr(v.notify, hook)
+        if argv is None:
+            continue
+        where = ("vrrp", "notify", hook)
+        if not argv:
+            yield where, "is an empty command; leave the key out to run nothing"
+        elif not argv[0].startswith("/"):
+            yield (*where, 0), (f"{argv[0]!r} must be an absolute path: hooks run without a shell, and the unit's "
+                                "PATH is not the operator's")
+
+
+def _services(services: Sequence[tuple[int, VirtualService]], vrrp: Vrrp | None) -> Iterator[Found]:
+    floating = {fa.address.ip: i for i, fa in enumerate(vrrp.addresses)} if vrrp else {}
+    for i, vs in services:
+        base: Path = ("virtual_services", i)
+        if vs.address is not None and (why := host_address(vs.address)):
+            yield (*base, "address"), why
+        for j, rs in enumerate(vs.real_servers):
+            where: Path = (*base, "real_servers", j, "address")
+            if why := host_address(rs.address):
+                yield where, why
+            elif rs.address in floating:
+                k = floating[rs.address]
+                yield where, (f"{rs.address} is a floating address (vrrp.addresses[{k}]): the VIP or the gateway "
+                              "cannot also be a real server")
+            elif rs.address == vs.address:
+                yield where, f"{rs.address} is the service's own address"
+            for key in ("connect_address", "source_address"):
+                ip = getattr(rs.check, key) if rs.check else None  # the service's own is reported once, below
+                if ip is not None and ip != getattr(vs.check, key) and (ip.is_unspecified or ip.is_multicast):
+                    yield (*base, "real_servers", j, "check", key), f"{ip} is not a host address"
+        if vs.quorum is not None and vs.quorum.sorry_server is not None:
+            ip = vs.quorum.sorry_server.address
+            where = (*base, "quorum", "sorry_server", "address")
+            if why := host_address(ip):
+                yield where, why
+            elif ip in floating:
+                yield where, f"{ip} is a floating address (vrrp.addresses[{floating[ip]}]), not a sorry server"
+        for key in ("connect_address", "source_address"):
+            ip = getattr(vs.check, key)
+            if ip is not None and (ip.is_unspecified or ip.is_multicast):
+                yield (*base, "check", key), f"{ip} is not a host address"
