@@ -185,7 +185,7 @@ def _message(err: dict[str, Any]) -> str:
     if (
         "input" in err
         and not isinstance(err["input"], dict | list)
-        and repr(err["input"]) not in msg
+        and not re.search(rf"(?<![\w.]){re.escape(repr(err['input']))}(?![\w.])", msg)
         and kind not in ("model_type", "dict_type", "list_type")
     ):
         msg += f", got {err['input']!r}"
