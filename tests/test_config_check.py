@@ -53,7 +53,8 @@ def test_schema_and_meaning_errors_come_in_one_run() -> None:
 
 def test_udp_sctp_and_fwmark_services_are_not_probed_unless_told() -> None:
     text = SEED + ("  - {address: 192.168.0.108, port: 53, protocol: udp, real_servers: [{address: 192.168.72.128}]}\n"
-                   "  - {address: 192.168.0.108, port: 3868, protocol: sctp,\n     real_servers: [{address: 192.168.72.128}]}\n"
+                   "  - {address: 192.168.0.108, port: 3868, protocol: sctp,\n"
+                   "     real_servers: [{address: 192.168.72.128}]}\n"
                    "  - {fwmark: 7, real_servers: [{address: 192.168.72.128}]}\n"
                    "  - {address: 192.168.0.108, port: 54, protocol: udp, check: {type: tcp, connect_port: 53},\n"
                    "     real_servers: [{address: 192.168.72.128}]}\n")
