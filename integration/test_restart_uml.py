@@ -36,12 +36,14 @@ def when(event: dict[str, object]) -> float:
 
 def test_killed_master_restarts_without_stale_addresses(lab: SeedLab, tmp_path: Path) -> None:
     configs, logs = {}, {}
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "run").mkdir()  # sockets apart from configs, as the daemon requires
     for node in ("lvs1", "lvs2"):
-        configs[node] = tmp_path / f"havs-{node}.yaml"
+        configs[node] = tmp_path / "etc" / f"havs-{node}.yaml"
         configs[node].write_text(SEED_CONFIG.replace("reconcile_interval: 5", "reconcile_interval: 1")
-                                 .replace("/run/havs/control.sock", str(tmp_path / f"control-{node}.sock"))
+                                 .replace("/run/havs/control.sock", str(tmp_path / "run" / f"control-{node}.sock"))
                                  .replace("/var/lib/havs", str(tmp_path / f"state-{node}")))
-        logs[node] = tmp_path / f"havs-{node}.log"
+        logs[node] = lab.workdir / f"restart-havs-{node}.log"  # dumped by the lab fixture on failure
         lab.start_havs(node, configs[node], log_path=logs[node])
     wait_until("lvs1 alone holds both addresses", lambda: one_holder_each(lab) == (["lvs1"], ["lvs1"]), 60)
     wait_until("lvs2 settled as BACKUP", lambda: [e["to"] for e in log_events(logs["lvs2"], "vrrp.state")][-1:]
@@ -61,7 +63,7 @@ def test_killed_master_restarts_without_stale_addresses(lab: SeedLab, tmp_path: 
         stale_before = one_holder_each(lab)  # lvs1's leftovers are still there: the case to repair
         client.wait_for(lambda s: s.successes >= 10, 20, since=client.now())
 
-        restart_log = tmp_path / "havs-lvs1-restarted.log"
+        restart_log = lab.workdir / "restart-havs-lvs1-again.log"
         lab.start_havs("lvs1", configs["lvs1"], log_path=restart_log)
         wait_until("lvs1's VRRP started again", lambda: bool(log_events(restart_log, "vrrp.started")), 60, 0.02)
         # the restarted lvs1 preempts after its down interval: then lvs2 lets go
