@@ -6,6 +6,14 @@ journal stream closed), a value that cannot be rendered, a bad format string —
 into a stuck daemon. Every such failure is swallowed and counted (`failures()`); a value that cannot be
 rendered still gives a line with the event's name; a stream that is gone for good is pointed at
 /dev/null so that the interpreter's final flush does not fail either (it would exit 120).
+
+Priorities in the journal: when stdout *is* the journal's stream (JOURNAL_STREAM names its device and
+inode), each line starts with the syslog priority `<N>`, which journald strips and stores as PRIORITY=N
+(errors 3, warnings 4, info 6, debug 7), so `journalctl -p err -u havs` shows the errors. Never on a
+terminal, a pipe or a file: there the line is plain JSON. The `<N>` prefix rather than the native journal
+protocol: it keeps one output path (stdout, which the unit already connects to the journal, and which
+`havs run | tee` keeps), needs no extra socket in the sandbox, and `journalctl -o cat` still shows the
+JSON line unchanged; the native protocol's extra fields would duplicate what the JSON already carries.
 """
 
 from __future__ import annotations
@@ -28,6 +36,22 @@ LogFormat = Literal["auto", "json", "console"]
 def _under_systemd() -> bool:
     # journald sets JOURNAL_STREAM for services whose stdout/stderr go to the journal; INVOCATION_ID for any unit.
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+
+
+# syslog priorities (RFC 5424) of structlog's method names
+PRIORITY = {"debug": 7, "info": 6, "msg": 6, "log": 6, "warning": 4, "warn": 4, "error": 3, "err": 3,
+            "exception": 3, "failure": 3, "critical": 2, "fatal": 2}
+
+
+def journal_stream(stream: TextIO) -> bool:
+    """True if `stream` is the journal's stdout stream for this service (JOURNAL_STREAM is `dev:inode`)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(part) for part in value.split(":"))
+        info = os.fstat(stream.fileno())
+    except Exception:  # unset, malformed, or a stream without a descriptor (StringIO)
+        return False
+    return (info.st_dev, info.st_ino) == (dev, ino) and not _isatty(stream)
 
 
 def resolve_format(fmt: LogFormat, stream: TextIO) -> Literal["json", "console"]:
@@ -62,7 +86,7 @@ def setup_logging(fmt: LogFormat = "auto", *, node: str | None = None, level: st
         processors=processors,
         wrapper_class=_never_raising(
             structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()])),
-        logger_factory=lambda *_args: _Writer(out),
+        logger_factory=lambda *_args: _Writer(out, priorities=journal_stream(out)),
         cache_logger_on_first_use=False,
     )
     log: structlog.stdlib.BoundLogger = structlog.get_logger()
@@ -136,12 +160,22 @@ def _safe_renderer(render: Callable[..., Any]) -> Callable[..., Any]:
 class _Writer:
     """structlog's PrintLogger, made total: one line per event, flushed, and never an exception."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, priorities: bool = False) -> None:
         self._stream = stream
         self._lock = threading.RLock()  # re-entrant: a signal handler may log while a line is being written
+        self._priorities = priorities
+        for name, priority in PRIORITY.items():
+            setattr(self, name, functools.partial(self._write, priority))
 
     def msg(self, message: str) -> None:
+        self._write(6, message)
+
+    def _write(self, priority: int, message: str) -> None:
         try:
+            if self._priorities:
+                # journald reads `<N>` before the first line of a message; a message's own newlines are
+                # escaped by the JSON renderer, so one event is one journal entry
+                message = f"<{priority}>{message}"
             with self._lock:
                 self._stream.write(message + "\n")
                 self._stream.flush()
@@ -150,8 +184,6 @@ class _Writer:
             self._gone()
         except Exception:  # closed stream (ValueError), EAGAIN, ENOSPC, …: this line is lost, the caller goes on
             _failed()
-
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
 
     def _gone(self) -> None:
         """The reader went away for good: send what follows (and the buffered rest) to /dev/null."""

@@ -102,3 +102,58 @@ def test_a_closed_stream_given_at_setup() -> None:
     out.close()
     log = setup_logging("auto", node="lvs1", stream=out)  # isatty() on a closed stream raises
     assert log.info("config.loaded") is None
+
+
+# journald's stream protocol (systemd's journald-stream.c, syslog_parse_priority): with SyslogLevelPrefix=yes
+# (the default) a line that starts with `<N>`, N one digit 0-7, is stored with PRIORITY=N and without the prefix;
+# any other line gets the stream's default priority (6, info).
+def journald_reads(line: str) -> tuple[int, str]:
+    m = re.fullmatch(r"<([0-7])>(.*)", line)
+    return (int(m.group(1)), m.group(2)) if m else (6, line)
+
+
+LOG_EVERY_LEVEL = """
+    import sys
+    from havs import log as havs_log
+    log = havs_log.setup_logging("auto", node="lvs1", level="debug")
+    log.debug("vrrp.advert_in", priority=100)
+    log.info("vrrp.state", from_="BACKUP", to="MASTER", reason="master_down")
+    log.warning("vrrp.fault", reason="link down\\nsecond line")
+    log.error("vrrp.notify_failed", rc=1)
+    log.exception("ipvs.apply_failed")
+    log.critical("daemon.crashed")
+"""
+LEVELS = [(7, "vrrp.advert_in"), (6, "vrrp.state"), (4, "vrrp.fault"), (3, "vrrp.notify_failed"),
+          (3, "ipvs.apply_failed"), (2, "daemon.crashed")]
+
+
+def test_on_the_journal_stream_each_line_carries_its_syslog_priority() -> None:
+    import os
+    import socket
+
+    ours, journald = socket.socketpair()  # journald hands a service a connected stream socket as stdout
+    with ours, journald:
+        st = os.fstat(ours.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(LOG_EVERY_LEVEL)], stdout=ours.fileno(),
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+        ours.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := journald.recv(65536):
+            data += chunk
+    entries = [journald_reads(line) for line in data.decode().splitlines()]
+    assert [(priority, json.loads(message)["event"]) for priority, message in entries] == LEVELS
+    assert json.loads(entries[2][1])["reason"] == "link down\nsecond line"  # one event, one entry
+
+
+def test_a_pipe_gets_plain_json_even_under_systemd() -> None:
+    import os
+
+    # JOURNAL_STREAM is inherited by children whose stdout is not the journal (`havs status | jq` in a unit)
+    env = {**os.environ, "JOURNAL_STREAM": "1:1", "INVOCATION_ID": "x"}
+    result = run_child(LOG_EVERY_LEVEL, env=env)  # stdout is a pipe
+    lines = result.stdout.splitlines()
+    assert [json.loads(line)["event"] for line in lines] == [event for _, event in LEVELS]
+    env["JOURNAL_STREAM"] = "garbage"
+    assert all(line.startswith("{") for line in run_child(LOG_EVERY_LEVEL, env=env).stdout.splitlines())
