@@ -35,6 +35,7 @@ class Server:
     running: set[Server] = set()  # noqa: RUF012 (shared registry, used by the leak check)
 
     def __init__(self) -> None:
+        self.interim_sent = 0
         self.connections = 0
         self.requests = 0
         self.handlers: set[asyncio.Task[None]] = set()
@@ -101,6 +102,15 @@ class Server:
             return False
         elif path == "/garbage":
             w.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        elif path == "/continue":  # one interim response, then the real one
+            w.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+            w.write(_response(200, body))
+        elif path == "/continue-forever":  # a hostile server: interim responses until the client gives up
+            self.interim_sent = 0
+            while True:
+                w.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 64)
+                self.interim_sent += 64
+                await w.drain()
         elif path == "/huge":
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
             chunk = b"a" * 65536
@@ -211,6 +221,8 @@ def test_the_c_parser_is_in_use() -> None:
         ("/silent", {"timeout": 0.2}, False, "timeout"),
         ("/reset", {}, False, "reset"),
         ("/garbage", {}, False, "garbage"),
+        ("/continue", {"expect_body": "hello world"}, True, "ok"),
+        ("/continue-forever", {"timeout": 1.0}, False, "garbage: more than 8 interim (1xx) responses"),
     ],
 )
 async def test_http_outcomes(
@@ -219,6 +231,18 @@ async def test_http_outcomes(
     result = await probe_http(_probe(server, path, **kw), no_leaks)
     assert (result.ok, result.reason) == (ok, reason)
     assert 0 <= result.latency < 1.0
+
+
+async def test_endless_interim_responses_fail_at_once_not_at_the_timeout(server: Server,
+                                                                         no_leaks: ConnectionPool) -> None:
+    # issue 12: a server streaming `100 Continue` forever kept the parser busy for the whole timeout
+    result = await probe_http(_probe(server, "/continue-forever", timeout=2.0), no_leaks)
+    assert (result.ok, result.reason) == (False, "garbage: more than 8 interim (1xx) responses")
+    assert result.latency < 0.2
+    await asyncio.sleep(0.05)
+    sent = server.interim_sent
+    await asyncio.sleep(0.1)
+    assert server.interim_sent == sent  # the connection is closed: the server cannot keep us reading
 
 
 async def test_timeout_covers_the_whole_exchange(server: Server, no_leaks: ConnectionPool) -> None:

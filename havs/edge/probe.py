@@ -49,6 +49,9 @@ _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EN
 # this director's own shortage, not the server's fault: the check is inconclusive
 _LOCAL = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PARSER_LIMIT = 2**16
+# interim (1xx) responses read before the final one: a real server sends one (100 Continue, 103 Early Hints);
+# a hostile one streams them forever, which would keep the parser busy until the check's timeout
+MAX_INTERIM = 8
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -216,6 +219,7 @@ class _HttpConnection(asyncio.Protocol):
         self.payload: Any = None
         self.body = bytearray()
         self.got_bytes = False
+        self.interim = 0
         self.pool: ConnectionPool | None = None  # set while the connection idles in a pool
         self.pool_key: tuple[Any, ...] = ()
 
@@ -236,8 +240,13 @@ class _HttpConnection(asyncio.Protocol):
             self._fail("garbage")
             return
         for msg, payload in messages:
-            if msg.code >= 200:  # skip interim 1xx responses
+            if msg.code >= 200:
                 self.msg, self.payload = msg, payload
+            else:  # an interim 1xx response: skipped, but only so many
+                self.interim += 1
+                if self.interim > MAX_INTERIM:
+                    self._fail(f"garbage: more than {MAX_INTERIM} interim (1xx) responses")
+                    return
         self._drain()
 
     def eof_received(self) -> bool:
@@ -284,6 +293,7 @@ class _HttpConnection(asyncio.Protocol):
         self.msg = self.payload = None
         self.body.clear()
         self.got_bytes = False
+        self.interim = 0
         assert self.transport is not None
         self.transport.write(request)
         return waiter
