@@ -73,7 +73,7 @@ def havs_config() -> str:
     if n != 1:
         raise LabBroken("etc/havs.yaml: no top-level vrrp section to drop")
     subs = {
-        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / 'control.sock'}",
+        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / 'run' / 'control.sock'}",  # apart from the config
         r"(?m)^(\s+state_dir:)\s*\S+": rf"\g<1> {OUT / 'state'}",
     }
     return edit_seed_config(subs, text)
@@ -376,6 +376,7 @@ def inside(rounds: int, webs: Sequence[str], budget: float) -> int:
     for old in [*OUT.glob("*.log"), *OUT.glob("*.yaml"), *OUT.glob("*.conf"), *OUT.glob("*.pid")]:
         old.unlink()
     (OUT / "state").mkdir(exist_ok=True)
+    (OUT / "run").mkdir(exist_ok=True)
     (OUT / "havs.yaml").write_text(havs_config())
     select_node(load_config(str(OUT / "havs.yaml")), "lvs1", "")  # a config error is a broken benchmark
     (OUT / "keepalived.conf").write_text(keepalived_config())

@@ -77,7 +77,7 @@ def havs_config(interval: float, node: str) -> str:
     subs = {
         r"(?m)^(\s+version:)\s*\d+": rf"\g<1> {vrrp_version(interval)}",
         r"(?m)^(\s+advert_interval:)\s*[\d.]+": rf"\g<1> {interval:g}",
-        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / f'control-{node}.sock'}",
+        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / 'run' / f'control-{node}.sock'}",  # apart from the configs
         r"(?m)^(\s+state_dir:)\s*\S+": rf"\g<1> {OUT / f'state-{node}'}",
     }
     return edit_seed_config(subs)
@@ -324,6 +324,7 @@ def inside(rounds: int, adverts: Sequence[float], budget: float, phase: str) -> 
     for interval in adverts:
         for node in PRIORITY:
             (OUT / f"state-{node}").mkdir(exist_ok=True)
+            (OUT / "run").mkdir(exist_ok=True)
             path = OUT / f"havs-{interval:g}-{node}.yaml"
             path.write_text(havs_config(interval, node))
             select_node(load_config(str(path)), node, "")  # a config error is a broken benchmark, say so now

@@ -93,7 +93,7 @@ def build_config(shape: Shape, *, weight: int, checks: bool) -> dict[str, Any]:
     import yaml
 
     seed = yaml.safe_load(SEED_CONFIG.read_text())
-    settings = dict(seed["settings"], control_socket=str(FAST / "control.sock"), state_dir=str(FAST / "state"))
+    settings = dict(seed["settings"], control_socket=str(FAST / "run" / "control.sock"), state_dir=str(FAST / "state"))
     vrrp = dict(seed["vrrp"], advert_interval=shape.advert,
                 version=2 if shape.advert == int(shape.advert) else 3,
                 notify={"master": ["/bin/sleep", "5"], "timeout": 10})
@@ -299,6 +299,7 @@ def inside(shape: Shape, seconds: float, scenarios: str, havs_gc: str = "default
     OUT.mkdir(parents=True, exist_ok=True)
     FAST.mkdir(parents=True, exist_ok=True)
     (FAST / "state").mkdir(exist_ok=True)
+    (FAST / "run").mkdir(exist_ok=True)  # the control socket, apart from the config
     config = FAST / "havs.yaml"
     log_path = FAST / "havs-lvs1.log"
     write_config(config, build_config(shape, weight=1, checks=False))

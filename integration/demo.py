@@ -70,12 +70,14 @@ def render_story(lines: Iterable[Line], zero: float) -> str:
 
 def node_config(node: str) -> Path:
     """etc/havs.yaml as shipped, with the node's own control socket and state dir: the lab's directors share
-    one filesystem, and a second daemon on the same control socket refuses to start (as it should)."""
+    one filesystem, and a second daemon on the same control socket refuses to start (as it should). The
+    sockets live apart from the configs, as the daemon requires."""
     shutil.rmtree(OUT / f"state-{node}", ignore_errors=True)  # a fresh start, no drains left from a last run
     (OUT / f"state-{node}").mkdir()
+    (OUT / "run").mkdir(exist_ok=True)
     path = OUT / f"havs-{node}.yaml"
     path.write_text(edit_seed_config({
-        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / f'control-{node}.sock'}",
+        r"(?m)^(\s+control_socket:)\s*\S+": rf"\g<1> {OUT / 'run' / f'control-{node}.sock'}",
         r"(?m)^(\s+state_dir:)\s*\S+": rf"\g<1> {OUT / f'state-{node}'}",
     }, CONFIG.read_text()))
     return path

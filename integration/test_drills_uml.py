@@ -54,10 +54,11 @@ def configs(tmp_path: Path) -> dict[str, Path]:
     """The seed config with a 1 s reconcile interval; each director gets its own copy and control
     socket, since both share one filesystem here."""
     out = {}
+    (tmp_path / "run").mkdir()  # sockets apart from the configs, as the daemon requires
     for node in ("lvs1", "lvs2"):
         path = tmp_path / f"havs-{node}.yaml"
         path.write_text(SEED_CONFIG.replace("reconcile_interval: 5", "reconcile_interval: 1")
-                        .replace("/run/havs/control.sock", str(tmp_path / f"control-{node}.sock"))
+                        .replace("/run/havs/control.sock", str(tmp_path / "run" / f"control-{node}.sock"))
                         .replace("/var/lib/havs", str(tmp_path / f"state-{node}")))
         out[node] = path
     return out
@@ -249,7 +250,7 @@ def test_keepalive_connection_survives_master_crash_with_connection_sync(
 
 def test_status_and_maintenance_through_the_control_socket(lab: SeedLab, configs: dict[str, Path]) -> None:
     start_pair(lab, configs)
-    sock = str(configs["lvs1"].parent / "control-lvs1.sock")
+    sock = str(configs["lvs1"].parent / "run" / "control-lvs1.sock")
     havs = str(REPO / ".venv" / "bin" / "havs")
     text = lab.exec("lvs1", [havs, "status", "--socket", sock]).stdout
     assert "VRRP MASTER" in text and "  -> 192.168.72.128:80            Masq    1" in text
