@@ -16,8 +16,8 @@ import contextlib
 import errno as errno_mod
 import os
 import socket
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 from havs.core.genl import (
     GENL_ID_CTRL,
@@ -86,6 +86,8 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
+
+_T = TypeVar("_T")
 
 
 # ---- errors, worded as ipvsadm (libipvs) words them ----
@@ -161,26 +163,111 @@ class NetlinkError(OSError):
     """A kernel reply with a negative errno to a non-op request (dump, flush, daemon...)."""
 
 
+class GenlChannel:
+    """Requests and replies on one non-blocking generic-netlink socket: sequence numbers, one caller at a time
+    (an asyncio.Lock), and replies matched to their request by sequence number, so the late replies of a
+    cancelled request are skipped."""
+
+    def __init__(self, sock: socket.socket, family: int) -> None:
+        self.sock = sock
+        self.family = family
+        self._seq = 1
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        if self._lock is None:  # made on first use: a lock belongs to the loop that runs it
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    def next_seq(self, n: int = 1) -> int:
+        """The first of `n` consecutive sequence numbers."""
+        seq = self._seq
+        self._seq = (self._seq + n) & 0x7FFFFFFF or 1
+        if self._seq < seq:  # wrapped: restart past zero so a batch never straddles the wrap
+            seq, self._seq = 1, 1 + n
+        return seq
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def recv(self) -> bytes:
+        try:
+            return self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return await asyncio.get_running_loop().sock_recv(self.sock, 1 << 16)
+
+    async def replies(self, seq: int, dump: bool, pick: Callable[[memoryview], _T | None]) -> list[_T]:
+        """What `pick` makes of each reply to request `seq` (None: skipped), until NLMSG_DONE (a dump) or
+        the ack (anything else); a negative errno raises NetlinkError."""
+        out: list[_T] = []
+        while True:
+            for kind, _flags, mseq, payload in iter_messages(await self.recv()):
+                if mseq != seq:
+                    continue  # a stale reply from a cancelled request
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    err = error_code(payload)
+                    if err:
+                        raise NetlinkError(err, os.strerror(err))
+                    if not dump:
+                        return out
+                    continue
+                item = pick(payload)
+                if item is not None:
+                    out.append(item)
+
+    async def request(self, cmd: int, attrs: bytes = b"", *, dump: bool = False) -> list[dict[int, bytes]]:
+        """One request; the top-level attributes of every reply."""
+        async with self.lock:
+            seq = self.next_seq()
+            flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+            await self.send(genl_message(self.family, cmd, flags, seq, attrs))
+            return await self.replies(seq, dump, genl_attrs)
+
+    async def batch(self, messages: Callable[[int], bytes], n: int) -> dict[int, int]:
+        """`n` requests in one send(), numbered from seq0 by `messages(seq0)`, only the last asking for an
+        ack, which therefore arrives after every error the earlier ones produced. Returns {index: errno}.
+        The caller holds the lock."""
+        seq0 = self.next_seq(n)
+        await self.send(messages(seq0))
+        errors: dict[int, int] = {}
+        while True:
+            for kind, _flags, seq, payload in iter_messages(await self.recv()):
+                i = seq - seq0
+                if kind != NLMSG_ERROR or not 0 <= i < n:
+                    continue
+                err = error_code(payload)
+                if err:
+                    errors[i] = err
+                if i == n - 1:
+                    return errors
+
+
 class IpvsSocket:
-    """One generic-netlink socket to the kernel's IPVS (in `netns` if given). Not thread-safe;
-    use it from one event loop, one request at a time (an asyncio.Lock serialises callers)."""
+    """The kernel's IPVS (in `netns` if given) over one generic-netlink socket. Use it from one event loop;
+    concurrent callers are served one request at a time."""
 
     def __init__(self, netns: str | None = None, *, batch: int = 256) -> None:
         """Nothing happens until `open()` (or the first request, which opens on demand)."""
         self.netns = netns
         self.batch = batch
-        self._sock: socket.socket | None = None
-        self.family = 0
-        self._seq = 1
-        self._lock: asyncio.Lock | None = None
+        self._channel: GenlChannel | None = None
         self.ops_sent = 0  # IPVS write requests sent (for tests and benchmarks)
-        self.requests_sent = 0  # every netlink request
 
     def open_now(self) -> IpvsSocket:
         """Open the socket and find the IPVS family (blocking, ~1 ms; one round trip).
         Raises IpvsUnavailable when the kernel has no IPVS, FileNotFoundError for a missing netns."""
-        if self._sock is not None:
-            return self
+        self._open()
+        return self
+
+    def _open(self) -> GenlChannel:
+        if self._channel is not None:
+            return self._channel
         try:
             sock = run_in_netns(self.netns, _new_socket) if self.netns else _new_socket()
         except OSError as e:
@@ -188,26 +275,30 @@ class IpvsSocket:
                 raise IpvsUnavailable("this kernel has no generic netlink") from e
             raise
         try:
-            self.family = _resolve_family(sock, IPVS_GENL_NAME)
+            family = _resolve_family(sock, IPVS_GENL_NAME)
         except BaseException:
             sock.close()
             raise
         sock.setblocking(False)
-        self._sock = sock
-        return self
+        self._channel = GenlChannel(sock, family)
+        return self._channel
 
     async def open(self) -> IpvsSocket:
         return self.open_now()
 
-    # ---- plumbing ----
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._channel is not None:
+            self._channel.sock.close()
+            self._channel = None
 
     @property
     def sock(self) -> socket.socket:
-        return self._sock if self._sock is not None else self.open_now()._sock  # type: ignore[return-value]
+        return self._open().sock
+
+    @property
+    def family(self) -> int:
+        """The kernel's number for the IPVS family (0 until opened)."""
+        return self._channel.family if self._channel is not None else 0
 
     def __enter__(self) -> IpvsSocket:
         return self.open_now()
@@ -221,70 +312,21 @@ class IpvsSocket:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    def _next_seq(self, n: int = 1) -> int:
-        seq = self._seq
-        self._seq = (self._seq + n) & 0x7FFFFFFF or 1
-        if self._seq < seq:  # wrapped: restart past zero so a batch never straddles the wrap
-            seq, self._seq = 1, 1 + n
-        return seq
-
-    def _locked(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
-
-    async def _recv(self) -> bytes:
-        sock = self.sock
-        try:
-            return sock.recv(1 << 16)
-        except BlockingIOError:
-            return await asyncio.get_running_loop().sock_recv(sock, 1 << 16)
-
-    async def _send(self, data: bytes) -> None:
-        sock = self.sock
-        try:
-            sock.send(data)
-        except BlockingIOError:
-            await asyncio.get_running_loop().sock_sendall(sock, data)
-
-    async def _request(self, cmd: int, attrs: bytes = b"", *, dump: bool = False) -> list[dict[int, bytes]]:
-        """One request; returns the top-level attrs of every reply; raises NetlinkError."""
-        self.open_now()
-        async with self._locked():
-            seq = self._next_seq()
-            flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
-            await self._send(genl_message(self.family, cmd, flags, seq, attrs))
-            self.requests_sent += 1
-            return await self._collect(seq, dump)
-
-    async def _collect(self, seq: int, dump: bool) -> list[dict[int, bytes]]:
-        replies: list[dict[int, bytes]] = []
-        while True:
-            data = await self._recv()
-            for kind, _flags, mseq, payload in iter_messages(data):
-                if mseq != seq:
-                    continue  # a stale reply from a cancelled request
-                if kind == NLMSG_DONE:
-                    return replies
-                if kind == NLMSG_ERROR:
-                    err = error_code(payload)
-                    if err:
-                        raise NetlinkError(err, os.strerror(err))
-                    if not dump:
-                        return replies
-                    continue
-                replies.append(genl_attrs(payload))
-
     # ---- the table ----
     async def dump(self, *, yield_every: int = 64) -> IpvsTable:
         """The kernel's whole table, with counters: one service dump + one dest dump per service
         (the kernel has no all-destinations dump). Counters are decoded only when read.
         Yields to the loop every `yield_every` services so that VRRP never waits long."""
-        svc_replies = await self._request(CMD_GET_SERVICE, dump=True)
+        ch = self._open()
+        svc_replies = await ch.request(CMD_GET_SERVICE, dump=True)
         entries: list[tuple[Service, list[Destination]]] = []
         svc_stats = LazyStats(lambda a: decode_stats(a, SVC_ATTR_STATS64, SVC_ATTR_STATS))
         dst_stats = LazyStats(decode_dest_stats)
-        async with self._locked():
+
+        def dest_nest(payload: memoryview) -> bytes | None:
+            return first_nest(payload, CMD_ATTR_DEST)
+
+        async with ch.lock:
             for i, top in enumerate(svc_replies):
                 if CMD_ATTR_SERVICE not in top:
                     continue
@@ -292,12 +334,11 @@ class IpvsSocket:
                 service, _ = decode_service(attrs, stats=False)
                 key = service.key
                 svc_stats.put(key, attrs)
-                seq = self._next_seq()
-                await self._send(genl_message(self.family, CMD_GET_DEST, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                                              service_key_nest(key)))
-                self.requests_sent += 1
+                seq = ch.next_seq()
+                await ch.send(genl_message(ch.family, CMD_GET_DEST, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                                           service_key_nest(key)))
                 try:
-                    nests = await self._collect_nests(seq, CMD_ATTR_DEST)
+                    nests = await ch.replies(seq, True, dest_nest)
                 except NetlinkError as e:
                     if e.errno == errno_mod.ESRCH:  # deleted between the two dumps
                         continue
@@ -317,82 +358,46 @@ class IpvsSocket:
                     await asyncio.sleep(0)
         return IpvsTable(entries, service_stats=svc_stats, destination_stats=dst_stats)
 
-    async def _collect_nests(self, seq: int, attr: int) -> list[bytes]:
-        """Replies to dump `seq`: the payload of top-level attribute `attr` of each."""
-        out: list[bytes] = []
-        while True:
-            data = await self._recv()
-            for kind, _flags, mseq, payload in iter_messages(data):
-                if mseq != seq:
-                    continue
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    err = error_code(payload)
-                    if err:
-                        raise NetlinkError(err, os.strerror(err))
-                    continue
-                nest = first_nest(payload, attr)
-                if nest is not None:
-                    out.append(nest)
-
     async def apply(self, ops: Sequence[Op]) -> list[tuple[Op, ApplyError | None]]:
         """Send every op (in order, `batch` per send()); one failure does not stop the others.
         Returns each op with None or the ApplyError (errno + the service/destination named)."""
         results: list[tuple[Op, ApplyError | None]] = []
-        self.open_now()
-        async with self._locked():
+        ch = self._open()
+        async with ch.lock:
             for start in range(0, len(ops), self.batch):
                 chunk = ops[start:start + self.batch]
-                errors = await self._send_batch(chunk)
+                last = len(chunk) - 1
+
+                def messages(seq0: int, chunk: Sequence[Op] = chunk, last: int = last) -> bytes:
+                    return b"".join(encode_op(ch.family, op, seq0 + i, NLM_F_REQUEST | (NLM_F_ACK if i == last else 0))
+                                    for i, op in enumerate(chunk))
+
+                errors = await ch.batch(messages, len(chunk))
+                self.ops_sent += len(chunk)
                 results.extend((op, apply_error(op, errors[i]) if i in errors else None)
                                for i, op in enumerate(chunk))
                 if start + self.batch < len(ops):
                     await asyncio.sleep(0)  # let the loop breathe between batches
         return results
 
-    async def _send_batch(self, chunk: Sequence[Op]) -> dict[int, int]:
-        """One send() for the chunk; only the last request asks for an ack, which therefore
-        arrives after every error the earlier ones produced. Returns {index: errno}."""
-        n = len(chunk)
-        seq0 = self._next_seq(n)
-        last = n - 1
-        data = b"".join(encode_op(self.family, op, seq0 + i,
-                                  NLM_F_REQUEST | (NLM_F_ACK if i == last else 0))
-                        for i, op in enumerate(chunk))
-        await self._send(data)
-        self.ops_sent += n
-        self.requests_sent += n
-        errors: dict[int, int] = {}
-        while True:
-            for kind, _flags, seq, payload in iter_messages(await self._recv()):
-                i = seq - seq0
-                if kind != NLMSG_ERROR or not 0 <= i < n:
-                    continue
-                err = error_code(payload)
-                if err:
-                    errors[i] = err
-                if i == last:
-                    return errors
-
     async def flush(self) -> None:
         """`ipvsadm -C`: every service and destination goes."""
-        await self._request(CMD_FLUSH)
+        await self._open().request(CMD_FLUSH)
 
     async def zero(self, service: ServiceKey | None = None) -> None:
         """`ipvsadm -Z [service]`: reset counters."""
-        await self._request(CMD_ZERO, service_key_nest(service) if service else b"")
+        await self._open().request(CMD_ZERO, service_key_nest(service) if service else b"")
 
     # ---- settings and info ----
     async def get_timeouts(self) -> Timeouts:
-        return decode_timeouts((await self._request(CMD_GET_CONFIG))[0])
+        return decode_timeouts((await self._open().request(CMD_GET_CONFIG))[0])
 
     async def set_timeouts(self, tcp: int = 0, tcp_fin: int = 0, udp: int = 0) -> None:
         """`ipvsadm --set tcp tcpfin udp`; 0 leaves that timeout unchanged."""
-        await self._request(CMD_SET_CONFIG, timeouts_attrs(tcp, tcp_fin, udp))
+        await self._open().request(CMD_SET_CONFIG, timeouts_attrs(tcp, tcp_fin, udp))
 
     async def info(self) -> IpvsInfo:
-        return decode_info((await self._request(CMD_GET_INFO))[0])
+        return decode_info((await self._open().request(CMD_GET_INFO))[0])
 
     async def version(self) -> str:
         return (await self.info()).version
@@ -402,17 +407,14 @@ class IpvsSocket:
                            maxlen: int = 0, group: str | None = None, port: int = 0, ttl: int = 0) -> None:
         """`ipvsadm --start-daemon`; EEXIST (as NetlinkError) if that state already runs."""
         d = SyncDaemon(state, ifname, syncid, maxlen, group, port, ttl)
-        await self._request(CMD_NEW_DAEMON, daemon_attrs(d))
+        await self._open().request(CMD_NEW_DAEMON, daemon_attrs(d))
 
     async def stop_daemon(self, state: Literal["master", "backup"]) -> None:
-        await self._request(CMD_DEL_DAEMON, daemon_state_nest(state))
+        await self._open().request(CMD_DEL_DAEMON, daemon_state_nest(state))
 
     async def daemons(self) -> list[SyncDaemon]:
-        out = []
-        for r in await self._request(CMD_GET_DAEMON, dump=True):
-            if CMD_ATTR_DAEMON in r:
-                out.append(decode_daemon(parse_attrs(r[CMD_ATTR_DAEMON])))
-        return out
+        replies = await self._open().request(CMD_GET_DAEMON, dump=True)
+        return [decode_daemon(parse_attrs(r[CMD_ATTR_DAEMON])) for r in replies if CMD_ATTR_DAEMON in r]
 
     # ---- connection table ----
     def connections(self) -> list[Connection]:
