@@ -90,7 +90,9 @@ class Pair:
     def start(self, node: str) -> subprocess.Popen[bytes]:
         self.logs[node] = self.lab.workdir / f"vrrp-{node}-{time.time_ns()}.log"
         config = self.config.with_name(f"{self.config.stem}-{node}.yaml")  # a control socket each
-        config.write_text(self.config.read_text().replace("CONTROL", str(self.lab.workdir / f"{config.stem}.sock")))
+        run = self.lab.workdir / "run"  # sockets apart from the configs, as the daemon requires
+        run.mkdir(exist_ok=True)
+        config.write_text(self.config.read_text().replace("CONTROL", str(run / f"{config.stem}.sock")))
         argv = [str(REPO / ".venv" / "bin" / "havs"), "run", "-c", str(config), "--node", node, "--log-format", "json"]
         proc = self.lab.popen(node, argv, self.logs[node], cwd=str(REPO))
         self.procs[node] = proc
@@ -312,6 +314,29 @@ def test_deleted_address_is_put_back_and_link_down_is_fault(fresh: SeedLab) -> N
         pair.stop_all()
 
 
+def test_backup_removes_floating_addresses_someone_left_and_a_stopped_backup_too(fresh: SeedLab) -> None:
+    """Addresses follow the state: a BACKUP that finds the VIP or the gateway on its interfaces (put there
+    by hand, or left by an earlier life) removes them within a few advert intervals, and a graceful stop
+    of a BACKUP removes them too."""
+    interval = 0.1
+    pair = elect(fresh, interval)
+    try:
+        fresh.add_address("lvs2", "eth0", VIP_CIDR)
+        fresh.add_address("lvs2", "eth1", GW_CIDR)
+        took = wait_until("lvs2 removes them", lambda: pair.holds("lvs2") == (False, False), 5 * interval + 1)
+        stale = [e for e in pair.events("lvs2", "vrrp.addresses") if e.get("reason") == "stale"]
+        assert stale and stale[-1]["action"] == "release" and stale[-1]["level"] == "warning"
+        assert pair.holds("lvs1") == (True, True) and [e["to"] for e in pair.events("lvs2", "vrrp.state")] == ["BACKUP"]
+        print(f"\nstale addresses on the BACKUP removed after {took * 1000:.0f} ms")
+        fresh.add_address("lvs2", "eth0", VIP_CIDR)
+        pair.signal("lvs2", signal.SIGTERM)
+        assert pair.procs["lvs2"].wait(10) == 0
+        assert pair.holds("lvs2") == (False, False)
+        assert pair.hooks("lvs2")[-1] == "INIT BACKUP shutdown"
+    finally:
+        pair.stop_all()
+
+
 # ------------------------------------------------------------------------ keepalived on the other side
 
 KEEPALIVED = shutil.which("keepalived")
@@ -431,7 +456,8 @@ def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
     from havs.vrrp import VrrpProcess
 
     pair = Pair(fresh, 0.1)
-    view = select_node(parse_config(pair.config.read_text()), "lvs1", "")
+    text = pair.config.read_text().replace("CONTROL", str(fresh.workdir / "run" / "unused.sock"))
+    view = select_node(parse_config(text), "lvs1", "")
     log = _Log()
     states: list[str] = []
     vrrp = VrrpProcess(view, log=log, on_state=lambda f, t, r: states.append(t))

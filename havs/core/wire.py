@@ -117,9 +117,13 @@ def encode(
     return message[:6] + struct.pack("!H", csum) + message[8:]
 
 
+@functools.lru_cache(maxsize=64)
 def decode(payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None) -> Advertisement:
     """Parse and check one received VRRP message. `ttl=None` skips the TTL-255 rule (unicast peers, as
-    keepalived does). Raises PacketError for anything a conforming receiver must discard."""
+    keepalived does). Raises PacketError for anything a conforming receiver must discard.
+
+    Memoized: a peer sends the same bytes every interval, and a flood repeats itself; the result is
+    immutable and a pure function of the arguments."""
     if len(payload) < 8:
         raise PacketError("short", f"{len(payload)} bytes")
     if ttl is not None and ttl != TTL:

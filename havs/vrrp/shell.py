@@ -38,7 +38,7 @@ from havs.vrrp.announcer import Announcer, RateLimitedLog
 from havs.vrrp.notify import NotifyRunner
 
 OnState = Callable[[str, str, str], None]
-READ_BATCH = 64  # adverts read per wake-up: a flood cannot hold the loop away from the timer
+READ_BATCH = 32  # adverts read per wake-up: a flood cannot hold the loop away from the timer
 
 
 def identity(view: NodeView) -> tuple[object, ...]:
@@ -211,8 +211,12 @@ class VrrpShell:
         inst, sock = self.inst, self._sock
         if inst is None or sock is None:
             return
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
         for r in sock.receive(limit=READ_BATCH):
+            now = loop.time()
+            if self._timer is not None and self._timer_at is not None and now >= self._timer_at:
+                self._timer.cancel()  # our advert is due: it goes before the rest of a flood
+                self._on_timer(self._timer_at)
             # keepalived skips the TTL rule for unicast peers (they may be routed)
             self.dispatch(inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
                                              ttl=None if sock.unicast else r.ttl, now=now))
