@@ -123,3 +123,11 @@ def test_on_the_director_missing_interfaces_and_notify_commands_are_reported(
     script.chmod(0o755)
     path.write_text(path.read_text().replace("havs-nosuch0", "lo").replace(", backup: [/nonexistent/backup]", ""))
     assert main(["check", "-c", str(path)]) == 0
+
+
+def test_a_loopback_real_server_is_lvs_local_node_and_accepted() -> None:
+    # the director serving the service itself (ipvsadm -a ... -r 127.0.0.1:80): loopback is a host address
+    # for a real server, not for a floating address or a VRRP peer, which another host must reach
+    vs = parse_config(SEED.replace("      - address: 192.168.72.128\n", "      - address: 127.0.0.1\n", 1),
+                      "f.yaml").virtual_services[0]
+    assert str(vs.real_servers[0].address) == "127.0.0.1"

@@ -35,13 +35,15 @@ def semantic_problems(
     return found
 
 
-def host_address(ip: IPAddress) -> str | None:
-    """Why `ip` cannot be one host's address (a VIP, a real server, a peer), or None."""
+def host_address(ip: IPAddress, *, remote: bool = False) -> str | None:
+    """Why `ip` cannot be one host's address (a VIP, a real server, a peer), or None. remote: it must be
+    reachable from another host (a floating address, a VRRP peer); a real server may be loopback (LVS's
+    local node: the director serves the service itself)."""
     if ip.is_unspecified:
         return f"{ip} is the unspecified address, not a host"
     if ip.is_multicast:
         return f"{ip} is a multicast address, not a host"
-    if ip.is_loopback:
+    if remote and ip.is_loopback:
         return f"{ip} is a loopback address, not reachable from another host"
     if ip == ipaddress.IPv4Address("255.255.255.255"):
         return f"{ip} is the broadcast address, not a host"
@@ -94,7 +96,7 @@ def _nodes(nodes: dict[str, Node]) -> Iterator[Found]:
                 break
         for host in names:
             owner.setdefault(host, name)
-        if node.unicast_src is not None and (why := host_address(node.unicast_src)):
+        if node.unicast_src is not None and (why := host_address(node.unicast_src, remote=True)):
             yield ("nodes", name, "unicast_src"), why
         if not node.interfaces:
             yield ("nodes", name, "interfaces"), "must name at least one interface"
@@ -106,13 +108,13 @@ def _vrrp(v: Vrrp) -> Iterator[Found]:
         net, ip = fa.address.network, fa.address.ip
         if net.prefixlen == 0:
             yield where, f"{fa.address} covers every address; a floating address is one host with its LAN's prefix"
-        elif why := host_address(ip):
+        elif why := host_address(ip, remote=True):
             yield where, why
         elif ip.version == 4 and net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
             kind = "network" if ip == net.network_address else "broadcast"
             yield where, f"{ip} is the {kind} address of {net}, not a host"
     for i, peer in enumerate(v.unicast_peers):
-        if why := host_address(peer):
+        if why := host_address(peer, remote=True):
             yield ("vrrp", "unicast_peers", i), why
     for hook in ("master", "backup", "fault", "stop"):
         argv = getattr(v.notify, hook)
