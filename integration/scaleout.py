@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,13 +59,13 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 60) -
     return p.stdout
 
 
-def router_bird_config(directors: Sequence[str], bfd: bool = True) -> str:
+def router_bird_config(directors: Sequence[str], bfd: bool = True, log: str | None = None) -> str:
     """The upstream router: every director a BGP neighbour, their VIP routes merged into one ECMP route."""
     bfd_proto = ('protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n'
                  if bfd else "")
     peers = "".join(f"protocol bgp {d} from directors {{ neighbor 10.20.0.{DIRECTORS[d]} as 65001; }}\n"
                     for d in directors)
-    return ("router id 10.20.0.1;\nprotocol device { scan time 10; }\n"
+    return ((f'log "{log}" all;\n' if log else "") + "router id 10.20.0.1;\nprotocol device { scan time 10; }\n"
             "protocol kernel { merge paths on; ipv4 { import none; export all; }; }\n" + bfd_proto +
             "template bgp directors { local as 65000; hold time 9; keepalive time 3; connect retry time 1;\n"
             f"  error wait time 1, 5; {'bfd on; ' if bfd else ''}ipv4 {{ import all; export none; }}; }}\n" + peers)
@@ -82,7 +83,7 @@ def director_config(directors: Sequence[str], *, bfd: bool = True, forwarding: s
             f"  bfd: {{enabled: {'true' if bfd else 'false'}}}\n"
             f"virtual_services:\n  - address: {VIP}\n    port: 80\n    scheduler: mh\n"
             f"    scheduler_flags: [mh-fallback, mh-port]\n    forwarding: {forwarding}\n    on_down: inhibit\n"
-            f"    announce: bgp\n    check: {{type: tcp, interval: 0.5, timeout: 0.5, rise: 1, fall: 2}}\n"
+            f"    announce: bgp\n    check: {{type: tcp, interval: 1, timeout: 1, rise: 1, fall: 3}}\n"
             f"    real_servers:\n{servers}")
 
 
@@ -130,6 +131,10 @@ class ScaleoutLab:
             self.batch(CLIENT, [f"addr add {a}/24 dev eth0" for a in CLIENT_ADDRESSES[1:]]
                        + ["route add default via 10.10.0.1"])
             self.sysctl(ROUTER, "net.ipv4.ip_forward", "1")
+            for ifname in ("all", "eth0", "eth1", "eth2"):
+                # DR replies come from the servers' LAN with the VIP as source, which the router routes
+                # towards the directors: a strict reverse-path filter would drop every one of them
+                self.sysctl(ROUTER, f"net.ipv4.conf.{ifname}.rp_filter", "0")
             self.sysctl(ROUTER, "net.ipv4.fib_multipath_hash_policy", "1")  # L4: ports spread flows
             for rs in REAL_SERVERS:
                 # DR: the VIP is local to the real server but it must never answer ARP for it
@@ -191,9 +196,9 @@ class ScaleoutLab:
     def start_router(self, directors: Sequence[str] = ("d1", "d2", "d3"), bfd: bool = True) -> None:
         d = self.workdir / "router"
         d.mkdir(exist_ok=True)
-        (d / "bird.conf").write_text(router_bird_config(directors, bfd))
-        self.start("router-bird", ROUTER, ["bird", "-f", "-c", str(d / "bird.conf"), "-s", str(d / "bird.ctl"),
-                                           "-P", str(d / "bird.pid")])
+        (d / "bird.conf").write_text(router_bird_config(directors, bfd, str(d / "bird.log")))
+        self.start("router-bird", ROUTER, ["nice", "-n", "-10", "bird", "-f", "-c", str(d / "bird.conf"),
+                                           "-s", str(d / "bird.ctl"), "-P", str(d / "bird.pid")])
         if poll(lambda: (d / "bird.ctl").exists(), 10, 0.02) is None:
             raise LabError(f"router BIRD did not start: {self.log('router-bird')}")
 
@@ -239,6 +244,38 @@ class ScaleoutLab:
     def start_havs(self, director: str, config: Path) -> subprocess.Popen[bytes]:
         return self.start(director, director, [sys.executable, "-m", "havs", "run", "-c", str(config), "--node",
                                                director, "--log-format", "json"])
+
+    def crash(self, director: str) -> None:
+        """The director dies whole: havs and BIRD frozen (no FIN, no BGP notification), links down."""
+        for pid in (self.procs[director].pid, self.bird_pid(director)):
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP)
+        self.batch(director, ["link set eth0 down", "link set eth1 down"])
+
+    def carrier(self, sports: Sequence[int], src: str = CLIENT_ADDRESSES[0]) -> dict[int, str]:
+        """Which director the router sends each client flow (by source port) to now: its ECMP hash."""
+        cmds = "".join(f"route get {VIP} from {src} iif eth0 ipproto tcp sport {p} dport 80\n" for p in sports)
+        out = run(["ip", "-n", self.ns(ROUTER), "-batch", "-"], input=cmds)
+        hops = re.findall(r" via (\S+) ", out)
+        return {p: self.director_of(h) for p, h in zip(sports, hops, strict=True)}
+
+    def connections(self, director: str) -> set[int]:
+        """Client source ports of the connections this director's IPVS holds."""
+        out = self.exec(director, ["ipvsadm", "-Lnc"], check=False).stdout
+        return {int(parts[3].rsplit(":", 1)[1]) for parts in (line.split() for line in out.splitlines())
+                if len(parts) >= 6 and parts[0] == "TCP" and parts[4].startswith(VIP + ":")}
+
+    def start_web(self) -> None:
+        """Every real server answers on 0.0.0.0:80 (DR: packets arrive for the VIP) with its own name."""
+        for rs in REAL_SERVERS:
+            root = self.workdir / "www" / rs
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "index.html").write_text(rs + "\n")
+            self.start(f"web-{rs}", rs, [sys.executable, "-I", "-S", "-u", str(REPO / "integration" / "webserver.py"),
+                                         "0.0.0.0", "80", str(root), "1"])
+        for rs in REAL_SERVERS:
+            if poll(lambda rs=rs: "listening" in self.log(f"web-{rs}"), 30, 0.02) is None:
+                raise LabError(f"web server in {rs} did not start: {self.log(f'web-{rs}')}")
 
     def bird_pid(self, director: str) -> int | None:
         path = self.workdir / director / "run" / "bird" / "bird.pid"

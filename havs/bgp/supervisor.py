@@ -86,7 +86,8 @@ class BgpSupervisor:
             os.unlink(self.bird.socket)  # a stale socket would look like a BIRD that is ready
         try:
             self.bird.write_config(render_bird(self.view, self.bird.log_file))
-            await self.bird.start()
+            if (why := await self.bird.start()) is not None:
+                self.log.warning("bgp.bird_priority", error=why, nice=0)
             if not await self.bird.wait_socket(10.0):
                 raise OSError(f"BIRD did not open {self.bird.socket}: {self._bird_output()}")
             greeting = await self.control.connect()

@@ -217,13 +217,14 @@ def exported_routes(reply: Reply) -> dict[str, int]:
     out: dict[str, int] = {}
     current: str | None = None
     for code, text in reply.lines:
-        if code == 1002:
+        if (m := _ROUTES.search(text)) is not None:  # a detail line, whatever code it continues
+            if current is not None:
+                out[current] += int(m.group(2))
+        elif code == 1002:
             parts = text.split()
             current = parts[0] if len(parts) > 1 and parts[1] == "BGP" else None
             if current is not None:
                 out.setdefault(current, 0)
-        elif current is not None and (m := _ROUTES.search(text)):
-            out[current] += int(m.group(2))
     return out
 
 

@@ -1,0 +1,154 @@
+"""The BGP shell against a fake BIRD control socket: the line protocol client, announce/withdraw from the
+decision, the drain that waits for BIRD's export state, errors that never kill the worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from havs.bgp.control import BirdControl
+from havs.bgp.supervisor import BgpSupervisor
+from havs.core.bgp import BirdError
+from havs.core.config import parse_config, select_node
+from havs.core.desired import build_desired
+from havs.core.ipvs_table import IpvsTable
+from tests.test_bgp import BASE
+
+
+class FakeBird:
+    """Speaks BIRD's control protocol: greeting, enable/disable, show protocols all (exported count
+    follows the static protocol's state after `lag` show commands, as BIRD's export lags a little)."""
+
+    def __init__(self, path: str, lag: int = 2) -> None:
+        self.path, self.lag = path, lag
+        self.commands: list[str] = []
+        self.enabled: set[str] = set()
+        self.lagging = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> FakeBird:
+        self.server = await asyncio.start_unix_server(self._client, self.path)
+        return self
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"0001 BIRD 2.0.12 ready.\n")
+        while line := (await r.readline()).decode().strip():
+            self.commands.append(line)
+            verb, _, arg = line.partition(" ")
+            if verb in ("enable", "disable"):
+                (self.enabled.add if verb == "enable" else self.enabled.discard)(arg)
+                self.lagging = self.lag
+                w.write(f"0011-{arg}: {verb}d\n0000 \n".encode())
+            elif line == "show protocols all":
+                self.lagging = max(0, self.lagging - 1)
+                exported = 1 if self.enabled or self.lagging else 0
+                w.write(b"2002-Name Proto Table State Since Info\n"
+                        b"1002-havs_peer0 BGP --- up 21:50:18.174 Established\n"
+                        + f"     Routes:         0 imported, {exported} exported, 0 preferred\n".encode()
+                        + b"0000 \n")
+            else:
+                w.write(b"9001 syntax error\n")
+            await w.drain()
+        w.close()
+
+
+class Log:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **kw: self.events.append((event, kw))
+
+    def names(self) -> list[str]:
+        return [e for e, _ in self.events]
+
+
+class StubBird:
+    running = True
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[FakeBird]:
+    bird = await FakeBird(str(tmp_path / "bird.ctl")).start()
+    yield bird
+    assert bird.server is not None
+    bird.server.close()
+
+
+async def supervisor(fake: FakeBird) -> tuple[BgpSupervisor, Log]:
+    log = Log()
+    sup = BgpSupervisor(log)
+    sup.view = select_node(parse_config(BASE), "d1", "x")
+    sup.bird = StubBird()  # type: ignore[assignment]
+    sup.control = BirdControl(fake.path, timeout=2)
+    await sup.control.connect()
+    sup._tasks = [asyncio.ensure_future(sup._worker())]
+    return sup, log
+
+
+async def settle(sup: BgpSupervisor) -> None:
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if not sup._changed.is_set():
+            return
+
+
+async def test_control_client_commands_and_errors(fake: FakeBird) -> None:
+    control = BirdControl(fake.path, timeout=2)
+    assert await control.connect() == "BIRD 2.0.12 ready."
+    reply = await control.command("enable havs_vip_x")
+    assert reply.ok and reply.lines[0] == (11, "havs_vip_x: enabled")
+    with pytest.raises(BirdError, match="syntax error"):
+        await control.command("bogus")
+    assert (await control.command("disable havs_vip_x")).ok  # still usable after an error reply
+    control.close()
+    with pytest.raises(ConnectionError):
+        await control.command("show protocols all")
+
+
+async def test_announce_follows_the_decision_and_drain_waits_for_bird(fake: FakeBird) -> None:
+    sup, log = await supervisor(fake)
+    assert sup.view is not None
+    config = sup.view.config
+    desired = build_desired(config)
+    sup.feed(config, desired, desired.table)
+    await settle(sup)
+    assert fake.commands == ["enable havs_vip_203_0_113_10"]
+    sup.feed(config, desired, desired.table)  # unchanged: no command
+    await settle(sup)
+    assert len(fake.commands) == 1
+    sup.feed(config, desired, IpvsTable([]))  # the service left the kernel
+    await settle(sup)
+    assert fake.commands[-1] == "disable havs_vip_203_0_113_10"
+    assert ("bgp.withdraw", {"vip": "203.0.113.10", "reason": "TCP 203.0.113.10:80 is not in the kernel's IPVS table"}
+            ) in log.events
+    sup.feed(config, desired, desired.table)
+    await settle(sup)
+    assert fake.commands[-1] == "enable havs_vip_203_0_113_10"
+    for task in sup._tasks:
+        task.cancel()
+    assert await sup.drain(timeout=2)
+    shows = [c for c in fake.commands if c == "show protocols all"]
+    assert len(shows) == fake.lag  # polled until BIRD stopped exporting, not a fixed sleep
+    assert log.names()[-2:] == ["bgp.withdraw", "bgp.drained"]
+
+
+async def test_a_failing_control_socket_is_logged_and_retried(fake: FakeBird, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("havs.bgp.supervisor.RESTART_DELAY", 0.01)
+    sup, log = await supervisor(fake)
+    assert sup.control is not None and sup.view is not None
+    sup.control.close()  # as if BIRD restarted under us
+    desired = build_desired(sup.view.config)
+    sup.feed(sup.view.config, desired, desired.table)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if "enable havs_vip_203_0_113_10" in fake.commands:
+            break
+    assert "bgp.control_failed" in log.names()
+    assert "enable havs_vip_203_0_113_10" in fake.commands  # reconnected and applied
+    for task in sup._tasks:
+        task.cancel()
