@@ -113,7 +113,7 @@ BROKEN = [
     ("  router_id: 51\n", "  router_id: 51\n  version: 2\n  advert_interval: 0.5\n",
      "etc/havs.yaml:10: vrrp.advert_interval: VRRPv2 adverts are whole seconds, got 0.5"),
     ("  router_id: 51\n", "  router_id: 51\n  auth_pass: secret\n",
-     "etc/havs.yaml:9: vrrp.auth_pass: VRRPv2 only (VRRPv3 has no authentication)"),
+     "etc/havs.yaml:9: vrrp.auth_pass: VRRPv2 only (VRRPv3 has no authentication; see auth_hmac)"),
     ("  router_id: 51\n", "  router_id: 51\n  version: 4\n",
      "etc/havs.yaml:9: vrrp.version: Input should be 2 or 3, got 4"),
     ("      - address: 192.168.72.129\n", "      - address: 192.168.72.128\n",

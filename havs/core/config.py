@@ -259,7 +259,12 @@ def _parse(text: str, file: str) -> LoadedConfig:
         problems += _located(e, (), builder, said)
         config = None
     said |= {p.path for p in problems}
-    parts = _parts(config) if config is not None else _valid_parts(data)
+    if config is not None:
+        parts = _parts(config)
+    elif written <= PARTIAL_MAX_NODES:
+        parts = _valid_parts(data)
+    else:  # a huge file that failed: its schema errors now, not a second validation's worth of waiting
+        parts = (None, {}, None, [])
     for path, message in semantic_problems(*parts):
         if not any(path_str(path[:n]) in said for n in range(1, len(path) + 1)):
             problems.append(ConfigProblem(file, builder.line_of(path), path_str(path), message))
@@ -286,6 +291,7 @@ Parts = tuple[Settings | None, dict[str, Node], Vrrp | None, list[tuple[int, Vir
 
 
 PARTIAL_ROUNDS = 4
+PARTIAL_MAX_NODES = 50_000  # ~15,000 real servers: re-validating the valid parts costs at most ~1 s more
 
 
 def _drop(data: Any, loc: Path, missing: bool) -> bool:
