@@ -12,6 +12,7 @@ UML lab (real IPVS). `integration/scaleout_agent.py` stands in for havs where th
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from integration.waits import poll
 
 REPO = Path(__file__).resolve().parent.parent
 VIP = "10.99.0.1"
+VIP_TUN = "10.99.0.2"  # the same real servers through IP-in-IP (forwarding: tun)
 ROUTER = "r"
 CLIENT = "cl"
 SWITCH = "sws"
@@ -84,6 +86,10 @@ def director_config(directors: Sequence[str], *, bfd: bool = True, forwarding: s
             f"virtual_services:\n  - address: {VIP}\n    port: 80\n    scheduler: mh\n"
             f"    scheduler_flags: [mh-fallback, mh-port]\n    forwarding: {forwarding}\n    on_down: inhibit\n"
             f"    announce: bgp\n    check: {{type: tcp, interval: 1, timeout: 1, rise: 1, fall: 3}}\n"
+            f"    real_servers:\n{servers}"
+            f"  - address: {VIP_TUN}\n    port: 80\n    scheduler: mh\n    scheduler_flags: [mh-port]\n"
+            f"    forwarding: tun\n    on_down: inhibit\n    announce: bgp\n"
+            f"    check: {{type: tcp, interval: 1, timeout: 1, rise: 1, fall: 3}}\n"
             f"    real_servers:\n{servers}")
 
 
@@ -94,6 +100,7 @@ class ScaleoutLab:
         self.workdir = Path(tempfile.mkdtemp(prefix="havs-scaleout-", dir=_workdir_root()))
         self._created: list[str] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.tun = False  # whether the real servers take IP-in-IP (the ipip module could be loaded)
 
     def ns(self, node: str) -> str:
         return f"{self.prefix}{node}"
@@ -142,6 +149,13 @@ class ScaleoutLab:
                 for key, value in (("arp_ignore", "1"), ("arp_announce", "2")):
                     self.sysctl(rs, f"net.ipv4.conf.all.{key}", value)
                     self.sysctl(rs, f"net.ipv4.conf.eth0.{key}", value)
+            self.tun = in_uml() and _load_ipip()  # never a module load on the host kernel
+            for rs in REAL_SERVERS if self.tun else ():
+                # TUN: decapsulated on tunl0, whose inner source (the client) is not routed via tunl0
+                self.batch(rs, ["link set tunl0 up", f"addr add {VIP_TUN}/32 dev tunl0"])
+                for key, value in (("rp_filter", "0"), ("arp_ignore", "1")):
+                    self.sysctl(rs, f"net.ipv4.conf.tunl0.{key}", value)
+                self.sysctl(rs, "net.ipv4.conf.all.rp_filter", "0")
         except BaseException:
             self.down()
             raise
@@ -283,6 +297,15 @@ class ScaleoutLab:
             return int(path.read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+def _load_ipip() -> bool:
+    """The ipip module for the real servers' tunl0 (UML: the lab's module tree, via its modprobe wrapper)."""
+    for argv in (["/run/havs-modprobe", "ipip"],):
+        with contextlib.suppress(OSError):
+            if subprocess.run(argv, capture_output=True, timeout=30).returncode == 0:
+                return True
+    return False
 
 
 def _workdir_root() -> str | None:

@@ -18,7 +18,7 @@ import pytest
 
 from integration.bench_scaleout import FIRST, lab_with_directors, route_change
 from integration.ipmonitor import IpMonitor
-from integration.scaleout import VIP, ScaleoutLab
+from integration.scaleout import VIP, VIP_TUN, ScaleoutLab
 from integration.scaleout_traffic import LongLivedPool, short_loops
 
 pytestmark = [pytest.mark.uml, pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 not installed")]
@@ -44,7 +44,7 @@ def test_scaleout_story() -> None:
             # identical tables, sloppy TCP, the VIP local on every director
             tables = {d: table(lab, d) for d in FIRST}
             assert len(set(tables.values())) == 1 and "mh (mh-fallback,mh-port)" in tables["d1"], tables
-            assert tables["d1"].count("Route") == 3
+            assert tables["d1"].count("Route") == 3, tables["d1"]
             for d in FIRST:
                 assert lab.exec(d, ["cat", "/proc/sys/net/ipv4/vs/sloppy_tcp"]).stdout.strip() == "1"
                 assert f"{VIP}/32" in lab.exec(d, ["ip", "-4", "addr", "show", "dev", "lo"]).stdout
@@ -53,6 +53,15 @@ def test_scaleout_story() -> None:
             assert sum(s.failures for s in stats) == 0, stats
             served = set().union(*(s.per_backend for s in stats))
             assert served == {"rs1", "rs2", "rs3"}, stats
+            # the TUN service: the same real servers through IP-in-IP
+            assert lab.tun, "the ipip module could not be loaded in the lab"
+            assert tables["d1"].count("Tunnel") == 3
+            tun = short_loops(lab, VIP_TUN, n=1, period=0.05)
+            time.sleep(2)
+            tun_stats = tun[0].stop()
+            assert tun_stats.failures == 0 and set(tun_stats.per_backend) == {"rs1", "rs2", "rs3"}, tun_stats
+            assert lab.exec("r", ["ip", "route", "show", f"{VIP_TUN}/32"]).stdout.count("nexthop") == 3
+
             pool = LongLivedPool(lab.ns("cl"), VIP, 16, period=0.25).start()
             time.sleep(1)
             assert pool.broken() == []
