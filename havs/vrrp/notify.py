@@ -3,6 +3,12 @@
 On the VRRP loop (no thread): starting a process and waiting for it are non-blocking, so a slow script
 never delays an advert. Hooks see keepalived's states (master, backup, fault, stop); RESIGNING is part of
 leaving MASTER and runs none, so `stop` after a handover still says HAVS_PREVIOUS=MASTER.
+
+Each hook runs in a process group (session) of its own: at the timeout the whole group is killed, so a
+script's children do not outlive it. A hook is over when its process exits: its output goes to a
+temporary file, never a pipe, so a background job it leaves holding stdout/stderr cannot make a hook
+that exited 0 look timed out (nor hold back the hooks after it). That background job is left alone:
+starting one is the hook's business. Failures (non-zero, timed out, not startable) are logged at error.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
+import signal
+import tempfile
+from typing import IO, Any
 
 from havs.core.model import Notify
 
@@ -60,25 +68,37 @@ class NotifyRunner:
                 fields = await self._one(argv, env)
             except Exception as e:  # a hook must never stop VRRP
                 fields = {"rc": None, "error": f"{type(e).__name__}: {e}"}
-            self._log.info("vrrp.notify", state=state, argv=argv, **fields)
+            failed = fields.get("rc") != 0
+            (self._log.error if failed else self._log.info)("vrrp.notify", state=state, argv=argv, **fields)
 
     async def _one(self, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
-        except OSError as e:
-            return {"rc": None, "error": str(e)}
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), self.notify.timeout)
-        except (TimeoutError, asyncio.CancelledError) as e:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            return {"rc": None, "error": f"timed out after {self.notify.timeout}s"}
-        fields: dict[str, Any] = {"rc": proc.returncode}
-        if proc.returncode:
-            fields["stderr"] = err.decode("utf-8", "replace")[-500:]
-        return fields
+        with tempfile.TemporaryFile() as out:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True)
+            except OSError as e:
+                return {"rc": None, "error": str(e)}
+            try:
+                rc = await asyncio.wait_for(proc.wait(), self.notify.timeout)
+            except (TimeoutError, asyncio.CancelledError) as e:
+                _kill_group(proc.pid)
+                await proc.wait()
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                return {"rc": None, "error": f"timed out after {self.notify.timeout}s (its process group killed)",
+                        **_output(out)}
+            return {"rc": rc, **(_output(out) if rc else {})}
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _output(out: IO[bytes]) -> dict[str, str]:
+    """The last 500 characters the hook wrote (stdout and stderr), for the log."""
+    size = out.seek(0, os.SEEK_END)
+    out.seek(max(0, size - 2000))
+    text = out.read().decode("utf-8", "replace")[-500:]
+    return {"output": text} if text else {}
