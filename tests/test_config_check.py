@@ -74,9 +74,11 @@ def test_control_socket_colliding_with_the_config_is_refused(tmp_path: Path) -> 
     path.write_text(SEED.replace("/run/havs/control.sock", str(path)))
     with pytest.raises(ConfigError, match=r"havs.yaml:14: settings.control_socket: is the config file itself"):
         load_view(str(path), "lvs1")
-    path.write_text(SEED.replace("/run/havs/control.sock", str(tmp_path / "control.sock")))
-    with pytest.raises(ConfigError, match=r"settings.control_socket: is beside the config in"):
+    path.write_text(SEED.replace("/run/havs/control.sock", str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"settings.control_socket: is the config's directory, not a socket path"):
         load_view(str(path), "lvs1")
+    path.write_text(SEED.replace("/run/havs/control.sock", str(tmp_path / "control.sock")))
+    assert load_view(str(path), "lvs1").config.settings.control_socket == str(tmp_path / "control.sock")
 
 
 @pytest.mark.parametrize(("mode", "refused"), [(0o775, "group"), (0o777, "world"), (0o1777, None), (0o755, None)])

@@ -78,9 +78,8 @@ def socket_collision(socket_path: str, config_path: str) -> str | None:
     sock, config = posixpath.normpath(socket_path), posixpath.normpath(config_path)
     if sock == config:
         return "is the config file itself: starting the daemon would replace the file with a socket"
-    if posixpath.dirname(sock) == posixpath.dirname(config):
-        return (f"is beside the config in {posixpath.dirname(config)} (read-only under the unit's "
-                "ProtectSystem=strict, and a socket among configs invites mistakes): use /run/havs/control.sock")
+    if sock == posixpath.dirname(config):
+        return "is the config's directory, not a socket path"
     return None
 
 
