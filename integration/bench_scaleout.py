@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from integration.ipmonitor import IpMonitor
 from integration.scaleout import DIRECTORS, VIP, ScaleoutLab
 from integration.scaleout_traffic import LongLivedPool, short_loops
+from integration.waits import poll
 
 FIRST = ("d1", "d2", "d3")
 
@@ -39,11 +40,16 @@ def scheduled(lab: ScaleoutLab, director: str) -> int:
     return 0
 
 
-def route_change(mon: IpMonitor, after: float) -> float | None:
-    for t, line in mon.lines[:]:
-        if t >= after and line.startswith((VIP, f"Deleted {VIP}")):
-            return t - after
-    return None
+def route_change(mon: IpMonitor, after: float, timeout: float = 3.0) -> float | None:
+    """Seconds from `after` to the router's first change of the VIP's route (the monitor's reader thread
+    may lag behind the kernel in UML: wait for its line rather than read too early)."""
+
+    def first() -> float | None:
+        return next((t - after for t, line in mon.lines[:] if t >= after and line.startswith((VIP, f"Deleted {VIP}"))),
+                    None)
+
+    poll(lambda: first() is not None, timeout, 0.02)
+    return first()
 
 
 def failed_since(loops: list, since: float) -> int:  # type: ignore[type-arg]
@@ -61,8 +67,10 @@ def lab_with_directors() -> Iterator[ScaleoutLab]:
             lab.start_havs(d, configs[d])
         took = lab.wait_nexthops(FIRST, 90, step=0.2)
         if took is None:
-            raise RuntimeError(f"ECMP never formed: {lab.nexthops()}; router: {lab.router_cli('show protocols')}; "
-                               f"d1: {lab.log('d1')[-2000:]}")
+            hops = lab.nexthops()
+            missing = [d for d in FIRST if f"10.20.0.{DIRECTORS[d]}" not in hops]
+            raise RuntimeError(f"ECMP never formed: {hops}; router: {lab.router_cli('show protocols')}; "
+                               + "; ".join(f"{d}: {lab.log(d)[-3000:]}" for d in missing))
         print(f"lab up; ECMP over {', '.join(FIRST)} {took:.1f} s after the daemons started", flush=True)
         yield lab
 
@@ -74,7 +82,7 @@ def report(lab: ScaleoutLab, mon: IpMonitor, loops: list, pool: LongLivedPool | 
     first = min(s.start for loop in loops for s in loop.samples)
     for t, line in mon.lines:
         if VIP in line:
-            print(f"  {t - first:8.3f} {line.strip()[:150]}")
+            print(f"  {t - first:8.3f} {' '.join(line.split())[:220]}")
     print("failed requests:")
     for loop in loops:
         for s in loop.samples:
@@ -99,9 +107,21 @@ def report(lab: ScaleoutLab, mon: IpMonitor, loops: list, pool: LongLivedPool | 
                                                                                 "level")))
 
 
-def inside() -> int:
+def show_lab(lab: ScaleoutLab) -> None:
+    """The demo's opening: what the router and a director hold before anything happens."""
+    print("\n$ birdc show protocols            # on the router: a BGP session (with BFD) per director")
+    print(lab.router_cli("show protocols").split("\n", 1)[1].rstrip())
+    print(f"\n$ ip route show {VIP}             # on the router: one ECMP route, a next hop per director")
+    print(lab.exec("r", ["ip", "route", "show", f"{VIP}/32"]).stdout.rstrip())
+    print("\n$ ipvsadm -Ln                      # on d1 (d2 and d3 hold the same table)")
+    print(lab.exec("d1", ["ipvsadm", "-Ln"]).stdout.rstrip() + "\n", flush=True)
+
+
+def inside(demo: bool = False) -> int:
     figures: dict[str, str] = {}
     with lab_with_directors() as lab:
+        if demo:
+            show_lab(lab)
         mon = IpMonitor(lab.ns("r"), "route")
         loops = short_loops(lab, VIP, n=2, period=0.05)
         # 1. spread
@@ -178,13 +198,15 @@ def inside() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integration.bench_scaleout", description=__doc__.split("\n")[0])
     parser.add_argument("--inside", action="store_true", help="already inside the lab kernel")
+    parser.add_argument("--demo", action="store_true", help="show the router's and a director's tables first")
     args = parser.parse_args(argv)
     from integration.lab import in_uml, run_in_uml
 
     if args.inside or in_uml():
-        return inside()
-    print("booting user-mode Linux for the scale-out benchmark ...", flush=True)
-    return run_in_uml([sys.executable, "-m", "integration.bench_scaleout", "--inside"], timeout=600)
+        return inside(args.demo)
+    print("booting user-mode Linux for the scale-out lab ...", flush=True)
+    return run_in_uml([sys.executable, "-m", "integration.bench_scaleout", "--inside",
+                       *(["--demo"] if args.demo else [])], timeout=600)
 
 
 if __name__ == "__main__":
