@@ -152,3 +152,20 @@ async def test_a_failing_control_socket_is_logged_and_retried(fake: FakeBird, mo
     assert "enable havs_vip_203_0_113_10" in fake.commands  # reconnected and applied
     for task in sup._tasks:
         task.cancel()
+
+
+async def test_a_missing_bird_is_one_clear_error(tmp_path: Path) -> None:
+    text = BASE.replace("asn: 65001", f"asn: 65001\n  bird: /nonexistent/bird\n  run_dir: {tmp_path}/bird")
+    log = Log()
+    sup = BgpSupervisor(log)
+    sup._sloppy = lambda: None  # type: ignore[method-assign]  # no IPVS sysctls here
+
+    async def no_lo(view: Any) -> None:
+        return None
+
+    sup._vips_on_loopback = no_lo  # type: ignore[method-assign]
+    assert not await sup.start(select_node(parse_config(text), "d1", "x"))
+    assert log.names() == ["bgp.config_rejected"]
+    assert "/nonexistent/bird" in log.events[0][1]["error"]
+    assert not sup.active
+    await sup.stop()  # nothing to stop: no error

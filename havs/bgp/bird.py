@@ -39,6 +39,14 @@ class BirdProcess:
         return [setpriv, "--pdeathsig", "KILL", bird, "-f", "-c", str(self.conf), "-s", self.socket,
                 "-P", str(self.run_dir / "bird.pid")]
 
+    async def check(self) -> str | None:
+        """`bird -p`: BIRD's own verdict on the config (None: accepted), before anything is started."""
+        proc = await asyncio.create_subprocess_exec(shutil.which(self.binary) or self.binary, "-p", "-c",
+                                                    str(self.conf), stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return None if proc.returncode == 0 else (out.decode("utf-8", "replace").strip() or f"rc={proc.returncode}")
+
     async def start(self) -> str | None:
         """Start BIRD; returns why its priority could not be raised (None: raised)."""
         with open(self.run_dir / "bird.out", "ab") as out:

@@ -72,13 +72,22 @@ class BgpSupervisor:
         self.view = view
         self.bird = BirdProcess(bgp.bird, bgp.run_dir)
         self.control = BirdControl(self.bird.socket)
+        try:
+            self.bird.write_config(render_bird(view, self.bird.log_file))
+            problem = await self.bird.check()
+        except OSError as e:  # no BIRD binary, an unwritable run_dir
+            problem = f"{e.strerror or e}: {e.filename or bgp.bird}"
+        if problem is not None:  # a config BIRD refuses: no retry can help
+            self.log.error("bgp.config_rejected", error=problem, config=str(self.bird.conf))
+            self.bird = None
+            return False
         self._sloppy()
         await self.addresses.open()
         await self._vips_on_loopback(view)
-        if not await self._spawn_bird():
-            return False
+        up = await self._spawn_bird()
+        # the watcher restarts a BIRD that failed to start or exits later; the worker announces meanwhile
         self._tasks = [asyncio.ensure_future(self._worker()), asyncio.ensure_future(self._watch())]
-        return True
+        return up
 
     async def _spawn_bird(self) -> bool:
         assert self.bird is not None and self.control is not None and self.view is not None
@@ -215,14 +224,15 @@ class BgpSupervisor:
 
     async def _watch(self) -> None:
         """BIRD exiting on its own: said, and restarted (its announcements are lost with it)."""
+        delay = RESTART_DELAY
         while not self._stopping and self.bird is not None and self.bird.proc is not None:
             code = await self.bird.proc.wait()
             if self._stopping:
                 return
-            self.log.error("bgp.bird_exited", returncode=code, output=self._bird_output())
+            self.log.error("bgp.bird_exited", returncode=code, output=self._bird_output(), restart_in=delay)
             self.announced = set()
-            await asyncio.sleep(RESTART_DELAY)
-            await self._spawn_bird()
+            await asyncio.sleep(delay)
+            delay = RESTART_DELAY if await self._spawn_bird() else min(delay * 2, 30.0)
 
     # ------------------------------------------------------------------ the host
     async def _vips_on_loopback(self, view: NodeView) -> None:
