@@ -4,15 +4,17 @@ decision, the drain that waits for BIRD's export state, errors that never kill t
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from havs.bgp.bird import BirdProcess
 from havs.bgp.control import BirdControl
 from havs.bgp.supervisor import BgpSupervisor
-from havs.core.bgp import BirdError
+from havs.core.bgp import BirdError, render_bird
 from havs.core.config import parse_config, select_node
 from havs.core.desired import build_desired
 from havs.core.ipvs_table import IpvsTable
@@ -43,6 +45,8 @@ class FakeBird:
                 (self.enabled.add if verb == "enable" else self.enabled.discard)(arg)
                 self.lagging = self.lag
                 w.write(f"0011-{arg}: {verb}d\n0000 \n".encode())
+            elif verb == "configure":
+                w.write(b"0002-Reading configuration\n0003 Reconfigured\n")
             elif line == "show protocols all":
                 self.lagging = max(0, self.lagging - 1)
                 exported = 1 if self.enabled or self.lagging else 0
@@ -169,3 +173,38 @@ async def test_a_missing_bird_is_one_clear_error(tmp_path: Path) -> None:
     assert "/nonexistent/bird" in log.events[0][1]["error"]
     assert not sup.active
     await sup.stop()  # nothing to stop: no error
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 not installed")
+async def test_reload_reconfigures_and_a_refused_config_keeps_the_running_one(fake: FakeBird, tmp_path: Path) -> None:
+    sup, log = await supervisor(fake)
+    sup.bird = BirdProcess("bird", str(tmp_path / "run"))
+    assert sup.view is not None
+    sup.bird.write_config(render_bird(sup.view, "/dev/null"))
+    sup._vips_on_loopback = lambda view: asyncio.sleep(0)  # type: ignore[method-assign,assignment,return-value]
+    two = select_node(parse_config(BASE + TUN_SERVICE), "d1", "x")
+    await sup.reload(two)
+    desired = build_desired(two.config)
+    sup.feed(two.config, desired, desired.table)  # the daemon's pass after the reload
+    await settle(sup)
+    assert f'configure "{sup.bird.conf}"' in fake.commands
+    assert {"enable havs_vip_203_0_113_10", "enable havs_vip_203_0_113_11"} <= set(fake.commands)
+    assert "havs_vip_203_0_113_11" in sup.bird.conf.read_text()
+    before = sup.bird.conf.read_text()
+    sup.bird.binary = "false"  # BIRD's check refuses whatever it is given
+    await sup.reload(select_node(parse_config(BASE), "d1", "x"))
+    assert log.names()[-1] == "bgp.reload_failed"
+    assert sup.bird.conf.read_text() == before and sup.view is two
+    for task in sup._tasks:
+        task.cancel()
+
+
+TUN_SERVICE = """\
+  - address: 203.0.113.11
+    port: 80
+    scheduler: mh
+    forwarding: tun
+    on_down: inhibit
+    announce: bgp
+    real_servers: [{address: 10.2.0.21}]
+"""

@@ -161,18 +161,39 @@ class BgpSupervisor:
         self.log.error("bgp.drain_timeout", seconds=timeout)
         return False
 
+    async def apply(self, view: NodeView) -> None:
+        """The daemon's one call on a reload: start, reconfigure or stop, as the new config asks."""
+        if view.config.bgp is None:
+            await self.stop()  # graceful: withdrawn before BIRD stops
+        elif self.bird is None:
+            await self.start(view)
+        else:
+            await self.reload(view)
+
     async def reload(self, view: NodeView) -> None:
-        """A new config: re-render and `configure` BIRD; the worker re-applies every announcement."""
-        if self.bird is None or self.control is None or view.config.bgp is None:
+        """A new config: re-render, let BIRD check it, `configure`; the worker re-applies every announcement.
+        A config BIRD refuses leaves the running one (and its file) in place."""
+        if self.bird is None or self.control is None or view.config.bgp is None or self.view is None:
             return
-        self.view = view
-        await self._vips_on_loopback(view)
+        old_bgp = self.view.config.bgp
+        if old_bgp is not None and (old_bgp.bird, old_bgp.run_dir) != (view.config.bgp.bird, view.config.bgp.run_dir):
+            self.log.warning("config.restart_needed", settings=["bgp.bird", "bgp.run_dir"], applied="at the next start")
+        old_text = self.bird.conf.read_text() if self.bird.conf.exists() else ""
         try:
             self.bird.write_config(render_bird(view, self.bird.log_file))
+            if (problem := await self.bird.check()) is not None:
+                self.bird.write_config(old_text)
+                raise BirdError(problem)
+            await self._vips_on_loopback(view)
             await self.control.command(f'configure "{self.bird.conf}"')
         except (OSError, TimeoutError, BirdError) as e:
             self.log.error("bgp.reload_failed", error=str(e))
             return
+        self.view = view
+        for vip in self.on_lo - set(announced_vips(view.config)):
+            with contextlib.suppress(Exception):
+                await self.addresses.remove(view.config.bgp.loopback, _host(vip))
+            self.on_lo.discard(vip)
         self.announced = set()  # reconfigured protocols may have been restarted disabled: say it again
         self._changed.set()
 
