@@ -34,18 +34,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args.config, args.node, log_format=args.log_format, log_level=args.log_level, early=early)
 
 
-def _control(args: argparse.Namespace, message: dict[str, object]) -> dict[str, Any]:
+def _control(args: argparse.Namespace, message: dict[str, object], *, timeout: float = 5.0,
+             check: bool = True) -> dict[str, Any]:
     from havs.edge.control import request
 
     try:
-        reply = request(args.socket, message)
+        reply = request(args.socket, message, timeout=timeout)
     except FileNotFoundError:
         raise HavsError(f"no daemon listening on {args.socket} (is havs running?)") from None
     except PermissionError:
         raise HavsError(f"{args.socket}: permission denied (the control socket is root-only)") from None
     except (OSError, ValueError) as e:
         raise HavsError(f"{args.socket}: {e}") from None
-    if not reply.get("ok"):
+    if check and not reply.get("ok"):
         raise HavsError(str(reply.get("error", "the daemon refused")))
     return reply
 
@@ -66,9 +67,23 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    _control(args, {"command": "reload", "force": True} if args.force else {"command": "reload"})
-    print("reload requested" + (" (forced)" if args.force else "")
-          + "; the daemon logs config.reloaded, config.reload_failed or config.reload_refused")
+    """Waits for the daemon's outcome: non-zero, with the file's problems, when it kept the running config."""
+    from havs.control_shell import RELOAD_WAIT
+
+    reply = _control(args, {"command": "reload", "force": True} if args.force else {"command": "reload"},
+                     timeout=RELOAD_WAIT + 10, check=False)
+    if "outcome" not in reply:  # a daemon from before reloads answered with their outcome
+        if not reply.get("ok"):
+            raise HavsError(str(reply.get("error", "the daemon refused")))
+        print("reload requested; the daemon logs config.reloaded, config.reload_failed or config.reload_refused")
+        return EXIT_OK
+    for line in reply.get("problems") or ():
+        print(line, file=sys.stderr)
+    if not reply.get("ok"):
+        raise HavsError(str(reply.get("error", "the reload failed")))
+    for line in reply.get("warnings") or ():
+        print(f"forced past: {line}")
+    print(f"reloaded ({reply['outcome']})")
     return EXIT_OK
 
 

@@ -2,25 +2,74 @@
 
 Most figures are read from the daemon's own state at scrape time (a custom collector), so nothing is
 counted twice; only per-probe latencies and VRRP transitions are observed as they happen.
+
+Names follow node_exporter's IPVS collector where they overlap, so one dashboard reads both:
+`node_ipvs_backend_weight`, `node_ipvs_backend_connections_active` and `..._inactive`, with its labels
+`local_address, local_port, remote_address, remote_port, proto, local_mark`. Differences, on purpose:
+- the values are the kernel table as havs last dumped it (each reconcile pass), not /proc read per scrape;
+- a fwmark service has `local_address=""` (node_exporter writes Go's `<nil>`) and `local_mark` is the mark
+  in decimal, as the config and `ipvsadm -Ln` write it (node_exporter copies /proc's 8-digit hex);
+- node_exporter's global counters (`node_ipvs_connections_total`, ...) are per service and per backend
+  here, named alike under `havs_ipvs_service_*` and `havs_ipvs_backend_*` (IPVS keeps them per entry).
+havs's own per-server metrics (`havs_real_server_*`) carry the same six labels, so they join.
+A server that is not in IPVS (down, `on_down: remove`) has no weight sample rather than a sentinel.
+
+The HTTP server is bounded: at most `MAX_CONNECTIONS` connections are served at once (more are closed at
+accept) and each read waits at most `READ_TIMEOUT` seconds, so a slow or half-open client pins nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import platform
+import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from havs import __version__
 from havs.core.health import ProbeResult
-from havs.core.ipvs_table import IpvsTable
+from havs.core.ipvs_table import DestinationKey, IpvsTable, ServiceKey
 from havs.core.status import StatusSnapshot, VrrpStatus
 
 VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
+RELOAD_OUTCOMES = ("applied", "forced", "failed", "refused")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LABELS = ["local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark"]
+SERVICE_LABELS = LABELS[:2] + LABELS[4:]
+MAX_CONNECTIONS = 8
+READ_TIMEOUT = 5.0
 Snapshot = Callable[[], StatusSnapshot | Mapping[str, Any]]
+
+
+def _split(hostport: str) -> tuple[str, str]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), port or "0"
+
+
+def service_labels(name: str) -> list[str]:
+    """"TCP 192.168.0.108:80" → [192.168.0.108, 80, TCP, ""]; "FWM 42" → ["", 0, FWM, 42]."""
+    proto, _, where = name.partition(" ")
+    if proto == "FWM":
+        return ["", "0", proto, where]
+    return [*_split(where), proto, ""]
+
+
+def key_labels(key: ServiceKey) -> list[str]:
+    if key.protocol == "fwmark":
+        return ["", "0", "FWM", str(key.fwmark)]
+    return [str(key.address), str(key.port), key.protocol.upper(), ""]
+
+
+def backend_labels(service: list[str], server: str | DestinationKey) -> list[str]:
+    remote = (server.address, str(server.port)) if isinstance(server, DestinationKey) else _split(server)
+    return [*service[:2], *remote, *service[2:]]
 
 
 class _StateCollector(Collector):
@@ -31,7 +80,45 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         raw = self._snapshot()
         snap = raw if isinstance(raw, StatusSnapshot) else StatusSnapshot.from_dict(raw)
-        vrrp = snap.vrrp or VrrpStatus(state="")
+        info = GaugeMetricFamily("havs_build_info", "havs version and the Python running it (always 1)",
+                                 labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+        yield from self._vrrp(snap.vrrp)
+        reloads = CounterMetricFamily("havs_reloads", "config reloads by outcome", labels=["outcome"])
+        for outcome in RELOAD_OUTCOMES:
+            reloads.add_metric([outcome], snap.reloads.get(outcome, 0))
+        yield reloads
+        up = GaugeMetricFamily("havs_real_server_up", "1 when the health checks say up", labels=LABELS)
+        weight = GaugeMetricFamily("havs_real_server_weight",
+                                   "effective IPVS weight havs wants (no sample: not in IPVS)", labels=LABELS)
+        configured = GaugeMetricFamily("havs_real_server_configured_weight", "weight in the config", labels=LABELS)
+        drained = GaugeMetricFamily("havs_real_server_drained", "1 when drained (havs drain)", labels=LABELS)
+        for svc in snap.services:
+            slabels = service_labels(svc.name)
+            for rs in svc.real_servers:
+                labels = backend_labels(slabels, rs.server)
+                up.add_metric(labels, 1.0 if rs.health == "up" else 0.0)
+                drained.add_metric(labels, 1.0 if rs.drained else 0.0)
+                if rs.effective_weight is not None:
+                    weight.add_metric(labels, rs.effective_weight)
+                if rs.configured_weight is not None:
+                    configured.add_metric(labels, rs.configured_weight)
+        yield from (up, weight, configured, drained)
+        quorum = GaugeMetricFamily("havs_service_quorum", "1 while the service's quorum is met", labels=SERVICE_LABELS)
+        for svc in snap.services:
+            quorum.add_metric(service_labels(svc.name), 1.0 if svc.quorum else 0.0)
+        yield quorum
+        rec = snap.reconciler
+        for key, text in (("passes", "reconcile passes"), ("ops_applied", "IPVS operations applied"),
+                          ("failures", "IPVS operations that failed"), ("drift_repairs", "drift repairs"),
+                          ("pass_failures", "reconcile passes that failed and were retried")):
+            yield CounterMetricFamily(f"havs_reconcile_{key}", text, value=getattr(rec, key) if rec else 0)
+        yield from self._ipvs()
+
+    @staticmethod
+    def _vrrp(vrrp: VrrpStatus | None) -> Iterator[Any]:
+        vrrp = vrrp or VrrpStatus(state="")
         state = GaugeMetricFamily("havs_vrrp_state", "1 for the VRRP state this director is in", labels=["state"])
         for name in VRRP_STATES:
             state.add_metric([name], 1.0 if vrrp.state == name else 0.0)
@@ -43,70 +130,119 @@ class _StateCollector(Collector):
         for reason, n in vrrp.dropped.items():
             dropped.add_metric([reason], n)
         yield dropped
-        up = GaugeMetricFamily("havs_real_server_up", "1 when the health checks say up", labels=["service", "server"])
-        weight = GaugeMetricFamily("havs_real_server_weight", "effective IPVS weight (-1: not in IPVS)",
-                                   labels=["service", "server"])
-        for svc in snap.services:
-            for rs in svc.real_servers:
-                labels = [svc.name, rs.server]
-                up.add_metric(labels, 1.0 if rs.health == "up" else 0.0)
-                weight.add_metric(labels, -1 if rs.effective_weight is None else rs.effective_weight)
-        yield up
-        yield weight
-        rec = snap.reconciler
-        for key, text in (("passes", "reconcile passes"), ("ops_applied", "IPVS operations applied"),
-                          ("failures", "IPVS operations that failed"), ("drift_repairs", "drift repairs"),
-                          ("pass_failures", "reconcile passes that failed and were retried")):
-            yield CounterMetricFamily(f"havs_reconcile_{key}", text, value=getattr(rec, key) if rec else 0)
-        yield from self._ipvs_counters()
+        held = set(vrrp.held)
+        yield GaugeMetricFamily("havs_vrrp_addresses_held", "floating addresses this director holds now",
+                                value=len(held))
+        each = GaugeMetricFamily("havs_vrrp_address_held", "1 when this director holds the floating address",
+                                 labels=["address", "interface"])
+        for entry in vrrp.addresses:
+            address, _, ifname = entry.partition(" dev ")
+            each.add_metric([address, ifname], 1.0 if entry in held else 0.0)
+        yield each
 
-    def _ipvs_counters(self) -> Iterator[Any]:
+    def _ipvs(self) -> Iterator[Any]:
         table = self._table()
         if table is None:
             return
-        names = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
-        svc = {n: CounterMetricFamily(f"havs_ipvs_service_{n}", f"IPVS service {n}", labels=["service"])
-               for n in names}
-        dst = {n: CounterMetricFamily(f"havs_ipvs_destination_{n}", f"IPVS destination {n}",
-                                      labels=["service", "server"]) for n in names}
-        active = GaugeMetricFamily("havs_ipvs_destination_active_conns", "active connections",
-                                   labels=["service", "server"])
-        inactive = GaugeMetricFamily("havs_ipvs_destination_inactive_conns", "inactive connections",
-                                     labels=["service", "server"])
+        names = (("conns", "connections"), ("inpkts", "incoming_packets"), ("outpkts", "outgoing_packets"),
+                 ("inbytes", "incoming_bytes"), ("outbytes", "outgoing_bytes"))
+        svc = {n: CounterMetricFamily(f"havs_ipvs_service_{m}", f"IPVS service {m.replace('_', ' ')}",
+                                      labels=SERVICE_LABELS) for n, m in names}
+        dst = {n: CounterMetricFamily(f"havs_ipvs_backend_{m}", f"IPVS backend {m.replace('_', ' ')}",
+                                      labels=LABELS) for n, m in names}
+        weight = GaugeMetricFamily("node_ipvs_backend_weight", "the kernel's weight of the backend", labels=LABELS)
+        active = GaugeMetricFamily("node_ipvs_backend_connections_active", "active connections by backend",
+                                   labels=LABELS)
+        inactive = GaugeMetricFamily("node_ipvs_backend_connections_inactive", "inactive connections by backend",
+                                     labels=LABELS)
         for key, entry in table.items():
+            slabels = key_labels(key)
             stats = table.service_stats(key)
             if stats is not None:
-                for n in names:
-                    svc[n].add_metric([str(key)], getattr(stats, n))
-            for dkey in entry.destinations:
+                for n, _ in names:
+                    svc[n].add_metric(slabels, getattr(stats, n))
+            for dkey, dest in entry.destinations.items():
+                labels = backend_labels(slabels, dkey)
+                weight.add_metric(labels, dest.weight)
                 ds = table.destination_stats(key, dkey)
                 if ds is None:
                     continue
-                labels = [str(key), str(dkey)]
-                for n in names:
+                for n, _ in names:
                     dst[n].add_metric(labels, getattr(ds.stats, n))
                 active.add_metric(labels, ds.active_conns)
                 inactive.add_metric(labels, ds.inactive_conns)
         yield from svc.values()
         yield from dst.values()
-        yield active
-        yield inactive
+        yield from (weight, active, inactive)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = READ_TIMEOUT  # StreamRequestHandler: each read on the connection waits at most this long
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not events."""
+
+
+class BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most `max_connections` of them: beyond, a connection is closed at once."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], max_connections: int = MAX_CONNECTIONS) -> None:
+        family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        self.address_family = family
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        super().__init__(address, _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: nothing to say (the base class prints a traceback)."""
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Metrics:
     def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(snapshot, table))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds…
         self.check_latency = Histogram("havs_check_latency_seconds", "health check latency", ["service", "result"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.vrrp_transitions = Counter("havs_vrrp_transitions", "VRRP state changes", ["to"], registry=self.registry)
+        self.server: BoundedServer | None = None
 
     def observe_probe(self, key: tuple[str, str], result: ProbeResult) -> None:
         self.check_latency.labels(key[0], "ok" if result.ok else "fail").observe(result.latency)
 
-    def serve(self, listen: str) -> None:
+    def serve(self, listen: str, max_connections: int = MAX_CONNECTIONS) -> BoundedServer:
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        server = BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), max_connections)
+        server.set_app(make_wsgi_app(self.registry))
+        threading.Thread(target=server.serve_forever, name="havs-metrics", daemon=True).start()
+        self.server = server
+        return server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 def serve_metrics(listen: str | None, loop: asyncio.AbstractEventLoop, snapshot: Callable[[], StatusSnapshot],
@@ -135,5 +271,5 @@ def serve_metrics(listen: str | None, loop: asyncio.AbstractEventLoop, snapshot:
     except OSError as e:
         log.error("metrics.unavailable", listen=listen, error=str(e))
         return None
-    log.info("metrics.listening", listen=listen)
+    log.info("metrics.listening", listen=listen, max_connections=MAX_CONNECTIONS, read_timeout=READ_TIMEOUT)
     return metrics

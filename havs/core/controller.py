@@ -32,7 +32,7 @@ from havs.core.desired import (
 from havs.core.health import HealthChanged
 from havs.core.ipvs_format import service_flags
 from havs.core.ipvs_table import IpvsTable, SyncDaemon
-from havs.core.model import Config, ConnectionSync, NodeView
+from havs.core.model import Config, ConnectionSync, NodeView, VirtualService
 from havs.core.status import (
     DrainingStatus,
     ReconcilerStatus,
@@ -171,6 +171,7 @@ class Controller:
         # leaves it behind `view`, and the next reload tries again
         self.vrrp_view = view
         self.vrrp_state = "BACKUP"  # every director starts as a backup; the VRRP process says what follows
+        self.reloads: dict[str, int] = {}  # reload outcome (applied, forced, failed, refused, …) → count
 
     @property
     def config(self) -> Config:
@@ -285,13 +286,17 @@ class Controller:
                 dest = ipvs_destination(vs, rs, 0)
                 in_table = table[skey].destinations.get(dest.key) if table and skey in table else None
                 stats = actual.destination_stats(skey, dest.key) if actual is not None else None
+                effective = in_table.weight if in_table else None
                 servers.append(ServerStatus(
                     server=key.server, forwarding=dest.forwarding, configured_weight=rs.weight,
-                    effective_weight=in_table.weight if in_table else None,
+                    effective_weight=effective,
                     health=str(h.get("state", "unchecked")), last_result=h.get("reason"),
                     latency_ms=h.get("latency_ms"), drained=key in self.drained,
                     active_conns=stats.active_conns if stats else None,
                     inactive_conns=stats.inactive_conns if stats else None,
+                    weight_reason=weight_reason(vs, effective, h, drained=key in self.drained,
+                                                since_up=self.ramp_from.get(key), now=now,
+                                                quorum_lost=vs.name in quorum_lost),
                 ))
             services.append(ServiceStatus(name=vs.name, scheduler=vs.scheduler, flags=service_flags(ipvs_service(vs)),
                                           quorum=vs.name not in quorum_lost, real_servers=tuple(servers)))
@@ -300,4 +305,28 @@ class Controller:
             vrrp=VrrpStatus.from_push(vrrp, now) if vrrp is not None else None,
             services=tuple(services), reconciler=reconciler,
             draining=tuple(DrainingStatus(str(s), str(d), t - now) for s, d, t in draining),
+            reloads=dict(self.reloads),
         )
+
+
+def weight_reason(vs: VirtualService, effective: int | None, health: Mapping[str, Any], *,
+                  drained: bool, since_up: float | None, now: float, quorum_lost: bool) -> str:
+    """Why a server's effective weight is what it is, in the order `core.health.effective_weight` applies
+    them: "down", "drained", "agent 50%", "slow start 35%", and "quorum lost" (the service's sorry server
+    is in, or its VRRP priority is lowered). "" when nothing lowers the configured weight."""
+    reasons: list[str] = []
+    up = health.get("up", health.get("state", "up") in ("up", "unchecked"))
+    if effective is None or not up:
+        reasons.append("down")
+    elif drained:
+        reasons.append("drained")
+    else:
+        agent = health.get("agent_weight")
+        if isinstance(agent, int | float) and agent < 1:
+            reasons.append(f"agent {round(max(0.0, agent) * 100)}%")
+        if vs.slow_start > 0 and since_up is not None and 0 <= now - since_up < vs.slow_start:
+            reasons.append(f"slow start {round(100 * (now - since_up) / vs.slow_start)}%")
+    if quorum_lost:
+        sorry = vs.quorum is not None and vs.quorum.sorry_server is not None
+        reasons.append("quorum lost" + (": sorry server in" if sorry else ""))
+    return ", ".join(reasons)

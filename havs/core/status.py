@@ -27,6 +27,9 @@ class ServerStatus:
     drained: bool = False
     active_conns: int | None = None
     inactive_conns: int | None = None
+    # why the effective weight is not the configured one: "slow start 35%", "agent 50%", "drained",
+    # "down", "quorum lost" (a sorry server is in) … ("" when it is the configured weight)
+    weight_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class ServiceStatus:
 
 
 _VRRP_KNOWN = ("state", "since_ago", "priority", "priority_decrement", "router_id", "version", "mode",
-               "interface", "master", "addresses", "adverts_sent", "adverts_received", "dropped")
+               "interface", "master", "addresses", "held", "adverts_sent", "adverts_received", "dropped")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class VrrpStatus:
     mode: str | None = None
     interface: str | None = None
     master: str | None = None
-    addresses: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()  # configured floating addresses, "192.168.0.108/24 dev eth0"
+    held: tuple[str, ...] = ()  # those this director holds now (same form)
     adverts_sent: int = 0
     adverts_received: int = 0
     dropped: Mapping[str, int] = field(default_factory=dict)
@@ -76,6 +80,7 @@ class VrrpStatus:
         if "master" not in known and d.get("master_address"):
             known["master"] = d["master_address"]
         known["addresses"] = tuple(known.get("addresses", ()))
+        known["held"] = tuple(known.get("held", ()))
         known["dropped"] = dict(known.get("dropped", {}))
         extra = {k: v for k, v in d.items() if k not in _VRRP_KNOWN and k != "extra"}
         extra.update(d.get("extra") or {})
@@ -84,6 +89,7 @@ class VrrpStatus:
     def to_dict(self) -> dict[str, Any]:
         out = {**dict(self.extra), **{k: getattr(self, k) for k in _VRRP_KNOWN}}
         out["addresses"] = list(self.addresses)
+        out["held"] = list(self.held)
         out["dropped"] = dict(self.dropped)
         return out
 
@@ -115,6 +121,7 @@ class StatusSnapshot:
     services: tuple[ServiceStatus, ...] = ()
     reconciler: ReconcilerStatus | None = None
     draining: tuple[DrainingStatus, ...] = ()
+    reloads: Mapping[str, int] = field(default_factory=dict)  # reload outcome → count since start
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -126,6 +133,7 @@ class StatusSnapshot:
                 rs["forwarding"] = rs["forwarding"].value if rs["forwarding"] else None
         out["services"] = list(out["services"])
         out["draining"] = list(out["draining"])
+        out["reloads"] = dict(self.reloads)
         return out
 
     @classmethod
@@ -139,6 +147,7 @@ class StatusSnapshot:
             services=tuple(_service(s) for s in d.get("services") or ()),
             reconciler=ReconcilerStatus(**_only(ReconcilerStatus, rec)) if rec else None,
             draining=tuple(DrainingStatus(**_only(DrainingStatus, x)) for x in d.get("draining") or ()),
+            reloads={str(k): int(v) for k, v in (d.get("reloads") or {}).items()},
         )
 
 
@@ -186,7 +195,9 @@ def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
             + (f", master {vrrp.master}" if vrrp.master else "")
         )
         if vrrp.addresses:
-            lines.append("  floating: " + ", ".join(vrrp.addresses))
+            held = set(vrrp.held)
+            lines.append("  floating: " + ", ".join(f"{a} ({'held' if a in held else 'absent'})"
+                                                     for a in vrrp.addresses))
     else:
         lines.append("VRRP off")
     rec = snap.reconciler
@@ -195,7 +206,8 @@ def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
         lines.append(f"IPVS: {rec.passes} passes, {rec.ops_applied} ops applied, "
                      f"{rec.failures} failed, {rec.drift_repairs} drift repairs{failed_passes}")
     lines.append("Prot LocalAddress:Port Scheduler Flags")
-    lines.append("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn Health Last result  Latency")
+    lines.append("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn Health Last result  Latency"
+                 "  Weight because")
     for svc in snap.services:
         flags = " ".join(svc.flags)
         quorum = "" if svc.quorum else "  QUORUM LOST"
@@ -207,11 +219,15 @@ def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
                 w += f"/{_num(rs.configured_weight)}"
             health = rs.health + (" drained" if rs.drained else "")
             lat = "" if rs.latency_ms is None else f"{rs.latency_ms:.1f}ms"
+            # "down" and "drained" are in the Health column already
+            why = ", ".join(r for r in rs.weight_reason.split(", ") if r not in ("down", "drained"))
             fwd = rs.forwarding.ipvsadm if rs.forwarding else "-"
             lines.append(
                 f"  -> {rs.server:<28} {fwd:<7} {w:<6} {_num(rs.active_conns):<10} {_num(rs.inactive_conns):<9} "
-                f"{health:<6} {rs.last_result or '':<12} {lat}".rstrip()
+                f"{health:<6} {rs.last_result or '':<12} {lat:<8} {why}".rstrip()
             )
+    if snap.reloads:
+        lines.append("reloads: " + ", ".join(f"{n} {k}" for k, n in sorted(snap.reloads.items())))
     for d in snap.draining:
         lines.append(f"  draining {d.service} -> {d.server} (deleted in {_ago(d.left)})")
     return "\n".join(lines)
