@@ -29,6 +29,7 @@ VIP = ipaddress.IPv4Address("192.168.0.108")
 GW = ipaddress.IPv4Address("192.168.72.130")
 A_ADDR = ipaddress.IPv4Address("192.168.0.11")
 B_ADDR = ipaddress.IPv4Address("192.168.0.12")
+WALL0 = 1_790_000_000.0  # the UTC clock at the link's time 0 (auth_hmac stamps)
 
 
 def params(addr: ipaddress.IPv4Address, priority: int, **kw: object) -> VrrpParams:
@@ -95,10 +96,12 @@ class Link:
             self.log.append((self.now, node.name, action))
             if isinstance(action, SendAdvertisement) and self.connected and node.up:
                 payload = wire.encode(action.adv, src=node.addr, dst=wire.MULTICAST_V4)
+                payload += node.inst.sign(payload, WALL0 + self.now)  # auth_hmac trailer, if configured
                 for other in self.nodes.values():
                     if other is not node and other.up:
                         got = other.inst.receive_bytes(
-                            payload, src=node.addr, dst=wire.MULTICAST_V4, ttl=255, now=self.now
+                            payload, src=node.addr, dst=wire.MULTICAST_V4, ttl=255, now=self.now,
+                            wall=WALL0 + self.now,
                         )
                         self._dispatch(other, got)
 

@@ -11,9 +11,19 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from havs.core.scalars import item_type, strict_message
+from havs.core.vrrp_auth import parse_key
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -344,6 +354,41 @@ class ConnectionSync(Strict):
     )
 
 
+def _key_problem(spec: str) -> str | None:
+    """Why a key spec is unusable, or None: `hex:…` (32..64 bytes), `file:/absolute/path` (read by the VRRP
+    child: a regular file nobody else can read), or printable ASCII text of 32..64 characters. The message
+    never quotes the key (checked here rather than per field so the error carries no `got '…'`)."""
+    if spec.startswith("file:"):
+        return None if spec[5:].startswith("/") else "a file: key needs an absolute path"
+    try:
+        parse_key(spec)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+class AuthHmac(Strict):
+    """keepalived 2.4 `auth_hmac`: HMAC-SHA256 trailer on every advert, with replay protection (docs/auth.md).
+    The same names and meanings as keepalived's; keys are never shown (havs check prints `**********`)."""
+
+    keys: dict[Annotated[int, Range(1, 255)], SecretStr] = Field(
+        min_length=1, description="key id → hex:…, file:/path or ASCII text; 32..64 bytes")
+    active_key: Annotated[int, Range(1, 255)] = Field(description="the key id our adverts are signed with")
+    anti_replay: Literal["time", "monotonic"] = "time"
+    time_window: Annotated[int, Range(1, 300)] | None = Field(
+        default=None, description="seconds (time mode); default max(3 × advert_interval, 5)")
+    mode: Literal["enforce", "permissive", "receive_only"] = "enforce"
+
+    @model_validator(mode="after")
+    def _active_defined(self) -> AuthHmac:
+        for kid, spec in self.keys.items():
+            if (why := _key_problem(spec.get_secret_value())) is not None:
+                raise Problem(("keys", kid), why)
+        if self.active_key not in self.keys:
+            raise Problem(("active_key",), f"key {self.active_key} is not defined in keys")
+        return self
+
+
 class Vrrp(Strict):
     router_id: Annotated[int, Range(1, 255)]
     version: Literal[2, 3] = 3
@@ -354,6 +399,7 @@ class Vrrp(Strict):
     unicast_peers: list[IPAddress] = Field(default_factory=list)
     auth_pass: Annotated[str, Field(min_length=1, max_length=8)] | None = None
     v3_checksum: Literal["pseudo_header", "message"] = "pseudo_header"
+    auth_hmac: AuthHmac | None = None
     addresses: list[FloatingAddress] = Field(min_length=1)
     track_interfaces: list[str] = Field(default_factory=list)
     garp: Garp = Field(default_factory=Garp)
@@ -367,11 +413,13 @@ class Vrrp(Strict):
                 raise Problem(("advert_interval",), f"VRRPv2 adverts are whole seconds, got {self.advert_interval}")
         else:
             if self.auth_pass is not None:
-                raise Problem(("auth_pass",), "VRRPv2 only (VRRPv3 has no authentication)")
+                raise Problem(("auth_pass",), "VRRPv2 only (VRRPv3 has no authentication; see auth_hmac)")
             if abs(self.advert_interval * 100 - round(self.advert_interval * 100)) > 1e-6:
                 raise Problem(
                     ("advert_interval",), f"VRRPv3 adverts are whole centiseconds, got {self.advert_interval}"
                 )
+        if self.auth_hmac is not None and self.auth_pass is not None:
+            raise Problem(("auth_pass",), "auth_pass and auth_hmac are mutually exclusive (keepalived drops auth_pass)")
         seen: set[str] = set()
         for i, fa in enumerate(self.addresses):
             if fa.address.version != self.addresses[0].address.version:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from havs.core import wire
+from havs.core import vrrp_auth, wire
 from havs.core.vrrp_model import (
     ANSWERS_PER_INTERVAL,
     BACKUP,
@@ -60,7 +60,7 @@ from havs.errors import PacketError
 
 # What a reload may change without touching the state (the rest makes a new instance).
 RECONFIGURABLE = frozenset({"priority", "advert_interval", "preempt", "preempt_delay", "auth_pass", "garp_refresh",
-                            "garp_burst_interval", "lower_priority_advert", "higher_priority_advert"})
+                            "garp_burst_interval", "lower_priority_advert", "higher_priority_advert", "auth"})
 
 
 class VrrpInstance:
@@ -81,6 +81,7 @@ class VrrpInstance:
         self.resign_pending = False  # BACKUP: the master's priority 0 is counting down
         self.resign_started: float | None = None  # RESIGNING: when we sent priority 0
         self.answers = AnswerLimiter()  # MASTER
+        self.auth = vrrp_auth.Authenticator(params.auth) if params.auth is not None else None
 
     # --------------------------------------------------------------------------------- derived timers
 
@@ -152,6 +153,14 @@ class VrrpInstance:
             raise ValueError(f"cannot change {', '.join(sorted(fixed))} in place")
         old_interval = self.params.advert_interval
         self.params = params
+        # keys rotate and modes move (receive_only → permissive → enforce) in place: the send sequence and
+        # the replay marks stay, so neither our adverts nor the peer's are refused across the reload
+        if params.auth is None:
+            self.auth = None
+        elif self.auth is None:
+            self.auth = vrrp_auth.Authenticator(params.auth)
+        else:
+            self.auth.params = params.auth
         actions = self.set_priority(priority, now)
         if self.state == MASTER and params.advert_interval != old_interval and not actions:
             actions = self._advertise(now)  # tell the backup the new interval at once (v3 adopts it)
@@ -161,14 +170,30 @@ class VrrpInstance:
         return actions
 
     def receive_bytes(
-        self, payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None, now: float
+        self, payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None, now: float, wall: float = 0.0
     ) -> list[Action]:
-        """Decode and receive; malformed packets become counted drops."""
+        """Decode, authenticate (`auth_hmac`: `wall` is UTC seconds) and receive; malformed or
+        unauthenticated packets become counted drops, before any field reaches the state machine."""
+        auth, tail = self.auth, None
+        message = payload
+        if auth is not None:
+            message, tail = vrrp_auth.split(payload, src.version)
         try:
-            adv = wire.decode(payload, src=src, dst=dst, ttl=ttl)
+            adv = wire.decode(message, src=src, dst=dst, ttl=ttl, trailer=tail or b"")
         except PacketError as e:
             return _drop(self, e.reason, src)
+        if auth is not None and adv.router_id == self.params.router_id:
+            reason = auth.check(message, tail, version=adv.version, router_id=adv.router_id, src=src, wall=wall)
+            if reason is not None:
+                return _drop(self, reason, src)
         return self.receive(adv, src, now)
+
+    def sign(self, message: bytes, wall: float) -> bytes:
+        """The `auth_hmac` trailer for one of our adverts (b"" without auth or in receive_only)."""
+        if self.auth is None:
+            return b""
+        return self.auth.sign(message, version=self.params.version, router_id=self.params.router_id,
+                              src=self.params.primary_address, wall=wall)
 
     def receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         p = self.params
@@ -210,7 +235,17 @@ class VrrpInstance:
             "adverts_received": self.counters.adverts_received,
             "dropped": dict(self.counters.dropped),
             "ignored": dict(self.counters.ignored),
+            "auth": self._auth_snapshot(),
         }
+
+    def _auth_snapshot(self) -> dict[str, object] | None:
+        """Mode and key ids, and the rejects by reason (all of them, zeros too, for metrics). Never keys."""
+        if self.auth is None:
+            return None
+        p = self.auth.params
+        return {"mode": p.mode, "anti_replay": p.anti_replay, "time_window": p.time_window,
+                "active_key": p.active_key, "key_ids": sorted(p.keys),
+                "rejected": {r: self.counters.dropped[r] for r in vrrp_auth.REASONS}}
 
     # ------------------------------------------------------------------------------------- machinery
 
@@ -236,7 +271,8 @@ class VrrpInstance:
         self.resign_pending = False
         self.timers.master_down = now + self.master_down_interval
 
-    def _transition(self, to: State, reason: str, now: float) -> list[Action]:
+    def _transition(self, to: State, reason: str, now: float, peer: IPAddress | None = None,
+                    peer_priority: int | None = None) -> list[Action]:
         from_ = self.state
         if (from_, to) not in MOVES:
             raise RuntimeError(f"illegal VRRP transition {from_} → {to}")
@@ -257,7 +293,7 @@ class VrrpInstance:
         self.answers.clear()
         self.state = to
         self.since = now
-        actions.append(StateChanged(from_, to, reason))
+        actions.append(StateChanged(from_, to, reason, peer, peer_priority))
         # entering
         self.master_address = None
         self.master_priority = None
@@ -336,7 +372,9 @@ def _release(inst: VrrpInstance, now: float, *_: object) -> list[Action]:
 
 
 def _master_down(inst: VrrpInstance, now: float, *_: object) -> list[Action]:
-    return inst._transition(MASTER, "master_down", now)
+    # name the master that went silent (priority 0 if it resigned), as keepalived does
+    peer_priority = 0 if inst.resign_pending else inst.master_priority
+    return inst._transition(MASTER, "master_down", now, inst.master_address, peer_priority)
 
 
 def _adver(inst: VrrpInstance, now: float, *_: object) -> list[Action]:
@@ -397,7 +435,7 @@ def _master_advert(inst: VrrpInstance, now: float, adv: Advertisement | None, sr
         if p.higher_priority_advert:
             inst.counters.adverts_sent += 1
             actions.append(SendAdvertisement(p.advert(inst.priority)))
-        actions += inst._transition(BACKUP, "higher_priority", now)
+        actions += inst._transition(BACKUP, "higher_priority", now, src, adv.priority)
         inst._accept_master(adv, src, now)
         return actions
     if adv.priority > 0 and not p.lower_priority_advert:

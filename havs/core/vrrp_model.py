@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from havs.core.vrrp_auth import AuthParams
 from havs.core.wire import Advertisement, IPAddress
 
 
@@ -70,6 +71,7 @@ class VrrpParams:
     # more, so the winner hears a lower priority and re-announces its addresses. Without it a split brain
     # can heal with the winner's advert arriving first and hosts keep the loser's MAC until ARP times out.
     higher_priority_advert: bool = True
+    auth: AuthParams | None = None  # keepalived 2.4 `auth_hmac` (havs.core.vrrp_auth); None: no trailer
 
     def advert(self, priority: int) -> Advertisement:
         """Our advertisement at `priority` (0: resigning)."""
@@ -95,9 +97,14 @@ class SendAdvertisement:
 
 @dataclass(frozen=True)
 class StateChanged:
+    """`peer`, `peer_priority`: the advert that caused it (higher_priority; master_down names the master
+    that went silent, priority 0 when it resigned), as keepalived logs them."""
+
     from_: State
     to: State
     reason: str
+    peer: IPAddress | None = None
+    peer_priority: int | None = None
 
 
 @dataclass(frozen=True)

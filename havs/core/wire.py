@@ -84,8 +84,12 @@ def encode(
     src: IPAddress,
     dst: IPAddress,
     checksum: ChecksumMode = "pseudo_header",
+    trailer: bytes = b"",
 ) -> bytes:
-    """The VRRP message for `adv`, sent from `src` to `dst` (both go into the v3 pseudo-header)."""
+    """The VRRP message for `adv`, sent from `src` to `dst` (both go into the v3 pseudo-header).
+
+    `trailer`: an `auth_hmac` trailer (havs.core.vrrp_auth) appended after the message. As keepalived does,
+    the IPv4 checksum covers the message only; the IPv6 one (the kernel's, on keepalived) covers it too."""
     if adv.version not in (2, 3):
         raise ValueError(f"VRRP version {adv.version}")
     if not 1 <= adv.router_id <= 255 or not 0 <= adv.priority <= 255:
@@ -113,14 +117,19 @@ def encode(
             raise ValueError("v3 advert interval is 1..4095 cs")
         head = struct.pack("!BBBBHH", 0x31, adv.router_id, adv.priority, len(adv.addresses), adv.advert_interval, 0)
         message = head + addrs
-    csum = _checksum_for(message, adv.version, src, dst, checksum)
-    return message[:6] + struct.pack("!H", csum) + message[8:]
+    if src.version == 6:
+        csum = _checksum_for(message + trailer, adv.version, src, dst, checksum)
+    else:
+        csum = _checksum_for(message, adv.version, src, dst, checksum)
+    return message[:6] + struct.pack("!H", csum) + message[8:] + trailer
 
 
 @functools.lru_cache(maxsize=64)
-def decode(payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None) -> Advertisement:
+def decode(payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None,
+           trailer: bytes = b"") -> Advertisement:
     """Parse and check one received VRRP message. `ttl=None` skips the TTL-255 rule (unicast peers, as
-    keepalived does). Raises PacketError for anything a conforming receiver must discard.
+    keepalived does). Raises PacketError for anything a conforming receiver must discard. `trailer`: the
+    `auth_hmac` trailer split off the payload (vrrp_auth.split); only the IPv6 checksum covers it.
 
     Memoized: a peer sends the same bytes every interval, and a flood repeats itself; the result is
     immutable and a pure function of the arguments."""
@@ -144,7 +153,7 @@ def decode(payload: bytes, *, src: IPAddress, dst: IPAddress, ttl: int | None) -
         raise PacketError("short", f"{len(payload)} bytes, {count} addresses need {expected}")
     if len(payload) > expected:
         raise PacketError("count", f"{len(payload)} bytes, {count} addresses need {expected}")
-    if not _checksum_ok(payload, version, src, dst):
+    if not _checksum_ok(payload + trailer if src.version == 6 else payload, version, src, dst):
         raise PacketError("checksum", f"bad checksum {payload[6]:02x}{payload[7]:02x}")
     addresses = _addresses(payload[8 : 8 + count * alen], alen)
     auth_pass: str | None = None

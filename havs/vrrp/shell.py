@@ -33,12 +33,15 @@ from havs.core.vrrp import (
     VrrpParams,
 )
 from havs.edge.addresses import Addresses
+from havs.edge.links import LinkEvent, LinkWatcher
 from havs.edge.vrrp_socket import VrrpSocket
 from havs.vrrp.announcer import Announcer, RateLimitedLog
+from havs.vrrp.auth_keys import auth_params
 from havs.vrrp.notify import NotifyRunner
 
 OnState = Callable[[str, str, str], None]
 READ_BATCH = 32  # adverts read per wake-up: a flood cannot hold the loop away from the timer
+LINK_POLL = 5.0  # seconds between link polls while rtnetlink link events arrive (the fallback)
 
 
 def identity(view: NodeView) -> tuple[object, ...]:
@@ -64,6 +67,8 @@ class VrrpShell:
         self._hb_if = view.ifname(cfg.interface)
         self.floating = tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses)
         self.decrement = 0
+        self.preempt_hold = ""  # why preemption is deferred ("": it is not): a returning director catching up
+        self._deferred_said = False  # vrrp.preempt_deferred logged for this hold
         self.warn = RateLimitedLog(log)
         self.notify = NotifyRunner(cfg.notify, log, view.name)
         self.faulty: frozenset[str] = frozenset()
@@ -79,6 +84,10 @@ class VrrpShell:
         self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()  # the instance reached INIT after a stop
+        self._links = LinkWatcher(self._on_link)  # link state from the kernel's events, at once
+        self._links_open = False  # else: poll every advert interval, as before
+        self._link_events = 0  # a poll that started before an event must not undo it
+        self._polled = 0.0
 
     @property
     def track(self) -> tuple[str, ...]:
@@ -103,8 +112,9 @@ class VrrpShell:
         return VrrpParams(
             router_id=cfg.router_id, priority=self.view.node.priority, advert_interval=cfg.advert_interval,
             primary_address=self.src, addresses=tuple(a.ip for _, a in self.floating), version=cfg.version,
-            preempt=cfg.preempt, preempt_delay=cfg.preempt_delay, auth_pass=cfg.auth_pass,
+            preempt=cfg.preempt and not self.preempt_hold, preempt_delay=cfg.preempt_delay, auth_pass=cfg.auth_pass,
             garp_refresh=cfg.garp.refresh, garp_burst_interval=cfg.garp.burst_interval,
+            auth=auth_params(cfg.auth_hmac, cfg.advert_interval),  # reads file: keys; ValueError names the key
         )
 
     # ------------------------------------------------------------------------------ start, stop
@@ -131,16 +141,27 @@ class VrrpShell:
         except RuntimeError as e:
             await self.close()
             raise RuntimeError(f"VRRP did not start: {e}") from e
-        self.inst = VrrpInstance(self.params(), loop.time())
+        try:
+            vparams = self.params()
+        except ValueError as e:  # an auth_hmac key that cannot be read (missing, world-readable, wrong size)
+            await self.close()
+            raise RuntimeError(f"VRRP did not start: {e}") from e
+        self.inst = VrrpInstance(vparams, loop.time())
         self.inst.priority = self.effective_priority
         self._announcer = Announcer(self.floating, self._addrs, self._log, self.warn)
         self.notify.start()
         self._tasks = [loop.create_task(self._effects_worker()), loop.create_task(self._track_loop())]
         loop.add_reader(self._sock.fileno(), self._on_readable)
+        try:
+            self._links.open()
+            self._links_open = True
+        except OSError as e:
+            self._log.warning("vrrp.link_events_unavailable", error=str(e), fallback="poll every advert")
         self._log.info(
             "vrrp.started", interface=self._hb_if, source=str(self.src), router_id=cfg.router_id,
             version=cfg.version, priority=self.inst.priority, interval=cfg.advert_interval,
             mode="unicast" if peers else "multicast", track=list(self.track),
+            auth=_auth_summary(self.inst),
         )
         self.faulty = frozenset(down)
         now = loop.time()
@@ -171,6 +192,8 @@ class VrrpShell:
         await self.close()
 
     async def close(self) -> None:
+        self._links.close()
+        self._links_open = False
         if self._announcer is not None:
             self._announcer.close()
         if self._sock is not None:
@@ -187,6 +210,27 @@ class VrrpShell:
         self._log.info("vrrp.priority", from_=inst.priority, to=self.effective_priority, decrement=self.decrement)
         self.dispatch(inst.set_priority(self.effective_priority, asyncio.get_running_loop().time()))
 
+    def set_preempt_hold(self, reason: str) -> None:
+        """Defer preemption while `reason` (the daemon's connection catch-up); "" preempts again. Held, a
+        lower-priority master is followed as with `preempt: false`; a failover or a first start is not
+        held up (no master: Master_Down runs out as always). A `preempt_delay` counts from the release."""
+        if reason == self.preempt_hold:
+            return
+        self.preempt_hold, self._deferred_said = reason, False
+        self._log.info("vrrp.preempt_hold", held=bool(reason), reason=reason or None)
+        if self.inst is not None and self.src is not None:
+            self.dispatch(self.inst.reconfigure(self.params(), self.effective_priority,
+                                                asyncio.get_running_loop().time()))
+
+    def _note_deferred(self) -> None:
+        inst, cfg = self.inst, self.view.config.vrrp
+        if (not self.preempt_hold or self._deferred_said or inst is None or cfg is None or not cfg.preempt
+                or inst.state != "BACKUP" or inst.master_priority is None or inst.master_priority >= inst.priority):
+            return
+        self._deferred_said = True
+        self._log.info("vrrp.preempt_deferred", reason=self.preempt_hold, master=str(inst.master_address),
+                       master_priority=inst.master_priority, priority=inst.priority)
+
     def update(self, view: NodeView) -> bool:
         """Reloaded tunables in place (priority, interval, preemption, tracking, notify, GARP): the state
         stays and adverts keep their rhythm. False: the identity changed; the caller restarts."""
@@ -194,7 +238,13 @@ class VrrpShell:
             return False
         old, self.view = self.view, view
         try:
-            actions = self.inst.reconfigure(self.params(), self.effective_priority, asyncio.get_running_loop().time())
+            new_params = self.params()
+        except ValueError as e:  # a key file gone or unsafe: keep signing with the keys we have
+            self.view = old
+            self._log.error("vrrp.reload", applied=False, reason=str(e), kept="running VRRP settings")
+            return True
+        try:
+            actions = self.inst.reconfigure(new_params, self.effective_priority, asyncio.get_running_loop().time())
         except ValueError as e:
             self.view = old
             self._log.info("vrrp.reload", applied=False, reason=str(e))
@@ -202,7 +252,7 @@ class VrrpShell:
         self.notify.notify = view.config.vrrp.notify
         self.dispatch(actions)
         self._log.info("vrrp.reload", applied=True, priority=self.effective_priority,
-                       interval=view.config.vrrp.advert_interval)
+                       interval=view.config.vrrp.advert_interval, auth=_auth_summary(self.inst))
         return True
 
     # ------------------------------------------------------------------------------ events in
@@ -219,7 +269,8 @@ class VrrpShell:
                 self._on_timer(self._timer_at)
             # keepalived skips the TTL rule for unicast peers (they may be routed)
             self.dispatch(inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
-                                             ttl=None if sock.unicast else r.ttl, now=now))
+                                             ttl=None if sock.unicast else r.ttl, now=now, wall=time.time()))
+        self._note_deferred()
 
     def _on_timer(self, at: float) -> None:
         self._timer = self._timer_at = None
@@ -229,24 +280,46 @@ class VrrpShell:
             self.dispatch(self.inst.handle_timer(max(asyncio.get_running_loop().time(), at)))
 
     async def _track_loop(self) -> None:
+        """The fallback: link events decide at once; this poll catches what they missed (every LINK_POLL
+        seconds, or every advert interval when the event socket could not be opened)."""
         cfg = self.view.config.vrrp
         assert cfg is not None and self.inst is not None
         while True:
             await asyncio.sleep(self._interval)
-            self.last_tick = time.monotonic()
+            self.last_tick = now = time.monotonic()
+            if self._links_open and now - self._polled < LINK_POLL:
+                continue
+            self._polled, seen = now, self._link_events
             try:
                 async with self._netlink:
                     down = frozenset({i for i in self.track if not await self._addrs.link_up(i)})
             except Exception as e:  # netlink trouble: keep the last known state, say so (rate-limited)
                 self.warn("track", "vrrp.track_failed", error=f"{type(e).__name__}: {e}")
                 continue
-            if down == self.faulty:
-                continue
-            for ifname in sorted(down ^ self.faulty):
-                self._log.info("vrrp.track", interface=ifname, up=ifname not in down)
-            self.faulty = down
-            now = asyncio.get_running_loop().time()
-            self.dispatch(self.inst.fault(now) if down else self.inst.recover(now))
+            if seen == self._link_events:
+                self._set_faulty(down, "poll")
+
+    def _on_link(self, event: LinkEvent | None) -> None:
+        if self.inst is None:
+            return
+        if event is None:  # events were lost: poll at the next tick
+            self._polled = 0.0
+            return
+        if event.ifname not in self.track:
+            return
+        self._link_events += 1
+        down = self.faulty - {event.ifname} if event.up else self.faulty | {event.ifname}
+        self._set_faulty(frozenset(down), "event")
+
+    def _set_faulty(self, down: frozenset[str], source: str) -> None:
+        assert self.inst is not None
+        if down == self.faulty:
+            return
+        for ifname in sorted(down ^ self.faulty):
+            self._log.info("vrrp.track", interface=ifname, up=ifname not in down, source=source)
+        self.faulty = down
+        now = asyncio.get_running_loop().time()
+        self.dispatch(self.inst.fault(now) if down else self.inst.recover(now))
 
     # ------------------------------------------------------------------------------ actions out
 
@@ -271,7 +344,12 @@ class VrrpShell:
                 self._effects.put_nowait(lambda r=rounds, g=gap, why=action.reason: self._if_master(
                     lambda: ann.announce(r, g, why)))
             elif isinstance(action, AdvertDropped):
-                self.warn(f"drop:{action.reason}", "vrrp.advert_dropped", reason=action.reason, src=str(action.src))
+                if action.reason.startswith("auth_"):  # forged, replayed or unsigned: say who sent it
+                    self.warn(f"auth:{action.reason}", "vrrp.auth_reject", reason=action.reason,
+                              src=str(action.src))
+                else:
+                    self.warn(f"drop:{action.reason}", "vrrp.advert_dropped", reason=action.reason,
+                              src=str(action.src))
             elif isinstance(action, Ignored):
                 self.warn(f"ignored:{action.state}:{action.input}", "vrrp.ignored", level="info",
                           state=str(action.state), input=str(action.input))
@@ -291,15 +369,21 @@ class VrrpShell:
 
     def _send(self, adv: wire.Advertisement) -> None:
         assert self._sock is not None and self.src is not None and self.view.config.vrrp is not None
+        assert self.inst is not None
+        checksum = self.view.config.vrrp.v3_checksum
+        trailer: bytes | None = None
         for dst in self._sock.destinations:
-            payload = wire.encode(adv, src=self.src, dst=dst, checksum=self.view.config.vrrp.v3_checksum)
+            if trailer is None:  # signed once per advert: every peer gets the same sequence (as keepalived)
+                trailer = self.inst.sign(wire.encode(adv, src=self.src, dst=dst, checksum=checksum), time.time())
+            payload = wire.encode(adv, src=self.src, dst=dst, checksum=checksum, trailer=trailer)
             try:
                 self._sock.send(payload, dst)
             except OSError as e:
                 self.warn("send", "vrrp.send_failed", dst=str(dst), error=e.strerror or str(e))
 
     def _state_changed(self, change: StateChanged) -> None:
-        self._log.info("vrrp.state", from_=str(change.from_), to=str(change.to), reason=change.reason)
+        peer = {} if change.peer is None else {"peer": str(change.peer), "peer_priority": change.peer_priority}
+        self._log.info("vrrp.state", from_=str(change.from_), to=str(change.to), reason=change.reason, **peer)
         self.notify.submit(str(change.to), change.reason)
         if change.to == "INIT":
             self._stopped.set()
@@ -337,9 +421,18 @@ class VrrpShell:
         snap.update(
             router_id=cfg.router_id, version=cfg.version, interface=self._hb_if,
             source=str(self.src) if self.src else None, mode="unicast" if cfg.unicast_peers else "multicast",
-            priority_decrement=self.decrement, addresses=[f"{a} dev {i}" for i, a in self.floating],
+            priority_decrement=self.decrement, preempt_hold=self.preempt_hold or None,
+            addresses=[f"{a} dev {i}" for i, a in self.floating],
             faulty_interfaces=sorted(self.faulty),
             held=sorted(self._announcer.held) if self._announcer is not None else [],
             failures=dict(self.warn.counts),
         )
         return snap
+
+
+def _auth_summary(inst: VrrpInstance | None) -> dict[str, Any] | None:
+    """What a log may say about auth_hmac: mode, anti-replay, key ids. Never a key."""
+    if inst is None or inst.auth is None:
+        return None
+    p = inst.auth.params
+    return {"mode": p.mode, "anti_replay": p.anti_replay, "active_key": p.active_key, "key_ids": sorted(p.keys)}
