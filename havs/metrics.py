@@ -39,7 +39,7 @@ from havs.core.ipvs_table import DestinationKey, IpvsTable, ServiceKey
 from havs.core.status import StatusSnapshot, VrrpStatus
 
 VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
-RELOAD_OUTCOMES = ("applied", "forced", "failed", "refused")
+RELOAD_OUTCOMES = ("applied", "forced", "failed", "refused", "error")  # always shown, 0 or not
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LABELS = ["local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark"]
 SERVICE_LABELS = LABELS[:2] + LABELS[4:]
@@ -86,7 +86,7 @@ class _StateCollector(Collector):
         yield info
         yield from self._vrrp(snap.vrrp)
         reloads = CounterMetricFamily("havs_reloads", "config reloads by outcome", labels=["outcome"])
-        for outcome in RELOAD_OUTCOMES:
+        for outcome in dict.fromkeys([*RELOAD_OUTCOMES, *snap.reloads]):
             reloads.add_metric([outcome], snap.reloads.get(outcome, 0))
         yield reloads
         up = GaugeMetricFamily("havs_real_server_up", "1 when the health checks say up", labels=LABELS)
