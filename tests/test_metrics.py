@@ -185,3 +185,25 @@ def test_two_thousand_half_open_connections_do_not_grow_threads_past_the_cap(mon
 def test_metrics_module_names_where_it_differs_from_node_exporter() -> None:
     doc = (Path(__file__).parent.parent / "havs" / "metrics.py").read_text()
     assert "node_exporter" in doc and "local_mark" in doc
+
+
+async def test_serve_metrics_scrapes_the_loops_snapshot_and_says_when_it_cannot_bind() -> None:
+    import asyncio
+
+    from fakes import ListLog
+
+    from havs.core.status import StatusSnapshot
+    from havs.metrics import serve_metrics
+
+    snap = StatusSnapshot.from_dict(SNAP)
+    log = ListLog()
+    port = free_port()
+    metrics = serve_metrics(f"127.0.0.1:{port}", asyncio.get_running_loop(), lambda: snap, table, log)
+    assert metrics is not None
+    try:
+        text = await asyncio.to_thread(get, port)
+        assert "havs_vrrp_addresses_held 1.0" in text.splitlines()
+        assert serve_metrics(f"127.0.0.1:{port}", asyncio.get_running_loop(), lambda: snap, table, log) is None
+        assert log.named("metrics.unavailable")[0]["listen"] == f"127.0.0.1:{port}"
+    finally:
+        metrics.close()
