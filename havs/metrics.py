@@ -21,6 +21,7 @@ accept) and each read waits at most `READ_TIMEOUT` seconds, so a slow or half-op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import socket
 import threading
@@ -193,6 +194,8 @@ class BoundedServer(ThreadingMixIn, WSGIServer):
         family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         self.address_family = family
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: set[socket.socket] = set()  # connections being served (close() ends them)
+        self._lock = threading.Lock()
         self.refused = 0
         super().__init__(address, _QuietHandler)
 
@@ -211,10 +214,23 @@ class BoundedServer(ThreadingMixIn, WSGIServer):
         """A client that timed out or went away: nothing to say (the base class prints a traceback)."""
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._open.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._lock:
+                self._open.discard(request)
             self._slots.release()
+
+    def close(self) -> None:
+        """Stop serving and end the connections in progress (their threads return at once)."""
+        self.shutdown()
+        self.server_close()
+        with self._lock:
+            for request in self._open:
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
 
 
 class Metrics:
@@ -240,8 +256,7 @@ class Metrics:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
             self.server = None
 
 

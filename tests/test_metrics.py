@@ -207,3 +207,25 @@ async def test_serve_metrics_scrapes_the_loops_snapshot_and_says_when_it_cannot_
         assert log.named("metrics.unavailable")[0]["listen"] == f"127.0.0.1:{port}"
     finally:
         metrics.close()
+
+
+def test_close_ends_the_connections_in_progress() -> None:
+    metrics = Metrics(lambda: SNAP, table)
+    port = free_port()
+    metrics.serve(f"127.0.0.1:{port}")
+    base = threading.active_count()
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for s in clients:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        deadline = time.monotonic() + 5
+        while threading.active_count() < base + MAX_CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        metrics.close()
+        deadline = time.monotonic() + 2  # well inside the 5 s read timeout
+        while threading.active_count() >= base and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threading.active_count() < base  # the server's own thread is gone too
+    finally:
+        for s in clients:
+            s.close()
