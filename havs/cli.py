@@ -75,7 +75,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     if "outcome" not in reply:  # a daemon from before reloads answered with their outcome
         if not reply.get("ok"):
             raise HavsError(str(reply.get("error", "the daemon refused")))
-        print("reload requested; the daemon logs config.reloaded, config.reload_failed or config.reload_refused")
+        print("reload requested" + (" (forced)" if args.force else "")
+              + "; the daemon logs config.reloaded, config.reload_failed or config.reload_refused")
         return EXIT_OK
     for line in reply.get("problems") or ():
         print(line, file=sys.stderr)
