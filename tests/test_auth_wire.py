@@ -236,3 +236,27 @@ def test_keys_never_in_repr() -> None:
 def test_default_window() -> None:
     assert vrrp_auth.default_window(0.1) == 5 and vrrp_auth.default_window(4) == 12
     assert vrrp_auth.default_window(200) == 300
+
+
+# Captured from keepalived 2.4.3 itself (integration/test_auth_netns.py prints them): VRRPv3 from
+# 192.168.72.132 to 224.0.0.18, VRID 51, priority 100, 0.1 s, VIP and gateway, key 1 = 00..1f.
+KA_SRC = V4("192.168.72.132")
+KA_CAPTURED = [
+    bytes.fromhex("31336402000ab6c0c0a8006cc0a84882010100006b0ca76c7f39000006f402a55801963dcd5a0c2f31ce4c8c"),
+    bytes.fromhex("31336402000ab6c0c0a8006cc0a84882010100006b0ca774d6600000a27bca1941fab11c96d117ae9a5f7bef"),
+]
+
+
+@pytest.mark.parametrize("pkt", KA_CAPTURED, ids=["time", "monotonic"])
+def test_adverts_captured_from_keepalived_verify_decode_and_reproduce(pkt: bytes) -> None:
+    msg, tail = vrrp_auth.split(pkt, 4)
+    assert tail is not None
+    sec = struct.unpack("!I", tail[4:8])[0]
+    assert check(auth(anti_replay="time"), pkt, KA_SRC, wall=sec + 0.5) is None
+    assert check(auth(anti_replay="monotonic"), pkt, KA_SRC, wall=0.0) is None
+    adv = wire.decode(msg, src=KA_SRC, dst=wire.MULTICAST_V4, ttl=255, trailer=tail)
+    assert (adv.router_id, adv.priority, adv.advert_interval) == (51, 100, 10)
+    # havs signs the same message with the same sequence into the same bytes
+    seq = struct.unpack("!Q", tail[4:12])[0]
+    again = wire.encode(adv, src=KA_SRC, dst=wire.MULTICAST_V4)
+    assert again + vrrp_auth.trailer(1, KEY, seq, again, version=3, router_id=51, src=KA_SRC) == pkt

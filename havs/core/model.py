@@ -17,7 +17,9 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    SerializationInfo,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -378,6 +380,13 @@ class AuthHmac(Strict):
     time_window: Annotated[int, Range(1, 300)] | None = Field(
         default=None, description="seconds (time mode); default max(3 × advert_interval, 5)")
     mode: Literal["enforce", "permissive", "receive_only"] = "enforce"
+
+    @field_serializer("keys")
+    def _keys_out(self, keys: dict[int, SecretStr], info: SerializationInfo) -> dict[int, str]:
+        """Masked everywhere (status, havs check, logs) except the daemon's hand-over to its own VRRP child,
+        which asks with context {"secrets": True}."""
+        reveal = isinstance(info.context, dict) and info.context.get("secrets") is True
+        return {k: v.get_secret_value() if reveal else "**********" for k, v in keys.items()}
 
     @model_validator(mode="after")
     def _active_defined(self) -> AuthHmac:

@@ -33,6 +33,7 @@ from typing import Any
 from havs.core.model import NodeView
 from havs.vrrp import protocol
 from havs.vrrp.protocol import (
+    HoldPreemption,
     ProtocolError,
     Ready,
     SetDecrement,
@@ -46,6 +47,7 @@ from havs.vrrp.protocol import (
 )
 
 OnState = Callable[[str, str, str], None]
+SECRETS = {"secrets": True}  # the view goes to our own child with its auth_hmac keys (masked everywhere else)
 START_TIMEOUT = 60.0  # a cold start imports asyncio and pyroute2: seconds on a slow machine
 REPLY_TIMEOUT = 5.0
 PUSH_WINDOW = 2.0  # alive(): a snapshot pushed within this long (the child pushes every 0.5 s)
@@ -69,6 +71,7 @@ class VrrpProcess:
         self._stopping = False
         self._decrement = 0
         self._sent_decrement = 0  # what the running child was told
+        self._hold = self._sent_hold = ""  # why preemption is deferred (connection catch-up); "" not
         self._snapshot: dict[str, Any] = {"state": "INIT", "since": None}
         self._last_push = time.monotonic()
         self._replies: dict[int, tuple[threading.Event, list[bool]]] = {}
@@ -92,7 +95,7 @@ class VrrpProcess:
         """Blocking. RuntimeError with the child's reason if VRRP cannot start."""
         self.spawn()
         self._ready.clear()
-        self._send(Start(self.view.model_dump(mode="json")))
+        self._send(Start(self.view.model_dump(mode="json", context=SECRETS)))
         if not self._ready.wait(START_TIMEOUT) or self._start_error is not None:
             error = self._start_error or f"VRRP did not start: no answer in {START_TIMEOUT:.0f}s"
             self.stop(graceful=False)
@@ -126,6 +129,12 @@ class VrrpProcess:
         self._decrement = n
         self._flush_decrement()
 
+    def hold_preemption(self, reason: str) -> None:
+        """Defer preemption while the daemon catches up on connections ("" preempts again). Never blocks,
+        as the decrement: sent with it, retried on the child's next push."""
+        self._hold = reason
+        self._flush_decrement()
+
     def update(self, view: NodeView) -> bool:
         """Reloaded settings in place; False: the caller restarts the process. Blocking."""
         with self._lock:
@@ -134,7 +143,7 @@ class VrrpProcess:
         done, box = threading.Event(), []
         self._replies[rid] = (done, box)
         try:
-            self._send(Update(rid, view.model_dump(mode="json")))
+            self._send(Update(rid, view.model_dump(mode="json", context=SECRETS)))
             if done.wait(REPLY_TIMEOUT) and box and box[0]:
                 self.view = view
                 return True
@@ -188,23 +197,33 @@ class VrrpProcess:
             self._sock.sendall(data)
 
     def _flush_decrement(self) -> None:
-        n = self._decrement
-        if n == self._sent_decrement or not self._ready.is_set() or self._start_error is not None:
+        """The wanted decrement and preemption hold, whichever the running child has not been told."""
+        n, hold = self._decrement, self._hold
+        if (n, hold) == (self._sent_decrement, self._sent_hold) or not self._ready.is_set() or \
+                self._start_error is not None:
             return  # before Ready the child takes nothing but Start
         if not self._lock.acquire(blocking=False):
             return
         try:
             if self._sock is None:
                 return
-            data = protocol.encode(SetDecrement(n))
-            sent = self._sock.send(data, socket.MSG_DONTWAIT)
-            if sent < len(data):
-                self._sock.sendall(data[sent:])  # a line is never left half-written
-            self._sent_decrement = n
+            if n != self._sent_decrement:
+                self._send_now(SetDecrement(n))
+                self._sent_decrement = n
+            if hold != self._sent_hold:
+                self._send_now(HoldPreemption(hold))
+                self._sent_hold = hold
         except OSError:  # BlockingIOError included: the next push retries
             pass
         finally:
             self._lock.release()
+
+    def _send_now(self, message: protocol.Message) -> None:
+        assert self._sock is not None  # under the lock
+        data = protocol.encode(message)
+        sent = self._sock.send(data, socket.MSG_DONTWAIT)
+        if sent < len(data):
+            self._sock.sendall(data[sent:])  # a line is never left half-written
 
     def _read_forever(self) -> None:
         """Read the link; when it ends without a stop, restart the child."""
@@ -238,8 +257,9 @@ class VrrpProcess:
                 self._spawn_locked()
             self._ready.clear()
             self._start_error = None
-            self._send(Start(self.view.model_dump(mode="json")))
-            self._sent_decrement = 0  # a new child starts at the configured priority
+            self._send(Start(self.view.model_dump(mode="json", context=SECRETS)))
+            self._sent_decrement = 0  # a new child starts at the configured priority, preempting
+            self._sent_hold = ""
             self._flush_decrement()
         except OSError as e:
             self._log.error("vrrp.restart_failed", error=str(e))
