@@ -10,6 +10,7 @@ checked on both sides: havs's vrrp.state events and keepalived's "Entering … S
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import signal
 import sys
@@ -235,3 +236,219 @@ def test_migration_receive_only_permissive_enforce_without_a_transition(fresh: S
         assert m.pair.events("lvs1", "vrrp.reload")[-1]["auth"]["mode"] == "enforce"  # type: ignore[index]
     finally:
         m.stop()
+
+
+# ------------------------------------------------------------------------------------ adversarial drill
+
+DRILL_RATE = 1000  # packets per second, all three kinds together
+DRILL_SECONDS = 10.0
+WRONG = "hex:" + bytes(range(7, 39)).hex()
+
+
+def elect_auth(lab: SeedLab, block: str) -> Pair:
+    """An elected havs pair (lvs1 MASTER), both with `block` (or no auth_hmac)."""
+    pair = Pair(lab, INTERVAL)
+    if block:
+        pair.config.write_text(with_auth(pair.config.read_text(), block))
+    pair.start("lvs1")
+    wait_until("lvs1 MASTER", lambda: pair.holds("lvs1") == (True, True), MDI + 5)
+    pair.start("lvs2")
+    wait_until("lvs2 started", lambda: bool(pair.events("lvs2", "vrrp.state")), 5)
+    time.sleep(MDI + 0.5)
+    assert pair.holds("lvs2") == (False, False)
+    return pair
+
+
+def dropped(lab: SeedLab, pair: Pair, node: str) -> dict[str, int]:
+    """The node's VRRP drop counters, from `havs status --json`."""
+    import json
+    import subprocess
+
+    sock = lab.workdir / "run" / f"{pair.config.stem}-{node}.sock"
+    out = subprocess.run([str(keepalived24.REPO / ".venv" / "bin" / "havs"), "status", "--json", "--socket", str(sock)],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return dict(json.loads(out)["vrrp"]["dropped"])
+
+
+def _ip(src: str, payload: bytes) -> bytes:
+    import socket
+    import struct
+
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(payload), 0, 0, 255, 112, 0, socket.inet_aton(src),
+                       socket.inet_aton("224.0.0.18")) + payload
+
+
+def attack(lab: SeedLab) -> dict[str, int]:
+    """From rs1 on the heartbeat segment, DRILL_RATE packets/s for DRILL_SECONDS, in turn: (a) unsigned
+    priority 255 from the master's own address and from the backup's, (b) the master's latest signed
+    advert replayed as captured, (c) priority 255 from the master's and the backup's addresses signed with
+    a wrong key. Returns the packets sent by kind and forged source ("a:192.168.72.131", "b", "c:…")."""
+    import contextlib
+    import socket
+
+    from havs.core import vrrp_auth, wire
+    from integration.bench_flood import LVS1_HB, LVS2_HB, RS1, _group_socket, _InNetns, _packet
+
+    sent: dict[str, int] = {}
+    wrong = vrrp_auth.parse_key(WRONG)
+    adv255 = wire.Advertisement(3, 51, 255, (ipaddress.IPv4Address("192.168.0.108"),
+                                             ipaddress.IPv4Address("192.168.72.130")), round(INTERVAL * 100))
+    srcs = (LVS1_HB, LVS2_HB)
+
+    def body(stop: object) -> None:
+        with contextlib.suppress(OSError):  # another machine would have its own CPU (see bench_flood)
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(2))
+        out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+        out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        out.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)  # our forgeries are not captures
+        listen = _group_socket("eth0", RS1)
+        listen.setblocking(False)
+        unsigned = [_packet(LVS1_HB, 255), _packet(LVS2_HB, 255)]
+        captured: bytes | None = None
+        with out, listen:
+            while captured is None:  # one of the master's adverts to replay
+                with contextlib.suppress(BlockingIOError):
+                    data, (src, _) = listen.recvfrom(2048)
+                    if src == LVS1_HB and data[20 + 2] == PRIORITY_LVS1:
+                        captured = data
+            total = int(DRILL_RATE * DRILL_SECONDS)
+            start = time.monotonic()
+            forged: list[bytes] = []
+            for i in range(total):
+                if i % 10 == 0:
+                    with contextlib.suppress(BlockingIOError):
+                        while True:  # keep the latest capture (a fresh replay, inside the window)
+                            data, (src, _) = listen.recvfrom(2048)
+                            if src == LVS1_HB and data[20 + 2] == PRIORITY_LVS1:  # not our own forgeries
+                                captured = data
+                    forged = []
+                    for src in srcs:
+                        a = ipaddress.IPv4Address(src)
+                        msg = wire.encode(adv255, src=a, dst=wire.MULTICAST_V4)
+                        forged.append(_ip(src, msg + vrrp_auth.trailer(1, wrong, vrrp_auth.clock_seq(time.time()),
+                                                                       msg, version=3, router_id=51, src=a)))
+                kind, which = "abc"[i % 3], (i // 3) & 1
+                pkt = unsigned[which] if kind == "a" else captured if kind == "b" else forged[which]
+                out.sendto(pkt, ("224.0.0.18", 0))
+                key = kind if kind == "b" else f"{kind}:{srcs[which]}"
+                sent[key] = sent.get(key, 0) + 1
+                if i % 10 == 9:
+                    time.sleep(max(0.0, start + (i + 1) / DRILL_RATE - time.monotonic()))
+
+    thread = _InNetns(lab.ns("rs1"), body)  # type: ignore[arg-type]
+    thread.start()
+    thread.join(DRILL_SECONDS + 30)
+    thread.stop()
+    return sent
+
+
+class AdvertCapture:
+    """lvs1's real adverts as rs2 hears them: the first arrival of each distinct packet at lvs1's priority
+    (a forged one has another priority; a replay is a later copy of one already heard)."""
+
+    def __init__(self, lab: SeedLab) -> None:
+        from integration.bench_flood import _InNetns
+
+        self.first: dict[bytes, float] = {}
+        self._thread = _InNetns(lab.ns("rs2"), self._run)
+        self._thread.start()
+
+    def _run(self, stop: object) -> None:
+        from integration.bench_flood import LVS1_HB, _group_socket
+
+        s = _group_socket("eth0", "192.168.72.129")
+        with s:
+            while not stop.is_set():  # type: ignore[attr-defined]
+                try:
+                    data, (src, _) = s.recvfrom(2048)
+                except TimeoutError:
+                    continue
+                if src == LVS1_HB and data[22] == PRIORITY_LVS1:
+                    self.first.setdefault(data[20:], time.time())
+
+    def worst_gap(self, t0: float, t1: float) -> tuple[float, int]:
+        every = sorted(self.first.values())
+        times = [t for t in every if t < t0][-1:] + [t for t in every if t0 <= t <= t1]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        return (max(gaps) if gaps else float("inf")), len(times)
+
+    def close(self) -> None:
+        self._thread.stop()
+
+
+PRIORITY_LVS1 = 150
+
+
+def run_drill(lab: SeedLab, pair: Pair) -> dict[str, object]:
+    capture = AdvertCapture(lab)
+    try:
+        time.sleep(1.0)
+        states = {n: len(pair.events(n, "vrrp.state")) for n in ("lvs1", "lvs2")}
+        drops = {n: dropped(lab, pair, n) for n in ("lvs1", "lvs2")}
+        t0 = time.time()
+        sent = attack(lab)
+        t1 = time.time()
+        holders_at_end = [n for n in ("lvs1", "lvs2") if pair.holds(n) != (False, False)]
+        master_changes = [e for e in pair.events("lvs1", "vrrp.state")[states["lvs1"]:]]
+        time.sleep(0.5)
+        after = {n: dropped(lab, pair, n) for n in ("lvs1", "lvs2")}
+    finally:
+        capture.close()
+    worst, adverts = capture.worst_gap(t0, t1)
+    return {
+        "sent": sent, "seconds": round(t1 - t0, 2), "worst_gap": worst, "adverts": adverts,
+        "transitions": {n: len(pair.events(n, "vrrp.state")) - states[n] for n in states},
+        "counted": {n: {r: after[n].get(r, 0) - drops[n].get(r, 0) for r in set(after[n]) | set(drops[n])
+                        if after[n].get(r, 0) != drops[n].get(r, 0)} for n in after},
+        "holders": [n for n in ("lvs1", "lvs2") if pair.holds(n) == (True, True)],
+        "holders_at_end_of_attack": holders_at_end,
+        "lvs1_changes_during_attack": [(e["to"], e["reason"], e.get("peer"), e.get("peer_priority"))
+                                       for e in master_changes],
+    }
+
+
+def test_adversarial_drill_enforce_holds_and_counts_every_packet(fresh: SeedLab) -> None:
+    pair = elect_auth(fresh, havs_auth({1: K1}, 1))
+    try:
+        f = run_drill(fresh, pair)
+        print(f"\nauth drill (enforce): {f}")
+        sent = f["sent"]
+        assert isinstance(sent, dict) and sum(sent.values()) == int(DRILL_RATE * DRILL_SECONDS)
+        hb1, hb2 = "192.168.72.131", "192.168.72.132"
+        assert f["seconds"] < DRILL_SECONDS + 1.5  # type: ignore[operator]
+        assert f["transitions"] == {"lvs1": 0, "lvs2": 0}, "a state change under attack"
+        assert f["holders"] == ["lvs1"] and pair.holds("lvs2") == (False, False)
+        assert f["adverts"] >= DRILL_SECONDS / INTERVAL * 0.9  # type: ignore[operator]
+        assert f["worst_gap"] <= INTERVAL + 0.020, f"worst advert gap {f['worst_gap'] * 1000:.0f} ms"  # type: ignore[operator]
+        counted = f["counted"]
+        assert isinstance(counted, dict)
+        # every packet that reaches havs is counted under its reason. The kernel itself drops packets whose
+        # source is one of the receiver's own addresses (accept_local=0): lvs1 never sees (a)/(c) forged
+        # from its own address nor the replays of its adverts; lvs2 never sees those forged from its own.
+        c1, c2 = counted["lvs1"], counted["lvs2"]
+        assert c1 == {"auth_missing": sent[f"a:{hb2}"], "auth_bad_mac": sent[f"c:{hb2}"]}, c1
+        assert c2.get("auth_missing") == sent[f"a:{hb1}"] and c2.get("auth_bad_mac") == sent[f"c:{hb1}"], c2
+        assert c2.get("auth_replay", 0) + c2.get("auth_stale", 0) == sent["b"], c2
+        assert set(c2) <= {"auth_missing", "auth_bad_mac", "auth_replay", "auth_stale"}, c2
+        # the rate-limited event names the forged source and the reason
+        for node, src, reasons in (("lvs1", hb2, {"auth_missing", "auth_bad_mac"}),
+                                   ("lvs2", hb1, {"auth_missing", "auth_bad_mac", "auth_replay"})):
+            rejects = pair.events(node, "vrrp.auth_reject")
+            assert {e["src"] for e in rejects} == {src} and {e["reason"] for e in rejects} == reasons, rejects
+            assert len(rejects) < 100  # rate-limited, not one line per packet
+    finally:
+        pair.stop_all()
+
+
+def test_adversarial_drill_without_auth_shows_the_takeover(fresh: SeedLab) -> None:
+    pair = elect_auth(fresh, "")  # the same pair and the same attack, without auth_hmac
+    try:
+        f = run_drill(fresh, pair)
+        print(f"\nauth drill (no auth_hmac): {f}")
+        # the master obeyed the forged priority 255 (from the backup's address) and stepped down; while the
+        # attack ran no director held the VIP: the attacker owns the virtual router
+        assert ("BACKUP", "higher_priority", "192.168.72.132", 255) in f["lvs1_changes_during_attack"]  # type: ignore[operator]
+        assert f["holders_at_end_of_attack"] == [], "the forged priority 255 did not take the addresses"
+    finally:
+        pair.stop_all()

@@ -194,9 +194,10 @@ def test_rotation_verifies_any_configured_key_and_signs_with_the_active_one() ->
     p_old = sign_at(old, t)
     p_new = sign_at(both, t + 1)
     assert p_new[-27] == 2 and p_old[-27] == 1
-    assert check(both, p_old, V4("10.0.0.1"), wall=t) is None
-    assert check(both, p_new, V4("10.0.0.1"), wall=t) is None
-    assert check(old, p_new, V4("10.0.0.1"), wall=t) == UNKNOWN_KEY
+    rx = auth(keys={1: KEY, 2: k2}, active=1)
+    assert check(rx, p_old, V4("10.0.0.1"), wall=t) is None
+    assert check(rx, p_new, V4("10.0.0.1"), wall=t) is None
+    assert check(auth(keys={1: KEY}), p_new, V4("10.0.0.1"), wall=t) == UNKNOWN_KEY
 
 
 def test_multicast_replay_table_is_bounded() -> None:
@@ -260,3 +261,10 @@ def test_adverts_captured_from_keepalived_verify_decode_and_reproduce(pkt: bytes
     seq = struct.unpack("!Q", tail[4:12])[0]
     again = wire.encode(adv, src=KA_SRC, dst=wire.MULTICAST_V4)
     assert again + vrrp_auth.trailer(1, KEY, seq, again, version=3, router_id=51, src=KA_SRC) == pkt
+
+
+def test_our_own_advert_replayed_at_us_is_a_replay() -> None:
+    a = auth(anti_replay="time")
+    pkt = sign_at(a, 1_700_000_000.0)
+    assert check(a, pkt, SENDER, wall=1_700_000_000.0) == REPLAY
+    assert a.marks == {}

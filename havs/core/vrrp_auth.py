@@ -169,6 +169,8 @@ class Authenticator:
         self.send_seq = 0
         self.marks: OrderedDict[IPAddress, int] = OrderedDict()
         self.last_skew: int = 0
+        # our own adverts replayed at us are replays too (we never accept our own address's advert)
+        self.own: tuple[IPAddress, int] | None = None
 
     def next_seq(self, wall: float) -> int:
         clk = clock_seq(wall)
@@ -186,8 +188,10 @@ class Authenticator:
         p = self.params
         if not p.signs:
             return b""
-        return trailer(p.active_key, p.keys[p.active_key], self.next_seq(wall), message, version=version,
-                       router_id=router_id, src=src)
+        seq = self.next_seq(wall)
+        self.own = (src, seq)
+        return trailer(p.active_key, p.keys[p.active_key], seq, message, version=version, router_id=router_id,
+                       src=src)
 
     def check(self, message: bytes, tail: bytes | None, *, version: int, router_id: int, src: IPAddress,
               wall: float) -> str | None:
@@ -211,6 +215,8 @@ class Authenticator:
         if not hmac.compare_digest(mac(key, message, tail[:12], version=version, router_id=router_id, src=src),
                                    tail[12:]):
             return BAD_MAC
+        if self.own is not None and src == self.own[0]:
+            return REPLAY if not _after(seq, self.own[1]) else None
         mark = self.marks.get(src)
         if mark is not None and p.anti_replay == "time" and abs(_sdiff32(now_sec, mark >> 32)) > p.time_window:
             mark = None  # a mark outside the window orders nothing the window does not already reject
