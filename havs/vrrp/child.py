@@ -24,6 +24,7 @@ from typing import Any
 from havs.core.model import NodeView
 from havs.vrrp import protocol
 from havs.vrrp.protocol import (
+    HoldPreemption,
     ProtocolError,
     Ready,
     SetDecrement,
@@ -145,6 +146,9 @@ async def _commands(reader: asyncio.StreamReader, send: Any, shell: Any, log: An
             return message.graceful
         if isinstance(message, SetDecrement):
             shell.set_priority_decrement(message.n)
+            send(Snapshot(shell.snapshot()))
+        elif isinstance(message, HoldPreemption):
+            shell.set_preempt_hold(message.reason)
             send(Snapshot(shell.snapshot()))
         elif isinstance(message, Update):
             try:

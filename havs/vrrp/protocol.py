@@ -38,6 +38,11 @@ class SetDecrement:
 
 
 @dataclass(frozen=True)
+class HoldPreemption:
+    reason: str  # "": preempt again
+
+
+@dataclass(frozen=True)
 class Update:
     id: int
     view: dict[str, Any]
@@ -76,9 +81,9 @@ class Updated:
     applied: bool
 
 
-Message = Start | Stop | SetDecrement | Update | Ready | StartFailed | StateChange | Snapshot | Updated
-MESSAGES: dict[str, type[Any]] = {c.__name__: c for c in (Start, Stop, SetDecrement, Update, Ready, StartFailed,
-                                                         StateChange, Snapshot, Updated)}
+Message = Start | Stop | SetDecrement | HoldPreemption | Update | Ready | StartFailed | StateChange | Snapshot | Updated
+MESSAGES: dict[str, type[Any]] = {c.__name__: c for c in (Start, Stop, SetDecrement, HoldPreemption, Update, Ready,
+                                                         StartFailed, StateChange, Snapshot, Updated)}
 _TYPES = {"bool": bool, "int": int, "str": str}
 
 
