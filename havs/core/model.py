@@ -354,6 +354,10 @@ class ConnectionSync(Strict):
     mode: Literal["both", "follow"] = Field(
         default="both", description="both: master and backup threads always; follow: master only while MASTER"
     )
+    catchup_deadline: Annotated[float, Range(0, 3600)] = Field(
+        default=30.0, description="seconds a returning director waits to catch up before it preempts anyway; 0: off")
+    catchup_port: Annotated[int, Range(1, 65535)] = Field(
+        default=8850, description="UDP port of havs's catch-up requests and answers (same group as the sync)")
 
 
 def _key_problem(spec: str) -> str | None:
