@@ -371,11 +371,14 @@ class VrrpShell:
         assert self._sock is not None and self.src is not None and self.view.config.vrrp is not None
         assert self.inst is not None
         checksum = self.view.config.vrrp.v3_checksum
-        trailer: bytes | None = None
+        signs = self.inst.auth is not None and self.inst.auth.params.signs
+        trailer: bytes | None = None if signs else b""
         for dst in self._sock.destinations:
+            payload = wire.encode(adv, src=self.src, dst=dst, checksum=checksum)
             if trailer is None:  # signed once per advert: every peer gets the same sequence (as keepalived)
-                trailer = self.inst.sign(wire.encode(adv, src=self.src, dst=dst, checksum=checksum), time.time())
-            payload = wire.encode(adv, src=self.src, dst=dst, checksum=checksum, trailer=trailer)
+                trailer = self.inst.sign(payload, time.time())
+            if trailer:  # encoded again with it: the IPv6 checksum covers the trailer (IPv4 does not)
+                payload = wire.encode(adv, src=self.src, dst=dst, checksum=checksum, trailer=trailer)
             try:
                 self._sock.send(payload, dst)
             except OSError as e:
