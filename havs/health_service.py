@@ -15,6 +15,15 @@ Where a server starts (keepalived's `alpha` is the reference for the choice):
 Servers that a reload keeps keep their state, counts and timers. `states()` reports a server that has
 no verdict yet with `is_up` False when it starts down, so the desired table leaves it out.
 
+Overload is not failure (a checker that competes for a slow CPU must not remove healthy servers):
+- at most `max_in_flight` checks run at once; the rest queue, and a check's timeout starts when it leaves
+  the queue (the probe measures from its connect or request write, never from when it was due);
+- every timer a loop wakes from records how late it fired (`LagWindow`); a check that timed out while the
+  loop itself lagged past `overload.lag` is inconclusive (`health.overload`, `overload_checks`), at most
+  `overload.max_consecutive` times in a row per server, so a server that really dies is still removed;
+- first checks at start are spread over a window that grows with the number of servers
+  (`FIRST_ROUND_RATE`), up to one interval.
+
 Kept-alive HTTP connections live in one `ConnectionPool` shared by all loops. When a server closes
 its idle connection (its web process died: the kernel closes the socket at once), the pool says so
 and that server's loop checks it right away instead of at the end of its interval — at most once per
@@ -37,6 +46,8 @@ from havs.core.health import (
     AgentWeightChanged,
     HealthChanged,
     Initial,
+    LagWindow,
+    Overload,
     ProbeResult,
     ServerHealth,
     Timing,
@@ -46,6 +57,9 @@ from havs.core.model import Check, RealServer, VirtualService
 from havs.edge.probe import ConnectionPool, HttpProbe, probe_http, probe_tcp
 
 Key = tuple[str, str]  # (service name, real server "address:port")
+# first checks at start, per second at most (while that fits in one interval): no herd of connects
+FIRST_ROUND_RATE = 1000.0
+OVERLOAD_LOG_EVERY = 5.0  # seconds between health.overload lines: overload hits every server at once
 
 
 @functools.lru_cache(maxsize=256)
@@ -127,11 +141,6 @@ class _Loop:
         self.early_at = -math.inf  # when the last early check was granted
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class HealthService:
     """Runs the checks of every real server of `services`.
 
@@ -153,6 +162,8 @@ class HealthService:
         initial: Initial = "down",
         rand: Callable[[], float] = random.random,
         gc_freeze: bool = True,
+        overload: Overload | None = Overload(),  # noqa: B008 (frozen, shared safely)
+        max_in_flight: int = 256,
     ) -> None:
         self._log = log
         self._on_change = on_change
@@ -168,7 +179,13 @@ class HealthService:
         self.checks_run = 0  # probes completed, for metrics and the benchmark
         self.early_checks = 0  # checks brought forward because a server closed its idle connection
         self.inconclusive_checks = 0  # checks this director could not run (out of descriptors, memory)
+        self.overload_checks = 0  # timeouts set aside because this director's loop lagged (export as a counter)
         self._local_logged_at = -math.inf
+        self._overload_logged_at = -math.inf
+        self._overload = overload
+        self._lag = LagWindow()
+        self.max_in_flight = max_in_flight
+        self._slots: asyncio.Semaphore | None = None  # created on the running loop (start)
         self._gc_freeze = gc_freeze
         self._freeze_timer: asyncio.TimerHandle | None = None
 
@@ -178,6 +195,7 @@ class HealthService:
         if self._running:
             return
         self._running = True
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         for key, target in self._targets.items():
             self._add(target, at_start=key not in self._added_by_reload)
         self._added_by_reload.clear()
@@ -290,7 +308,9 @@ class HealthService:
         if not at_start:
             first = 0.0  # added by a reload: nobody has checked it, check it now
         elif initial == "down":
-            first = self._rand() * health.timing.fast_interval  # every server waits for this: keep it short
+            # every server waits for this: keep it short, but no herd (FIRST_ROUND_RATE)
+            spread = max(health.timing.fast_interval, len(self._targets) / FIRST_ROUND_RATE)
+            first = self._rand() * min(spread, max(health.timing.interval, health.timing.fast_interval))
         else:
             first = self._rand() * health.timing.interval  # taken as up meanwhile: spread the load
         self._start_task(loop, first)
@@ -333,33 +353,51 @@ class HealthService:
         ev = asyncio.get_running_loop()
         if first > 0:
             await self._sleep(loop, first)
+        slots = self._slots
+        assert slots is not None
         while True:
-            started = ev.time()
-            probe = loop.probe
-            assert probe is not None
-            try:
-                result = await probe()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a probe must not raise; if one does, it is a failed check, not a dead loop
-                self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
-                result = ProbeResult(False, f"error: {exc!r}", ev.time() - started)
+            due = ev.time()
+            async with slots:  # queued, not timing: the probe's clock starts when it runs
+                started = ev.time()
+                probe = loop.probe
+                assert probe is not None
+                try:
+                    result = await probe()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a probe must not raise; if one does, it is a failed check, not a dead loop
+                    self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
+                    result = ProbeResult(False, f"error: {exc!r}", ev.time() - started)
             self.checks_run += 1
-            self._observe(loop, result, ev.time())
-            delay = started + loop.health.next_interval(self._rand()) - ev.time()
+            now = ev.time()
+            lag = 0.0
+            if result.reason == "timeout" and self._overload is not None:
+                # how late the timeout's own timer ran, and the worst lateness seen while the check ran
+                late = result.latency - loop.target.check.timeout
+                self._lag.record(now, late)
+                lag = max(late, self._lag.worst(started, now))
+            self._observe(loop, result, now, lag=lag)
+            delay = due + loop.health.next_interval(self._rand()) - ev.time()
             await self._sleep(loop, max(delay, 0.0))
 
-    @staticmethod
-    async def _sleep(loop: _Loop, delay: float) -> None:
-        """`asyncio.sleep(delay)` that `_peer_closed` can cut short (same cost: one future, one timer)."""
+    async def _sleep(self, loop: _Loop, delay: float) -> None:
+        """`asyncio.sleep(delay)` that `_peer_closed` can cut short (same cost: one future, one timer);
+        how late the timer fired is the loop's lag, recorded for `_observe`."""
         ev = asyncio.get_running_loop()
         loop.wake = wake = ev.create_future()
-        timer = ev.call_later(delay, _wake, wake)
+        when = ev.time() + delay
+        timer = ev.call_at(when, self._woken, wake, when)
         try:
             await wake
         finally:
             loop.wake = None
             timer.cancel()
+
+    def _woken(self, fut: asyncio.Future[None], when: float) -> None:
+        if not fut.done():
+            fut.set_result(None)
+        now = fut.get_loop().time()
+        self._lag.record(now, now - when)
 
     def _peer_closed(self, probe_key: tuple[Any, ...]) -> None:
         """The pool saw a server close our idle connection: check it now, unless an early check was
@@ -376,13 +414,20 @@ class HealthService:
                         reason="idle connection closed by the server")
         loop.wake.set_result(None)
 
-    def _observe(self, loop: _Loop, result: ProbeResult, now: float, force: bool = False) -> None:
+    def _observe(self, loop: _Loop, result: ProbeResult, now: float, force: bool = False, lag: float = 0.0) -> None:
         h = loop.health
         agent_before = h.agent_weight
         if force:  # `none` checks: up at once
             h.retime(Timing(rise=1, fall=h.timing.fall))
-        change = h.observe(result, now)
-        if result.inconclusive:
+        change = h.observe(result, now, lag=lag, overload=self._overload)
+        if h.last is not result:  # the core set a timeout aside: this director's loop was late, not the server
+            self.overload_checks += 1
+            if now - self._overload_logged_at >= OVERLOAD_LOG_EVERY:
+                self._overload_logged_at = now
+                self._log.warning("health.overload", server=h.server, service=h.service, lag_ms=round(lag * 1000, 1),
+                                  latency_ms=round(result.latency * 1000, 1), overload_checks=self.overload_checks,
+                                  consecutive=h.overload_skips)
+        elif result.inconclusive:
             self.inconclusive_checks += 1
             if now - self._local_logged_at >= 10.0:  # a shortage hits every server: say it, not 10,000 times
                 self._local_logged_at = now

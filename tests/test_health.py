@@ -247,3 +247,66 @@ def test_an_inconclusive_result_neither_passes_nor_fails() -> None:
     assert h.observe(local, 22.0) is None
     change = h.observe(FAIL, 23.0)
     assert change is not None and (change.to, change.after) == ("down", 2)
+
+
+# ---------------------------------------------------------------------------------------------- overload
+
+def test_a_timeout_under_loop_lag_is_inconclusive_only_then() -> None:
+    from havs.core.health import Overload, overload_verdict
+
+    policy = Overload(lag=0.1, max_consecutive=3)
+    timeout = ProbeResult(False, "timeout", 1.86)
+    set_aside = overload_verdict(timeout, 0.86, policy, 0)
+    assert set_aside is not None and set_aside.inconclusive and not set_aside.ok
+    assert set_aside.reason == "overload: timeout while the director's loop lagged 860 ms"
+    assert set_aside.latency == 1.86
+    assert overload_verdict(timeout, 0.099, policy, 0) is None  # the loop kept time: the server is slow
+    assert overload_verdict(timeout, 0.86, policy, 3) is None  # three set aside already: this one counts
+    assert overload_verdict(ProbeResult(False, "refused", 0.9), 0.86, policy, 0) is None  # an answer is an answer
+    assert overload_verdict(OK, 0.86, policy, 0) is None
+
+
+def test_overload_never_takes_a_live_server_out_but_a_dead_one_still_goes() -> None:
+    from havs.core.health import Overload
+
+    policy = Overload(lag=0.1, max_consecutive=3)
+    h = ServerHealth("s", Timing(rise=2, fall=2), initial="down")
+    h.observe(OK, 1.0)
+    assert h.observe(OK, 2.0) is not None and h.state == "up"
+    # a burst of overload: answers sat unread while the loop was late; each burst ends with an answer
+    t = 3.0
+    for _ in range(5):
+        for _ in range(3):
+            assert h.observe(FAIL, t, lag=0.8, overload=policy) is None
+            t += 1
+        assert h.last is not None and h.last.inconclusive and h.last.reason.startswith("overload: ")
+        assert h.observe(OK, t, lag=0.8, overload=policy) is None and h.overload_skips == 0
+        t += 1
+    assert h.state == "up"
+    # the server dies during a long overload: 3 set aside, then fall=2 real failures
+    changes = [h.observe(FAIL, t + i, lag=0.8, overload=policy) for i in range(5)]
+    assert changes[:4] == [None] * 4 and changes[4] is not None
+    assert (changes[4].to, changes[4].after, changes[4].reason) == ("down", 2, "timeout")
+    # no lag: a timeout counts at once, as before
+    h2 = ServerHealth("s", Timing(rise=1, fall=1), initial="up")
+    h2.observe(OK, 1.0)
+    change = h2.observe(FAIL, 2.0, lag=0.01, overload=policy)
+    assert change is not None and change.to == "down"
+
+
+def test_lag_window_keeps_the_worst_lateness_per_slot_and_forgets_old_ones() -> None:
+    from havs.core.health import LagWindow
+
+    w = LagWindow(bucket=0.1, horizon=1.0)
+    assert w.worst(0.0, 5.0) == 0.0
+    w.record(10.05, 0.02)
+    w.record(10.07, 0.5)
+    w.record(10.09, 0.1)
+    w.record(10.35, 0.2)
+    assert w.worst(10.0, 10.4) == 0.5
+    assert w.worst(10.12, 10.4) == 0.2  # the check started after the worst slot
+    assert w.worst(10.45, 10.9) == 0.0  # (to the slot: 0.1 s)
+    # 10 slots later the ring has wrapped: the 0.5 s slot is reused, not misread as new
+    w.record(11.06, 0.03)
+    assert w.worst(11.02, 11.08) == 0.03
+    assert w.worst(10.0, 11.1) == 0.2  # only the horizon (1 s) is kept: 10.07's 0.5 s is forgotten

@@ -402,3 +402,114 @@ async def test_a_local_shortage_is_logged_and_never_marks_a_server_down(backend:
         assert len(warnings) == 1 and warnings[0]["reason"] == "local: too many open files"
     finally:
         await hs.stop()
+
+
+async def test_a_stalled_loop_makes_timeouts_inconclusive_not_failures(backend: Backend) -> None:
+    """The director's own loop stalls (time.sleep: a CPU taken by other work) while checks are in flight:
+    the answers sit unread past the timeout. No server is taken out; `health.overload` says why."""
+    import time
+
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    events: list[HealthChanged] = []
+    log = Log()
+    check = {"type": "tcp", "interval": 0.1, "timeout": 0.1, "rise": 1, "fall": 1}
+    hs = HealthService([service(backend.port, check=check)], log=log, on_change=events.append)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+        assert hs.states()[key].is_up
+        real = hs._loops[key].probe
+        assert real is not None
+
+        stalls = 0
+
+        async def stalled() -> Any:
+            nonlocal stalls
+            task = asyncio.ensure_future(real())
+            await asyncio.sleep(0)  # the connect is issued and the server answers at once...
+            stalls += 1
+            if stalls <= 3:  # Overload().max_consecutive stalls in a row
+                time.sleep(0.3)  # ...but the loop does not run again for 3 timeouts
+            return await task
+
+        hs._loops[key].probe = stalled
+        await until(lambda: stalls >= 6, timeout=5.0)
+        assert hs.states()[key].is_up and len(events) == 1, events  # fall=1: a single counted timeout would do
+        assert hs.overload_checks == 3
+        overloads = [kw for name, kw in log.events if name == "health.overload"]
+        assert len(overloads) == 1 and overloads[0]["lag_ms"] >= 150  # logged once per OVERLOAD_LOG_EVERY
+    finally:
+        await hs.stop()
+
+
+async def test_a_server_that_dies_during_overload_is_still_removed(backend: Backend) -> None:
+    from havs.core.health import ProbeResult
+
+    key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+    events: list[HealthChanged] = []
+    hs = HealthService([service(backend.port)], log=Log(), on_change=events.append)
+    hs.start()
+    try:
+        await wait_for(events, 1)
+
+        async def dead_and_late() -> ProbeResult:
+            # no answer, and the loop is late on every check (the timeout's timer fired 0.25 s late)
+            return ProbeResult(False, "timeout", 0.3)
+
+        hs._loops[key].probe = dead_and_late
+        await wait_for(events, 2)
+        assert (events[1].to, events[1].reason, events[1].after) == ("down", "timeout", 3)
+        assert hs.overload_checks == 3  # set aside three times in a row, then counted: fall=3 more
+    finally:
+        await hs.stop()
+
+
+async def test_checks_queue_for_a_slot_instead_of_timing_out(backend: Backend) -> None:
+    """At most max_in_flight probes run at once; the rest wait without their timeout running."""
+    from havs.core.health import ProbeResult
+
+    servers = [{"address": f"127.0.1.{i}", "port": 80} for i in range(1, 9)]
+    check = {"type": "tcp", "interval": 0.05, "timeout": 0.05, "connect_address": LOOPBACK,
+             "connect_port": backend.port}
+    events: list[HealthChanged] = []
+    hs = HealthService([service(backend.port, check=check, servers=servers)], log=Log(), on_change=events.append,
+                       max_in_flight=2)
+    running = peak = 0
+
+    async def slow_answer() -> ProbeResult:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.03)  # each check takes most of its timeout: 8 at once would not fit 2 slots
+        running -= 1
+        return ProbeResult(True, "ok", 0.03)
+
+    hs.start()
+    try:
+        for loop in hs._loops.values():
+            loop.probe = slow_answer
+        await until(lambda: hs.checks_run >= 40, timeout=5.0)
+        assert peak == 2
+        assert all(h.is_up for h in hs.states().values())
+        assert all(e.to == "up" for e in events)
+    finally:
+        await hs.stop()
+
+
+async def test_a_large_cold_start_spreads_first_checks_beyond_the_fast_interval(backend: Backend) -> None:
+    from havs.health_service import FIRST_ROUND_RATE
+
+    n = 500
+    servers = [{"address": f"127.0.{1 + i // 250}.{1 + i % 250}", "port": 80} for i in range(n)]
+    hs = HealthService([], log=Log(), on_change=lambda _c: None, initial="down", rand=lambda: 0.999)
+    hs.update([service(backend.port, check={**SLOW, "interval": 1.0, "connect_address": LOOPBACK,
+                                             "connect_port": backend.port}, servers=servers)], at_start=True)
+    hs.start()
+    try:
+        # the last first check of 500 comes about n / FIRST_ROUND_RATE = 0.5 s in, not within 0.02 s
+        await asyncio.sleep(0.1)
+        assert backend.requests == 0
+        await until(lambda: backend.requests >= n, timeout=3.0)
+        assert n / FIRST_ROUND_RATE == 0.5
+    finally:
+        await hs.stop()

@@ -476,3 +476,61 @@ async def test_no_probe_timer_outlives_a_probe(server: Server, no_leaks: Connect
     scheduled = getattr(loop, "_scheduled", None)  # asyncio's timer heap (uvloop has none to look at)
     if scheduled is not None:
         assert [h for h in scheduled if not h.cancelled() and "_fail" in repr(h)] == []
+
+
+async def test_an_answer_left_unread_by_a_late_loop_is_read_not_timed_out(no_leaks: ConnectionPool) -> None:
+    """The server (a thread: it answers while our loop is stalled) replies within the timeout, but this
+    director's loop is busy in another socket's callback until after the deadline. On uvloop the due timer
+    then runs before the socket is polled; the last look reads the answer instead of failing a healthy
+    server with `timeout`."""
+    import threading
+    import time
+
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    answered = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for _ in range(2):
+                data = b""
+                while not data.endswith(b"\r\n\r\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                if answered.is_set():
+                    time.sleep(0.03)  # the second answer comes while the client's loop is stalled
+                conn.sendall(_response(200, b"ok"))
+                answered.set()
+            conn.recv(1)  # until the probe closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    probe = HttpProbe(LOOPBACK, port, timeout=0.3)
+    try:
+        first = await probe_http(probe, no_leaks)
+        assert first.ok and len(no_leaks) == 1  # kept alive: the next check is one write, one read
+        loop = asyncio.get_running_loop()
+        busy, trigger = socket.socketpair()
+        busy.setblocking(False)
+
+        def other_work() -> None:
+            busy.recv(1)
+            time.sleep(0.6)  # e.g. 500 other servers' answers on a slow CPU: past the 0.3 s deadline
+
+        loop.add_reader(busy, other_work)
+        task = asyncio.ensure_future(probe_http(probe, no_leaks))
+        await asyncio.sleep(0)  # the request is written
+        trigger.send(b"x")
+        result = await task
+        loop.remove_reader(busy)
+        busy.close()
+        trigger.close()
+        assert (result.ok, result.reason) == (True, "ok")
+        assert result.latency > 0.5  # read after the deadline (uvloop's clock counts whole ms)
+    finally:
+        no_leaks.close()
+        listener.close()
+        thread.join(2.0)

@@ -93,8 +93,8 @@ class ServerHealth:
     that agrees with the current state resets the count.
     """
 
-    __slots__ = ("_fails", "_oks", "agent_weight", "initial", "last", "server", "service", "since", "state",
-                 "timing")
+    __slots__ = ("_fails", "_oks", "agent_weight", "initial", "last", "overload_skips", "server", "service", "since",
+                 "state", "timing")
 
     def __init__(
         self,
@@ -115,6 +115,7 @@ class ServerHealth:
         self.agent_weight: float | None = None
         self._oks = 0  # consecutive successes
         self._fails = 0  # consecutive failures
+        self.overload_skips = 0  # consecutive timeouts set aside as inconclusive (overload_verdict)
 
     @property
     def is_up(self) -> bool:
@@ -128,7 +129,17 @@ class ServerHealth:
             return True
         return self._fails > 0 if self.state == "up" else self._oks > 0
 
-    def observe(self, result: ProbeResult, now: float) -> HealthChanged | None:
+    def observe(self, result: ProbeResult, now: float, *, lag: float = 0.0,
+                overload: Overload | None = None) -> HealthChanged | None:
+        """One result. `lag`: the worst lateness of the shell's loop while the check ran; with an
+        `overload` policy a timeout under such lag is inconclusive (`last.reason` starts `overload:`)."""
+        if overload is not None:
+            set_aside = overload_verdict(result, lag, overload, self.overload_skips)
+            if set_aside is not None:
+                self.overload_skips += 1
+                result = set_aside
+            elif result.ok:
+                self.overload_skips = 0  # failures do not reset it: a dead server's timeouts must add up
         self.last = result
         if result.inconclusive:
             return None  # counts, state and agent weight stand until a check can actually run
@@ -167,6 +178,64 @@ class ServerHealth:
 
     def next_check_at(self, now: float, fraction: float = 0.5) -> float:
         return now + self.next_interval(fraction)
+
+
+# ---------------------------------------------------------------------------------------------- overload
+
+
+@dataclass(frozen=True, slots=True)
+class Overload:
+    """When a timed-out check says nothing about the server: this director's event loop was itself at
+    least `lag` seconds late while the check ran (its answer may have sat unread in a socket buffer).
+    Such a timeout is inconclusive, at most `max_consecutive` times in a row per server: a server that
+    really died during a long overload is still failed, `max_consecutive` checks later than usual."""
+
+    lag: float = 0.1
+    max_consecutive: int = 3
+
+
+def overload_verdict(result: ProbeResult, lag: float, policy: Overload, skipped: int) -> ProbeResult | None:
+    """The inconclusive result replacing a timeout taken while the loop lagged `lag` seconds, or None when
+    `result` stands (not a timeout, lag under the threshold, or `skipped` consecutive ones already)."""
+    if result.ok or result.inconclusive or result.reason != "timeout":
+        return None
+    if lag < policy.lag or skipped >= policy.max_consecutive:
+        return None
+    return ProbeResult(False, f"overload: timeout while the director's loop lagged {lag * 1000:.0f} ms",
+                       result.latency, inconclusive=True)
+
+
+class LagWindow:
+    """The worst event-loop lateness seen recently, in `bucket`-second slots over `horizon` seconds:
+    `record(now, late)` is O(1) (called on every timer the shell wakes from), `worst(since, now)` scans
+    only the slots of one check's lifetime."""
+
+    __slots__ = ("_bucket", "_slots", "_stamp")
+
+    def __init__(self, bucket: float = 0.1, horizon: float = 12.8) -> None:
+        self._bucket = bucket
+        n = max(1, math.ceil(horizon / bucket))
+        self._slots = [0.0] * n
+        self._stamp = [-1] * n  # which absolute slot number each entry holds (stale entries are ignored)
+
+    def record(self, now: float, late: float) -> None:
+        k = int(now // self._bucket)
+        i = k % len(self._slots)
+        if self._stamp[i] != k:
+            self._stamp[i], self._slots[i] = k, late
+        elif late > self._slots[i]:
+            self._slots[i] = late
+
+    def worst(self, since: float, now: float) -> float:
+        first, last = int(since // self._bucket), int(now // self._bucket)
+        first = max(first, last - len(self._slots) + 1)
+        worst = 0.0
+        n = len(self._slots)
+        for k in range(first, last + 1):
+            i = k % n
+            if self._stamp[i] == k and self._slots[i] > worst:
+                worst = self._slots[i]
+        return worst
 
 
 # ---------------------------------------------------------------------------------------------- weights

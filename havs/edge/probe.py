@@ -20,7 +20,10 @@ a bounded prefix of the body. So the probe is a bare `asyncio.Protocol`:
   such a close as it happens (`on_peer_close`): a dead web process's kernel closes the idle connection
   at once, so its owner can check the server now instead of at the next interval;
 - one timer per check (`loop.call_at`) bounds the whole exchange — connect, TLS handshake, request
-  and the complete response — so a server that trickles bytes fails with `timeout`;
+  and the complete response — so a server that trickles bytes fails with `timeout`. When it fires, the
+  exchange gets two more turns of the loop (`LAST_LOOK_HOPS`) before it fails: an answer that arrived
+  before the deadline but is still unread because this director's loop ran late (uvloop runs due timers
+  before it polls sockets) is read, not mistaken for a dead server;
 - sockets are created, bound (`source_address`) and connected here with `loop.sock_connect`, so
   every failure path knows it owns the fd and closes it.
 
@@ -56,6 +59,9 @@ _PARSER_LIMIT = 2**16
 # a hostile one streams them forever, which would keep the parser busy until the check's timeout
 MAX_INTERIM = 8
 _LINGER_RST = struct.pack("ii", 1, 0)
+# loop turns a timed-out exchange waits before failing: the second runs after a socket poll on both asyncio
+# (ready callbacks run before the I/O they follow) and uvloop (timers run before the poll)
+LAST_LOOK_HOPS = 2
 
 
 def install_uvloop() -> bool:
@@ -217,7 +223,7 @@ class _HttpConnection(asyncio.Protocol):
         self.alive = True
         self.reusable = True
         self.waiter: asyncio.Future[str | None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
         self.msg: Any = None
         self.payload: Any = None
         self.body = bytearray()
@@ -292,7 +298,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def start(self, request: bytes, deadline: float) -> asyncio.Future[str | None]:
         self.waiter = waiter = self.loop.create_future()
-        self.timer = self.loop.call_at(deadline, self._fail, "timeout")
+        self.timer = self.loop.call_at(deadline, self._expired, waiter, LAST_LOOK_HOPS)
         self.msg = self.payload = None
         self.body.clear()
         self.got_bytes = False
@@ -300,6 +306,14 @@ class _HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(request)
         return waiter
+
+    def _expired(self, waiter: asyncio.Future[str | None], hops: int) -> None:
+        if self.waiter is not waiter:
+            return  # answered (or failed) during the last look
+        if hops > 0:
+            self.timer = self.loop.call_soon(self._expired, waiter, hops - 1)
+            return
+        self._fail("timeout")
 
     def _drain(self) -> None:
         payload = self.payload
