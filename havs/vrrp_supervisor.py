@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from havs.core.controller import Controller
 from havs.core.model import NodeView
+from havs.failback import Failback
 
 OnState = Callable[[str, str, str], None]
 
@@ -65,9 +66,23 @@ class VrrpSupervisor:
         self._started: object | None = None  # the process whose start succeeded: the child's first
         # message must be Start, so a decrement known earlier (quorum lost at start) waits for it
         self._pushing: asyncio.Task[None] | None = None
+        # the connection catch-up of a returning director (holds preemption) and the master's replays
+        self.failback = Failback(controller, log, self._hold)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _hold(self, reason: str) -> None:
+        hold = getattr(self.process, "hold_preemption", None)  # never blocks (as the decrement)
+        if hold is not None:
+            hold(reason)
+
+    def _state(self, from_: str, to: str, reason: str) -> None:
+        # any thread (the process's reader): the daemon's callback first, the catch-up on the loop
+        self.on_state(from_, to, reason)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.failback.state_changed, to)
 
     def _new(self, view: NodeView) -> VrrpProcess:
-        return self.factory(view, log=self.log, log_format=self.log_format, on_state=self.on_state)
+        return self.factory(view, log=self.log, log_format=self.log_format, on_state=self._state)
 
     def spawn(self, view: NodeView) -> bool:
         """The child imports while the daemon programs IPVS; it announces only after `start`. False
@@ -119,12 +134,15 @@ class VrrpSupervisor:
             return False
         self._started = self.process
         self._kick()
+        self._loop = asyncio.get_running_loop()
+        self.failback.start()
         return True
 
     async def stop(self) -> None:
         """Gracefully (priority 0, addresses released), whatever ended the run; never raises."""
         if self._pushing is not None:
             self._pushing.cancel()
+        await self.failback.stop()
         if self.process is None:
             return
         try:

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
+from havs.core import ipvs_sync_wire as wire
+from havs.core.controller import Controller
 from havs.core.vrrp import BACKUP, MASTER, VrrpInstance
 from havs.core.wire import Advertisement
+from havs.failback import Failback
 from havs.vrrp import protocol
 from havs.vrrp.process import VrrpProcess
 from havs.vrrp.protocol import HoldPreemption, Snapshot
@@ -117,3 +121,176 @@ def test_a_higher_priority_master_is_followed_whatever_the_hold() -> None:
     inst.receive(advert(200), PEER, 0.5)
     shell._note_deferred()
     assert inst.state == BACKUP and not [ev for ev, _ in log.events if ev == "vrrp.preempt_deferred"]
+
+
+# ------------------------------------------------------------------------------------ the catch-up shell
+
+TABLE_HEAD = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"
+
+
+def proc_line(c: Any) -> str:
+    name = {6: "TCP", 17: "UDP"}[c.protocol]
+    return (f"{name} {int(c.client):08X} {c.cport:04X} {int(c.vip):08X} {c.vport:04X} {int(c.server):08X} "
+            f"{c.dport:04X} {c.state:<11} {900:7d}\n")
+
+
+class Net:
+    """Two directors' catch-up sockets and kernels: a sync message reaching the other director's kernel
+    becomes entries in its table (as its backup sync thread would make them), unless `drop_sync`."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[Any, Any]] = {"lvs1": {}, "lvs2": {}}
+        self.sockets: dict[str, FakeSock] = {}
+        self.drop_sync = 0  # sync messages to lose
+
+
+class FakeSock:
+    addrs: ClassVar[dict[str, tuple[str, int]]] = {"lvs1": ("192.168.72.131", 8850), "lvs2": ("192.168.72.132", 8850)}
+
+    def __init__(self, net: Net, name: str, fb: Any = None) -> None:
+        self.net, self.name, self.inbox = net, name, []
+        self.pair = socket.socketpair()
+        self.fb = fb
+        net.sockets[name] = self
+
+    def open(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.pair[0].fileno()
+
+    def receive(self) -> list[Any]:
+        out, self.inbox = self.inbox, []
+        return out
+
+    def _other(self) -> FakeSock:
+        return self.net.sockets["lvs2" if self.name == "lvs1" else "lvs1"]
+
+    def _deliver(self, to: FakeSock, data: bytes) -> None:
+        to.inbox.append((data, self.addrs[self.name]))
+        asyncio.get_running_loop().call_soon(to.fb._on_readable)
+
+    def request(self, data: bytes) -> None:
+        self._deliver(self._other(), data)
+
+    def answer(self, data: bytes, to: tuple[str, int]) -> None:
+        [name] = [n for n, a in self.addrs.items() if a == to]
+        self._deliver(self.net.sockets[name], data)
+
+    def sync_message(self, data: bytes) -> None:
+        if self.net.drop_sync:
+            self.net.drop_sync -= 1
+            return
+        other = self._other().name
+        for c in wire.decode_sync(data)[1]:
+            self.net.tables[other][c.key] = c
+
+    def close(self) -> None:
+        for s in self.pair:
+            s.close()
+
+
+def director(net: Net, name: str, state: str, **sync: Any) -> tuple[Failback, list[str], ListLog]:
+    v = view(connection_sync={"interface": "server", **sync})
+    controller = Controller(v)
+    controller.vrrp_state = state
+    holds: list[str] = []
+    log = ListLog()
+    fb = Failback(controller, log, holds.append,
+                  read_table=lambda: TABLE_HEAD + "".join(proc_line(c) for c in net.tables[name].values()),
+                  open_socket=lambda ifname, port: FakeSock(net, name))
+    return fb, holds, log
+
+
+def conns(n: int) -> dict[Any, Any]:
+    ip = ipaddress.IPv4Address
+    cs = [wire.Conn(6, ip("192.168.0.105"), 40000 + i, ip("192.168.0.108"), 80, ip("192.168.72.128"), 80)
+          for i in range(n)]
+    return {c.key: c for c in cs}
+
+
+async def run_pair(net: Net, **sync: Any) -> tuple[Any, ...]:
+    master, master_holds, mlog = director(net, "lvs2", "MASTER", **sync)
+    returner, holds, log = director(net, "lvs1", "BACKUP", **sync)
+    master.start()
+    net.sockets["lvs2"].fb = master
+    returner.start()
+    net.sockets["lvs1"].fb = returner
+    for _ in range(200):
+        if returner.catchup is not None and returner.catchup.done:
+            break
+        await asyncio.sleep(0.02)
+    await returner.stop()
+    await master.stop()
+    return master, master_holds, mlog, returner, holds, log
+
+
+async def test_returning_director_holds_until_the_masters_table_is_replayed_into_its_kernel() -> None:
+    net = Net()
+    net.tables["lvs2"] = conns(100)
+    master, master_holds, mlog, returner, holds, log = await run_pair(net)
+    assert holds == ["catching up on connections", ""]
+    assert set(net.tables["lvs1"]) == set(net.tables["lvs2"])  # the replay reached "its kernel"
+    done = [kw for ev, kw in log.events if ev == "sync.catchup_done"]
+    assert len(done) == 1 and done[0]["reason"] == "caught_up" and done[0]["entries"] == 100
+    assert master.replays == 1 and [kw["entries"] for ev, kw in mlog.events if ev == "sync.catchup_replay"] == [100]
+    assert returner.status()["catchup"]["missing"] == 0 and returner.status()["table_size"] == 100
+    assert master_holds == []  # the master is not held: it is the master, not returning
+
+
+async def test_a_lost_replay_is_asked_again() -> None:
+    net = Net()
+    net.tables["lvs2"] = conns(100)
+    net.drop_sync = 1  # the first of three sync messages never arrives
+    master, _, _, _, holds, log = await run_pair(net)
+    assert holds[-1] == "" and set(net.tables["lvs1"]) == set(net.tables["lvs2"])
+    assert master.replays == 2
+    assert [kw["reason"] for ev, kw in log.events if ev == "sync.catchup_done"] == ["caught_up"]
+
+
+async def test_deadline_releases_the_hold_when_nobody_answers() -> None:
+    net = Net()
+    net.tables["lvs2"] = conns(3)
+    master, _, _ = director(net, "lvs2", "BACKUP", catchup_deadline=0.2)  # no master: nobody replays
+    returner, holds, log = director(net, "lvs1", "BACKUP", catchup_deadline=0.2)
+    master.start()
+    net.sockets["lvs2"].fb = master
+    returner.start()
+    net.sockets["lvs1"].fb = returner
+    await asyncio.sleep(0.4)
+    assert holds == ["catching up on connections", ""]
+    assert [(kw["reason"], kw["entries"]) for ev, kw in log.events if ev == "sync.catchup_done"] == [
+        ("deadline", None)]
+    assert master.replays == 0
+    await returner.stop()
+    await master.stop()
+
+
+async def test_becoming_master_releases_at_once_and_no_hold_without_preempt_or_deadline() -> None:
+    net = Net()
+    returner, holds, _ = director(net, "lvs1", "BACKUP")
+    returner.start()
+    net.sockets["lvs1"].fb = returner
+    FakeSock(net, "lvs2")
+    returner.state_changed("MASTER")
+    assert holds == ["catching up on connections", ""]
+    assert returner.catchup is not None and returner.catchup.released is not None
+    assert returner.catchup.released.reason == "became_master"
+    await returner.stop()
+    for sync in ({"catchup_deadline": 0}, ):
+        off, holds_off, _ = director(Net(), "lvs1", "BACKUP", **sync)
+        off.start()
+        assert holds_off == [] and off.catchup is None
+        await off.stop()
+
+
+async def test_an_unopenable_socket_is_an_error_event_and_no_hold() -> None:
+    def refuse(ifname: str, port: int) -> Any:
+        raise OSError(19, f"catch-up socket on {ifname} port {port}: No such device")
+
+    v = view(connection_sync={"interface": "server"})
+    holds: list[str] = []
+    log = ListLog()
+    fb = Failback(Controller(v), log, holds.append, open_socket=refuse)
+    fb.start()
+    assert holds == [] and [ev for ev, _ in log.events] == ["sync.catchup_unavailable"]
