@@ -44,8 +44,8 @@ def havs_auth(keys: dict[int, str], active: int, mode: str = "enforce", anti_rep
 
 
 def with_auth(template: str, block: str) -> str:
-    line = "  unicast_peers: []\n"
-    assert line in template
+    """The havs config with `block` after its unicast_peers line (multicast or unicast)."""
+    line = next(x for x in template.splitlines(keepends=True) if x.startswith("  unicast_peers:"))
     return template.replace(line, line + block)
 
 
@@ -245,9 +245,9 @@ DRILL_SECONDS = 10.0
 WRONG = "hex:" + bytes(range(7, 39)).hex()
 
 
-def elect_auth(lab: SeedLab, block: str) -> Pair:
+def elect_auth(lab: SeedLab, block: str, unicast: bool = False) -> Pair:
     """An elected havs pair (lvs1 MASTER), both with `block` (or no auth_hmac)."""
-    pair = Pair(lab, INTERVAL)
+    pair = Pair(lab, INTERVAL, unicast=unicast)
     if block:
         pair.config.write_text(with_auth(pair.config.read_text(), block))
     pair.start("lvs1")
@@ -450,5 +450,19 @@ def test_adversarial_drill_without_auth_shows_the_takeover(fresh: SeedLab) -> No
         # attack ran no director held the VIP: the attacker owns the virtual router
         assert ("BACKUP", "higher_priority", "192.168.72.132", 255) in f["lvs1_changes_during_attack"]  # type: ignore[operator]
         assert f["holders_at_end_of_attack"] == [], "the forged priority 255 did not take the addresses"
+    finally:
+        pair.stop_all()
+
+
+def test_unicast_havs_pair_signed_elects_and_hands_over(fresh: SeedLab) -> None:
+    pair = elect_auth(fresh, havs_auth({1: K1, 2: K2}, 2, anti_replay="monotonic"), unicast=True)
+    try:
+        assert pair.events("lvs2", "vrrp.started")[0]["mode"] == "unicast"
+        pair.signal("lvs1", signal.SIGTERM)  # signed priority 0 to the peer: it takes over after its skew
+        took = wait_until("lvs2 takes over", lambda: pair.holds("lvs2") == (True, True), MDI + 2)
+        print(f"\nunicast signed handover: {took * 1000:.0f} ms")
+        last = pair.events("lvs2", "vrrp.state")[-1]
+        assert (last["to"], last["peer"], last["peer_priority"]) == ("MASTER", "192.168.72.131", 0)
+        assert not pair.events("lvs1", "vrrp.auth_reject") and not pair.events("lvs2", "vrrp.auth_reject")
     finally:
         pair.stop_all()
