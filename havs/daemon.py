@@ -163,8 +163,8 @@ class Daemon:
     async def _reload(self, force: bool) -> None:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         status = "reload failed; see the log"
-        try:
-            status = await self._adopt(force)
+        try:  # the control shell answers `havs reload` with the outcome
+            status = await self.control.reloading(self._adopt(force))
         finally:  # whatever happened, systemd hears the reload is over (else `systemctl reload` hangs)
             self.notifier.notify("READY=1", f"STATUS={status}")
 
@@ -172,7 +172,7 @@ class Daemon:
         """Read the file and apply it; what the systemd status line says after."""
         verdict = await read_reload(self.config_path, self.node_name, self.controller, force=force, log=self.log,
                                     stopping=self.stopping)
-        if (view := verdict.view) is None:
+        if (view := self.control.judged(verdict)) is None:
             return verdict.status
         plan = self.controller.reload(view, self.health.states() if self.health else {})
         self.view = view

@@ -24,6 +24,7 @@ class Verdict:
     view: NodeView | None  # None: keep the running config
     status: str  # for systemd's status line
     reasons: list[str] = field(default_factory=list)  # what the guard objected to (applied anyway: forced)
+    problems: list[str] = field(default_factory=list)  # a bad file's file:line problems (`havs reload` prints them)
 
 
 async def read_reload(path: str, node: str | None, controller: Controller, *, force: bool, log: Any,
@@ -38,13 +39,14 @@ async def read_reload(path: str, node: str | None, controller: Controller, *, fo
     try:
         view = parse.result()
     except ConfigError as e:
-        log.error("config.reload_failed", file=path, problems=[str(p) for p in e.problems], kept="running config")
-        return Verdict(None, "reload failed; running config kept")
+        problems = [str(p) for p in e.problems]
+        log.error("config.reload_failed", file=path, problems=problems, kept="running config")
+        return Verdict(None, "reload failed; running config kept", problems=problems)
     reasons = controller.review_reload(view, judge)
     if reasons and not force:
         log.error("config.reload_refused", file=path, reasons=reasons, kept="running config",
                   override="havs reload --force")
-        return Verdict(None, "reload refused; running config kept")
+        return Verdict(None, "reload refused; running config kept", reasons)
     if reasons:
         log.warning("config.reload_forced", file=path, reasons=reasons)
     return Verdict(view, "running", reasons)

@@ -163,14 +163,37 @@ async def test_a_dangerous_reload_is_refused_unless_forced(env: Path) -> None:
     d, task = start(path, log)
     await until(lambda: log.named("daemon.ready"))
     write(env, without_services((REPO / "etc/havs.yaml").read_text()))  # a file caught mid-copy
-    assert await d.control.handle({"command": "reload"}) == {"ok": True, "force": False}
-    await until(lambda: log.named("config.reload_refused"))
-    assert log.named("config.reload_refused")[0]["reasons"] and d.view.config.virtual_services
+    reply = await d.control.handle({"command": "reload"})  # answered once the reload is over
+    reasons = log.named("config.reload_refused")[0]["reasons"]
+    assert reasons and d.view.config.virtual_services
+    assert reply == {"ok": False, "outcome": "refused", "force": False, "problems": reasons,
+                     "error": "reload refused (havs reload --force applies it); the running config is kept"}
     assert FakeIpvs.instances[0].table == seed_table(write(env))
     write(env, without_services((REPO / "etc/havs.yaml").read_text()))
-    assert await d.control.handle({"command": "reload", "force": True}) == {"ok": True, "force": True}
-    await until(lambda: log.named("config.reloaded"))
-    assert log.named("config.reload_forced") and not d.view.config.virtual_services
+    reply = await d.control.handle({"command": "reload", "force": True})
+    assert log.named("config.reloaded") and not d.view.config.virtual_services
+    assert reply == {"ok": True, "outcome": "forced", "force": True,
+                     "warnings": log.named("config.reload_forced")[0]["reasons"]}
+    assert d.controller.reloads == {"refused": 1, "forced": 1}
+    assert await stop(d, task) == 0
+
+
+async def test_havs_reload_exits_non_zero_with_the_files_problems(env: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    log = ListLog()
+    path = write(env)
+    d, task = start(path, log)
+    await until(lambda: log.named("daemon.ready"))
+    sock = str(env / "run" / "control.sock")
+    write(env, SEED.replace("priority: 150", "priority: 300"))
+    assert await asyncio.to_thread(main, ["reload", "--socket", sock]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{path}:") and "priority" in err[0] and "300" in err[0], err
+    assert err[-1] == "havs: the config has problems; the running config is kept"
+    write(env)
+    assert await asyncio.to_thread(main, ["reload", "--socket", sock]) == 0
+    assert capsys.readouterr().out == "reloaded (applied)\n"
+    assert d.controller.reloads == {"failed": 1, "applied": 1}
     assert await stop(d, task) == 0
 
 
