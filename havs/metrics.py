@@ -131,6 +131,14 @@ class _StateCollector(Collector):
         for reason, n in vrrp.dropped.items():
             dropped.add_metric([reason], n)
         yield dropped
+        auth = vrrp.extra.get("auth")
+        if isinstance(auth, Mapping) and isinstance(auth.get("rejected"), Mapping):
+            # auth_hmac's rejects by reason, zeros included (so an alert can rate() them from the start)
+            rejected = CounterMetricFamily("havs_vrrp_auth_rejected", "adverts rejected by auth_hmac",
+                                           labels=["reason"])
+            for reason, n in auth["rejected"].items():
+                rejected.add_metric([str(reason)], n)
+            yield rejected
         held = set(vrrp.held)
         yield GaugeMetricFamily("havs_vrrp_addresses_held", "floating addresses this director holds now",
                                 value=len(held))

@@ -27,7 +27,8 @@ LABELS = 'local_address="192.168.0.108",local_mark="",local_port="80",proto="TCP
 SNAP = {
     "vrrp": {"state": "MASTER", "priority": 150, "adverts_sent": 12, "adverts_received": 3,
              "dropped": {"checksum": 2}, "addresses": ["192.168.0.108/24 dev eth0", "192.168.72.130/24 dev eth1"],
-             "held": ["192.168.0.108/24 dev eth0"]},
+             "held": ["192.168.0.108/24 dev eth0"],
+             "auth": {"mode": "sign", "rejected": {"bad_mac": 4, "replay": 0}}},
     "services": [{"name": "TCP 192.168.0.108:80", "quorum": True, "real_servers": [
         {"server": "192.168.72.128:80", "health": "up", "effective_weight": 1, "configured_weight": 1},
         {"server": "192.168.72.129:80", "health": "down", "effective_weight": None, "configured_weight": 1}]},
@@ -90,6 +91,8 @@ def test_scrape_shows_state_health_reconciler_ipvs_and_latency() -> None:
         'havs_reloads_total{outcome="applied"} 2.0',
         'havs_reloads_total{outcome="failed"} 1.0',
         'havs_reloads_total{outcome="refused"} 0.0',
+        'havs_vrrp_auth_rejected_total{reason="bad_mac"} 4.0',
+        'havs_vrrp_auth_rejected_total{reason="replay"} 0.0',
     ]
     missing = [line for line in expected if line not in text]
     assert missing == []
