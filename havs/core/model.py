@@ -418,6 +418,8 @@ class Vrrp(Strict):
     garp: Garp = Field(default_factory=Garp)
     notify: Notify = Field(default_factory=Notify)
     connection_sync: ConnectionSync | None = None
+    # keepalived's vrrp_rt_priority: the VRRP child's SCHED_RR priority (needs CAP_SYS_NICE); 0 = none (nice -10)
+    rt_priority: Annotated[int, Range(0, 99)] = 1
 
     @model_validator(mode="after")
     def _version_rules(self) -> Vrrp:

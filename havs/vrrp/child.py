@@ -39,7 +39,6 @@ from havs.vrrp.protocol import (
 
 PUSH_EVERY = 0.5
 NICE = -10
-RT_PRIORITY = 1
 PR_SET_PDEATHSIG = 1
 
 
@@ -49,15 +48,17 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _raise_priority() -> str:
-    """A heartbeat process must not wait behind other work for a CPU. Real-time round-robin at the lowest
-    RT priority (keepalived's `vrrp_rt_priority`) when allowed, else nice -10 (`vrrp_priority`), else as
-    the daemon; both need CAP_SYS_NICE. The loop blocks in epoll between packets and timers, so it holds
-    a CPU only while there is VRRP work; the kernel's RT throttling bounds even a flood. Measured
-    (bench_flood, host with load 4 on 2 cores): worst advert gap 121–135 ms at nice -10."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
-        return f"SCHED_RR {RT_PRIORITY}"
+def _raise_priority(rt_priority: int) -> str:
+    """A heartbeat process must not wait behind other work for a CPU. Real-time round-robin at
+    `rt_priority` (`vrrp.rt_priority`, keepalived's `vrrp_rt_priority`; 0 = none) when allowed, else
+    nice -10 (`vrrp_priority`), else as the daemon; both need CAP_SYS_NICE. The loop blocks in epoll
+    between packets and timers, so it holds a CPU only while there is VRRP work; the kernel's RT throttling
+    bounds even a flood. Measured (bench_flood, host with load 4 on 2 cores): worst advert gap 121–135 ms
+    at nice -10."""
+    if rt_priority > 0:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(rt_priority))
+            return f"SCHED_RR {rt_priority}"
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
     return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
@@ -95,7 +96,8 @@ async def serve(fd: int, log_format: str) -> int:
         await writer.drain()
         return 2
     log = setup_logging(log_format, node=view.name)  # type: ignore[arg-type]
-    log.info("vrrp.scheduling", policy=_raise_priority())
+    wanted = view.config.vrrp.rt_priority if view.config.vrrp is not None else 0
+    log.info("vrrp.scheduling", policy=_raise_priority(wanted), rt_priority=wanted)
     shell: VrrpShell
 
     def push() -> None:
