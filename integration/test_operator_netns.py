@@ -1,0 +1,65 @@
+"""What an operator runs against a live director (root, network namespaces): `havs status` says which
+floating addresses are held, `havs reload` of a bad file exits 1 with its file:line problems, and the
+metrics endpoint shows both (and passes promtool)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from integration.test_vrrp_netns import GW_CIDR, VIP_CIDR, Pair, fresh, lab, wait_until  # noqa: F401
+from integration.topology import SeedLab
+
+pytestmark = pytest.mark.netns
+
+if os.geteuid() != 0:
+    pytest.skip("needs root for network namespaces", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+HAVS = str(REPO / ".venv" / "bin" / "havs")
+SCRAPE = ("import urllib.request; "
+          "print(urllib.request.urlopen('http://127.0.0.1:9101/metrics', timeout=5).read().decode())")
+
+
+def test_status_reload_and_metrics_of_a_live_master(fresh: SeedLab) -> None:  # noqa: F811
+    pair = Pair(fresh, 0.1)
+    pair.config.write_text(pair.config.read_text().replace(
+        "settings: {control_socket:", "settings: {metrics_listen: 127.0.0.1:9101, control_socket:"))
+    config = pair.config.with_name(f"{pair.config.stem}-lvs1.yaml")
+    sock = str(fresh.workdir / "run" / f"{config.stem}.sock")
+    pair.start("lvs1")
+    try:
+        wait_until("lvs1 holds VIP and gateway", lambda: pair.holds("lvs1") == (True, True), 5)
+        wait_until("control socket", lambda: os.path.exists(sock), 5)
+        status = json.loads(subprocess.run([HAVS, "status", "--json", "--socket", sock], capture_output=True,
+                                           text=True, check=True).stdout)
+        assert sorted(status["vrrp"]["held"]) == sorted([f"{VIP_CIDR} dev eth0", f"{GW_CIDR} dev eth1"])
+        text = subprocess.run([HAVS, "status", "--socket", sock], capture_output=True, text=True, check=True).stdout
+        assert f"{VIP_CIDR} dev eth0 (held)" in text
+
+        good = config.read_text()
+        config.write_text(good.replace("priority: 150", "priority: 300"))
+        bad = subprocess.run([HAVS, "reload", "--socket", sock], capture_output=True, text=True)
+        assert bad.returncode == 1
+        assert bad.stderr.splitlines()[0].startswith(f"{config}:") and "300" in bad.stderr, bad.stderr
+        config.write_text(good)
+        ok = subprocess.run([HAVS, "reload", "--socket", sock], capture_output=True, text=True)
+        assert ok.returncode == 0 and ok.stdout == "reloaded (applied)\n", ok
+
+        metrics = subprocess.run(["ip", "netns", "exec", fresh.ns("lvs1"), str(REPO / ".venv" / "bin" / "python"),
+                                  "-c", SCRAPE], capture_output=True, text=True, check=True).stdout
+        lines = metrics.splitlines()
+        assert "havs_vrrp_addresses_held 2.0" in lines
+        assert 'havs_reloads_total{outcome="failed"} 1.0' in lines
+        assert 'havs_reloads_total{outcome="applied"} 1.0' in lines
+        assert 'havs_vrrp_state{state="MASTER"} 1.0' in lines
+        if shutil.which("promtool"):
+            check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
+            assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
+    finally:
+        pair.stop_all()
