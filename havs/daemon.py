@@ -19,6 +19,7 @@ from typing import Any
 from structlog.stdlib import BoundLogger as Log
 
 from havs import __version__
+from havs.bgp import BgpSupervisor
 from havs.configfile import load_view
 from havs.control_shell import ControlShell
 from havs.core.controller import Controller, needs_ipvs
@@ -49,6 +50,7 @@ class Daemon:
         self.reload_pending: bool | None = None  # None: no reload asked for; else whether it is forced
         self.ipvs = IpvsSide(self.controller, log, lambda: IpvsSocket())
         self.health: HealthService | None = None
+        self.bgp = BgpSupervisor(log)  # announce: bgp services; each pass feeds it (docs/scaleout.md)
         self.vrrp = VrrpSupervisor(self.controller, VrrpProcess, log=log, log_format=log_format,
                                    on_state=self._on_vrrp_state)
         self.control = ControlShell(self.controller, log, on_reload=self._request_reload, on_change=self.wake.set,
@@ -116,10 +118,9 @@ class Daemon:
             self.log.info("daemon.stopping")
         for task in list(self._tasks):
             task.cancel()
-        # each step whatever the one before did: VRRP must be stopped gracefully (priority 0, addresses
-        # released) even if closing the control socket failed
+        # each step whatever the one before did (VRRP must release its addresses); BGP withdraws first
         health = [("health", self.health.stop)] if self.health is not None else []
-        for name, step in [("control", self.control.stop), ("vrrp", self.vrrp.stop), *health]:
+        for name, step in [("bgp", self.bgp.stop), ("control", self.control.stop), ("vrrp", self.vrrp.stop), *health]:
             try:
                 await step()
             except Exception as e:
@@ -157,6 +158,7 @@ class Daemon:
 
     async def _pass(self) -> None:  # the priority decrement follows each pass's quorum
         desired = await self.ipvs.run_pass(self.health.states() if self.health else {})
+        self.bgp.feed(self.view, desired, self.ipvs)
         if desired is not None:
             self.vrrp.set_decrement(desired.priority_decrement)
 

@@ -2,7 +2,7 @@
 
     python -m integration.scaleout_agent CONFIG NODE
 
-Starts `havs.bgp.BgpSupervisor` as the daemon does and feeds it, every 0.2 s, the table `havs apply`
+Feeds `havs.bgp.BgpSupervisor` as the daemon does (the first feed starts BIRD), every 0.2 s, the table `havs apply`
 would build with every real server up, taken as present in the kernel. SIGUSR1 toggles "no healthy real
 server" (the withdrawal path); SIGTERM is the graceful drain then exit, as in the daemon.
 """
@@ -26,14 +26,12 @@ async def main(config: str, node: str) -> int:
     log = setup_logging("json", node=node)
     desired = build_desired(view.config)
     bgp = BgpSupervisor(log)
-    if not await bgp.start(view):
-        return 1
     stop, healthy = asyncio.Event(), [True]
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: healthy.__setitem__(0, not healthy[0]))
     while not stop.is_set():
-        bgp.feed(view.config, desired, desired.table if healthy[0] else IpvsTable([]))
+        bgp.feed(view, desired, desired.table if healthy[0] else IpvsTable([]))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.2)
     await bgp.stop()

@@ -117,20 +117,20 @@ async def test_control_client_commands_and_errors(fake: FakeBird) -> None:
 async def test_announce_follows_the_decision_and_drain_waits_for_bird(fake: FakeBird) -> None:
     sup, log = await supervisor(fake)
     assert sup.view is not None
-    config = sup.view.config
-    desired = build_desired(config)
-    sup.feed(config, desired, desired.table)
+    view = sup._fed_view = sup.view  # already started: the feeds only announce
+    desired = build_desired(view.config)
+    sup.feed(view, desired, desired.table)
     await settle(sup)
     assert fake.commands == ["enable havs_vip_203_0_113_10"]
-    sup.feed(config, desired, desired.table)  # unchanged: no command
+    sup.feed(view, desired, desired.table)  # unchanged: no command
     await settle(sup)
     assert len(fake.commands) == 1
-    sup.feed(config, desired, IpvsTable([]))  # the service left the kernel
+    sup.feed(view, desired, IpvsTable([]))  # the service left the kernel
     await settle(sup)
     assert fake.commands[-1] == "disable havs_vip_203_0_113_10"
     assert ("bgp.withdraw", {"vip": "203.0.113.10", "reason": "TCP 203.0.113.10:80 is not in the kernel's IPVS table"}
             ) in log.events
-    sup.feed(config, desired, desired.table)
+    sup.feed(view, desired, desired.table)
     await settle(sup)
     assert fake.commands[-1] == "enable havs_vip_203_0_113_10"
     for task in sup._tasks:
@@ -147,7 +147,8 @@ async def test_a_failing_control_socket_is_logged_and_retried(fake: FakeBird, mo
     assert sup.control is not None and sup.view is not None
     sup.control.close()  # as if BIRD restarted under us
     desired = build_desired(sup.view.config)
-    sup.feed(sup.view.config, desired, desired.table)
+    sup._fed_view = sup.view
+    sup.feed(sup.view, desired, desired.table)
     for _ in range(100):
         await asyncio.sleep(0.01)
         if "enable havs_vip_203_0_113_10" in fake.commands:
@@ -185,7 +186,8 @@ async def test_reload_reconfigures_and_a_refused_config_keeps_the_running_one(fa
     two = select_node(parse_config(BASE + TUN_SERVICE), "d1", "x")
     await sup.reload(two)
     desired = build_desired(two.config)
-    sup.feed(two.config, desired, desired.table)  # the daemon's pass after the reload
+    sup._fed_view = two
+    sup.feed(two, desired, desired.table)  # the daemon's pass after the reload
     await settle(sup)
     assert f'configure "{sup.bird.conf}"' in fake.commands
     assert {"enable havs_vip_203_0_113_10", "enable havs_vip_203_0_113_11"} <= set(fake.commands)

@@ -1,11 +1,12 @@
 """The daemon's BGP side: BIRD started with havs's rendered config, each VIP announced only while this
 director can serve it, withdrawn first on a graceful stop.
 
-The daemon calls `start(view)` once IPVS is open, `feed(config, desired, actual)` after every reconcile
-pass (never blocks: one worker task applies the changes through BIRD's control socket), `reload(view)` on
-a reload and `stop()` at the end. `stop()` is the graceful drain: every VIP withdrawn, then wait until
-BIRD has withdrawn them from every established session (observed in `show protocols all`, not a sleep),
-then BIRD is stopped. A BIRD that exits on its own is restarted and told the current announcements again.
+The daemon makes one call after every reconcile pass, `feed(view, desired, ipvs)` (never blocks): a view it
+has not seen starts, reconfigures or stops BIRD in the background (`apply`), and the pass's verdicts go to
+one worker task that enables or disables each VIP's protocol through BIRD's control socket. At the end it
+calls `stop()`, the graceful drain: every VIP withdrawn, then wait until BIRD has withdrawn them from every
+established session (observed in `show protocols all`, not a sleep), then BIRD stops. A BIRD that exits on
+its own is restarted and told the current announcements again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from havs.bgp.bird import BirdProcess
 from havs.bgp.control import BirdControl
@@ -33,13 +34,20 @@ from havs.core.bgp import (
 )
 from havs.core.desired import Desired
 from havs.core.ipvs_table import IpvsTable
-from havs.core.model import Config, NodeView
+from havs.core.model import NodeView
 from havs.edge.addresses import Addresses
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # a director must accept a mid-flow packet of a connection another director started: ECMP moved the flow
 SLOPPY = ("/proc/sys/net/ipv4/vs/sloppy_tcp", "/proc/sys/net/ipv4/vs/sloppy_sctp")
 RESTART_DELAY = 1.0
+
+
+class IpvsView(Protocol):
+    """What the shell reads of the daemon's IPVS side (`havs.reconcile.IpvsSide`)."""
+
+    last_actual: IpvsTable | None
+    reconciler: Any
 
 
 class BgpSupervisor:
@@ -54,6 +62,8 @@ class BgpSupervisor:
         self.announced: set[IPAddress] = set()
         self.on_lo: set[IPAddress] = set()
         self._last_desired: Desired | None = None
+        self._fed_view: NodeView | None = None
+        self._applying: asyncio.Future[None] | None = None
         self._changed = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,7 +79,7 @@ class BgpSupervisor:
         bgp = view.config.bgp
         if bgp is None:
             return True
-        self.view = view
+        self.view, self._stopping = view, False
         self.bird = BirdProcess(bgp.bird, bgp.run_dir)
         self.control = BirdControl(self.bird.socket)
         try:
@@ -120,6 +130,14 @@ class BgpSupervisor:
             return ""
 
     async def stop(self, timeout: float = 10.0) -> None:
+        """The daemon's stop: a start or reload still in progress is finished first, then `halt`."""
+        self._fed_view = None
+        if self._applying is not None and not self._applying.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._applying), timeout)
+        await self.halt(timeout)
+
+    async def halt(self, timeout: float = 10.0) -> None:
         """The graceful drain, then BIRD stops and the VIPs leave the loopback."""
         if self.bird is None:
             return
@@ -164,7 +182,7 @@ class BgpSupervisor:
     async def apply(self, view: NodeView) -> None:
         """The daemon's one call on a reload: start, reconfigure or stop, as the new config asks."""
         if view.config.bgp is None:
-            await self.stop()  # graceful: withdrawn before BIRD stops
+            await self.halt()  # graceful: withdrawn before BIRD stops
         elif self.bird is None:
             await self.start(view)
         else:
@@ -198,13 +216,30 @@ class BgpSupervisor:
         self._changed.set()
 
     # ------------------------------------------------------------------ announcements
-    def feed(self, config: Config, desired: Desired | None, actual: IpvsTable | None) -> None:
-        """After a reconcile pass: what this director can serve now. Never blocks."""
-        if self.bird is None:
+    def feed(self, view: NodeView, desired: Desired | None, ipvs: IpvsTable | IpvsView | None) -> None:
+        """After every reconcile pass (the daemon's one call; never blocks): what this director can serve
+        now. A view not seen before starts, reconfigures or stops BIRD (in order, in the background)."""
+        actual = ipvs if ipvs is None or isinstance(ipvs, IpvsTable) else ipvs.last_actual
+        if not isinstance(ipvs, IpvsTable) and ipvs is not None and ipvs.reconciler is not None:
+            self.dump = ipvs.reconciler.ipvs.dump  # a fresh look when the snapshot predates a new service
+        if view is not self._fed_view:
+            self._fed_view = view
+            if view.config.bgp is not None or self.bird is not None:
+                self._applying = asyncio.ensure_future(self._apply_after(self._applying, view))
+        if view.config.bgp is None:
             return
-        self.wanted = {v.vip: v for v in servable(config, desired, actual)}
+        self.wanted = {v.vip: v for v in servable(view.config, desired, actual)}
         self._last_desired = desired
         self._changed.set()
+
+    async def _apply_after(self, previous: asyncio.Future[None] | None, view: NodeView) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        try:
+            await self.apply(view)
+        except Exception as e:  # never an unhandled task error: said, and the next view tries again
+            self.log.error("bgp.apply_failed", error=str(e), error_type=type(e).__name__)
 
     async def _worker(self) -> None:
         while not self._stopping:
