@@ -294,3 +294,69 @@ async def test_an_unopenable_socket_is_an_error_event_and_no_hold() -> None:
     fb = Failback(Controller(v), log, holds.append, open_socket=refuse)
     fb.start()
     assert holds == [] and [ev for ev, _ in log.events] == ["sync.catchup_unavailable"]
+
+
+async def test_supervisor_holds_at_start_and_a_master_state_from_the_link_thread_releases() -> None:
+    import threading
+
+    from havs.vrrp_supervisor import VrrpSupervisor
+
+    v = view(connection_sync={"interface": "server"})
+    states: list[tuple[str, str, str]] = []
+    procs: list[Any] = []
+
+    class Proc:
+        def __init__(self, view: Any, *, log: Any, log_format: str, on_state: Any) -> None:
+            self.view, self.on_state, self.holds = view, on_state, []
+            procs.append(self)
+
+        def spawn(self) -> None: ...
+        def start(self) -> None: ...
+        def stop(self, graceful: bool = True) -> None: ...
+        def set_priority_decrement(self, n: int) -> None: ...
+
+        def hold_preemption(self, reason: str) -> None:
+            self.holds.append(reason)
+
+    log = ListLog()
+    sup = VrrpSupervisor(Controller(v), Proc, log=log, log_format="json",
+                         on_state=lambda *a: states.append(a))  # type: ignore[arg-type]
+    net = Net()
+    FakeSock(net, "lvs2")
+    sup.failback = Failback(sup.controller, log, sup._hold,
+                            open_socket=lambda ifname, port: FakeSock(net, "lvs1"))
+    assert sup.spawn(v) and await sup.start()
+    net.sockets["lvs1"].fb = sup.failback
+    assert procs[0].holds == ["catching up on connections"]
+    thread = threading.Thread(target=procs[0].on_state, args=("BACKUP", "MASTER", "master_down"))
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0.05)
+    assert states == [("BACKUP", "MASTER", "master_down")]
+    assert procs[0].holds == ["catching up on connections", ""]
+    await sup.stop()
+    assert sup.failback.sock is None
+
+
+async def test_supervisor_without_the_sync_interface_says_so_and_holds_nothing() -> None:
+    from havs.vrrp_supervisor import VrrpSupervisor
+
+    v = view(connection_sync={"interface": "mgmt"})  # eth9: no such interface
+
+    class Proc:
+        def __init__(self, view: Any, **kw: Any) -> None:
+            self.holds: list[str] = []
+
+        def spawn(self) -> None: ...
+        def start(self) -> None: ...
+        def stop(self, graceful: bool = True) -> None: ...
+
+        def hold_preemption(self, reason: str) -> None:
+            self.holds.append(reason)
+
+    log = ListLog()
+    sup = VrrpSupervisor(Controller(v), Proc, log=log, log_format="json", on_state=lambda *a: None)  # type: ignore[arg-type]
+    assert sup.spawn(v) and await sup.start()
+    assert [ev for ev, _ in log.events if ev.startswith("sync.")] == ["sync.catchup_unavailable"]
+    assert sup.process.holds == []  # type: ignore[union-attr]
+    await sup.stop()
