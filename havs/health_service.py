@@ -141,6 +141,11 @@ class _Loop:
         self.early_at = -math.inf  # when the last early check was granted
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class HealthService:
     """Runs the checks of every real server of `services`.
 
@@ -350,15 +355,17 @@ class HealthService:
             self._pool.discard(probe.args[0].key)
 
     async def _run(self, loop: _Loop, first: float) -> None:
+        # clock reads are few on purpose: where a syscall is dear (one slow CPU, no vDSO under UML),
+        # each is a measurable share of a check (bench_load prints syscalls per check)
         ev = asyncio.get_running_loop()
-        if first > 0:
-            await self._sleep(loop, first)
         slots = self._slots
         assert slots is not None
+        due = ev.time() + first
         while True:
-            due = ev.time()
+            woke = await self._sleep(ev, loop, due)
+            waited = slots.locked()
             async with slots:  # queued, not timing: the probe's clock starts when it runs
-                started = ev.time()
+                started = ev.time() if waited else woke
                 probe = loop.probe
                 assert probe is not None
                 try:
@@ -377,27 +384,22 @@ class HealthService:
                 self._lag.record(now, late)
                 lag = max(late, self._lag.worst(started, now))
             self._observe(loop, result, now, lag=lag)
-            delay = due + loop.health.next_interval(self._rand()) - ev.time()
-            await self._sleep(loop, max(delay, 0.0))
+            # the next check counts from when this one was due (no drift), or from an early wake-up
+            due = min(due, woke) + loop.health.next_interval(self._rand())
 
-    async def _sleep(self, loop: _Loop, delay: float) -> None:
-        """`asyncio.sleep(delay)` that `_peer_closed` can cut short (same cost: one future, one timer);
-        how late the timer fired is the loop's lag, recorded for `_observe`."""
-        ev = asyncio.get_running_loop()
+    async def _sleep(self, ev: asyncio.AbstractEventLoop, loop: _Loop, when: float) -> float:
+        """Sleep until `when`, unless `_peer_closed` cuts it short (same cost as `asyncio.sleep`: one
+        future, one timer). Returns the time it woke; how late that was is the loop's lag (`LagWindow`)."""
         loop.wake = wake = ev.create_future()
-        when = ev.time() + delay
-        timer = ev.call_at(when, self._woken, wake, when)
+        timer = ev.call_at(when, _wake, wake)
         try:
             await wake
         finally:
             loop.wake = None
             timer.cancel()
-
-    def _woken(self, fut: asyncio.Future[None], when: float) -> None:
-        if not fut.done():
-            fut.set_result(None)
-        now = fut.get_loop().time()
+        now = ev.time()
         self._lag.record(now, now - when)
+        return now
 
     def _peer_closed(self, probe_key: tuple[Any, ...]) -> None:
         """The pool saw a server close our idle connection: check it now, unless an early check was

@@ -387,11 +387,11 @@ async def _connect_socket(
 ) -> tuple[socket.socket | None, str | None]:
     """A connected non-blocking socket, or (None, reason). Closes the socket on every failure."""
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # non-blocking from the start: one ioctl less per connect (bench_load counts them)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     except OSError as exc:
         return None, _os_reason(exc)
     try:
-        sock.setblocking(False)
         if source:
             sock.bind((source, 0))
         async with asyncio.timeout_at(deadline):
