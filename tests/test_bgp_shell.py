@@ -210,3 +210,20 @@ TUN_SERVICE = """\
     announce: bgp
     real_servers: [{address: 10.2.0.21}]
 """
+
+
+async def test_the_first_feed_starts_bgp_and_stop_waits_for_it(tmp_path: Path) -> None:
+    """The daemon's only calls are feed() and stop(): a feed with a new view applies it in the background."""
+    text = BASE.replace("asn: 65001", f"asn: 65001\n  bird: /nonexistent/bird\n  run_dir: {tmp_path}/bird")
+    log = Log()
+    sup = BgpSupervisor(log)
+    view = select_node(parse_config(text), "d1", "x")
+    desired = build_desired(view.config)
+    sup.feed(view, desired, desired.table)
+    sup.feed(view, desired, desired.table)  # the same view: applied once
+    await sup.stop()  # waits for the start in progress, then has nothing to stop
+    assert log.names() == ["bgp.config_rejected"]
+    no_bgp = select_node(parse_config(BASE.replace("    announce: bgp\n", "").replace(
+        "bgp:\n  asn: 65001\n  neighbors:\n    - {address: 10.1.0.1, asn: 65000}\n", "")), "d1", "x")
+    sup.feed(no_bgp, desired, desired.table)  # no bgp section and nothing running: nothing to do
+    assert sup._applying is not None and sup._applying.done() and not sup.active
