@@ -64,12 +64,13 @@ def test_priority_decrement_floors_at_one_and_shows_in_snapshot() -> None:
     assert snap["held"] == []
 
 
-def test_ipv6_floating_addresses_are_refused_for_now() -> None:
+def test_an_ipv6_instance_is_accepted_and_is_one_family() -> None:
     cfg = view().config.model_dump()
     cfg["vrrp"]["addresses"] = [{"address": "2001:db8::1/64", "interface": "client"}]
     c = Config.model_validate(cfg)
-    with pytest.raises(ValueError, match="IPv6"):
-        VrrpShell(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog())
+    svc = VrrpShell(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog())
+    assert svc.family == 6
+    assert svc.snapshot()["addresses"] == ["2001:db8::1/64 dev eth0"]
 
 
 async def test_notify_hooks_run_in_order_with_env_and_timeout(tmp_path: Path) -> None:

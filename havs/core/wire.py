@@ -1,4 +1,4 @@
-"""VRRP advertisements ↔ bytes, and gratuitous ARP frames.
+"""VRRP advertisements ↔ bytes, gratuitous ARP frames and unsolicited neighbour advertisements.
 
 Pure: no sockets. `encode` builds the VRRP message (the IP header is the kernel's business); `decode`
 checks everything RFC 3768 §7.1 / RFC 5798 §7.1 asks of a receiver that can be checked without local
@@ -208,3 +208,37 @@ def arp_announcement(mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
     ether = BROADCAST_MAC + mac + struct.pack("!H", 0x0806)
     arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip.packed + BROADCAST_MAC + ip.packed
     return ether + arp
+
+
+ALL_NODES_V6 = ipaddress.IPv6Address("ff02::1")
+ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"  # RFC 2464: 33:33 + the group's low 32 bits
+ICMPV6 = 58
+ND_NEIGHBOR_ADVERT = 136
+NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x80, 0x40, 0x20
+OPT_TARGET_LLADDR = 2
+
+
+def icmpv6_checksum(src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, message: bytes) -> int:
+    """RFC 4443 §2.3: the checksum over the IPv6 pseudo-header (RFC 8200 §8.1) and the message."""
+    pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(message), ICMPV6)
+    return internet_checksum(pseudo + message)
+
+
+def neighbour_advertisement(mac: bytes, target: ipaddress.IPv6Address, *, router: bool = False,
+                            src: ipaddress.IPv6Address | None = None) -> bytes:
+    """The 86-byte Ethernet frame of an unsolicited neighbour advertisement (RFC 4861 §7.2.6), the IPv6
+    twin of `arp_announcement`: to all nodes (ff02::1), hop limit 255, Override set (replace the cached
+    link-layer address), Solicited clear, target = the floating address, with a target link-layer address
+    option carrying our MAC. Sent from `src`, by default the target itself (as keepalived does).
+    `router`: the R flag; a host that sees it drop removes us from its default router list."""
+    if len(mac) != 6:
+        raise ValueError("MAC must be 6 bytes")
+    src = target if src is None else src
+    flags = NA_OVERRIDE | (NA_ROUTER if router else 0)
+    option = struct.pack("!BB", OPT_TARGET_LLADDR, 1) + mac
+    icmp = struct.pack("!BBHB3x", ND_NEIGHBOR_ADVERT, 0, 0, flags) + target.packed + option
+    csum = icmpv6_checksum(src, ALL_NODES_V6, icmp)
+    icmp = icmp[:2] + struct.pack("!H", csum) + icmp[4:]
+    ipv6 = struct.pack("!IHBB", 6 << 28, len(icmp), ICMPV6, TTL) + src.packed + ALL_NODES_V6.packed
+    ether = ALL_NODES_MAC + mac + struct.pack("!H", 0x86DD)
+    return ether + ipv6 + icmp

@@ -20,6 +20,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IFF_UP = 0x1
 IFF_RUNNING = 0x40  # operstate UP (or UNKNOWN for carrier-less devices such as dummy/lo)
 IFA_F_SECONDARY = 0x01
+IFA_F_NODAD = 0x02  # an IPv6 floating address is usable at once: no duplicate-address wait after a takeover
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
 
 
 class AddressError(OSError):
@@ -95,9 +98,10 @@ class Addresses:
             await self._replace(await self.index(ifname), address)
 
     async def _replace(self, idx: int, address: Interface) -> None:
+        extra = {"flags": IFA_F_NODAD} if address.version == 6 else {}
         await self.ipr.addr(
             "replace", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
-            family=_family(address),
+            family=_family(address), **extra,
         )
 
     async def remove(self, ifname: str, address: Interface) -> bool:
@@ -134,6 +138,23 @@ class Addresses:
             if primary:
                 return ipaddress.IPv4Address(iface.ip)
         return ipaddress.IPv4Address(candidates[0][0].ip) if candidates else None
+
+    async def link_local(self, ifname: str) -> ipaddress.IPv6Address | None:
+        """The interface's IPv6 link-local address (the VRRPv3 advert source, RFC 9568 §5.1.2.1): one that
+        finished duplicate-address detection if there is one, else a tentative one (None if neither)."""
+        idx = await self.index(ifname)
+        ready: list[ipaddress.IPv6Address] = []
+        tentative: list[ipaddress.IPv6Address] = []
+        async for msg in await self.ipr.addr("dump", index=idx, family=socket.AF_INET6):
+            addr = msg.get("IFA_ADDRESS")
+            if msg.get("index") != idx or addr is None:
+                continue
+            ip = ipaddress.IPv6Address(addr.split("%")[0])
+            flags = int(msg.get("IFA_FLAGS") or msg["flags"])
+            if not ip.is_link_local or flags & IFA_F_DADFAILED:
+                continue
+            (tentative if flags & IFA_F_TENTATIVE else ready).append(ip)
+        return (ready or tentative or [None])[0]
 
 
 def _family(address: Interface) -> int:

@@ -1,9 +1,14 @@
-"""Raw IPv4 protocol-112 socket for VRRP adverts on one interface, multicast or unicast peers.
+"""Raw protocol-112 socket for VRRP adverts on one interface, IPv4 or IPv6, multicast or unicast peers.
 
 Non-blocking; the caller registers `fileno()` with its event loop (`loop.add_reader`) and drains
 `receive()`. The kernel builds the IP header; we set TTL 255 and TOS 0xc0 (network control, as keepalived)
 and choose the source address per packet with IP_PKTINFO, because binding a raw socket to a local
 address would also filter what it receives to that destination and lose the multicast group.
+
+IPv6 (RFC 9568): the family follows `src` (the interface's link-local address); adverts go to ff02::12
+with hop limit 255 and traffic class 0xc0; a raw IPv6 socket delivers no IP header, so the hop limit and
+the destination come from ancillary data (IPV6_RECVHOPLIMIT, IPV6_RECVPKTINFO). We compute and check the
+checksum ourselves (core.wire), as for IPv4.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 
 PROTO_VRRP = 112
 GROUP = ipaddress.IPv4Address("224.0.0.18")
+GROUP_V6 = ipaddress.IPv6Address("ff02::12")
 TOS_NETWORK_CONTROL = 0xC0
 # not exported by Python's socket module on every build
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -23,30 +29,43 @@ SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # Room for a burst of forged adverts without losing the peer's real ones behind it (~4,000 packets).
 RCVBUF = 4 << 20
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
+_ANCBUF = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)  # in6_pktinfo + hop limit
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
 class Received:
     payload: bytes
-    src: ipaddress.IPv4Address
-    dst: ipaddress.IPv4Address
-    ttl: int
+    src: IP
+    dst: IP
+    ttl: int  # the hop limit for IPv6
 
 
 class VrrpSocket:
     def __init__(
         self,
         ifname: str,
-        src: ipaddress.IPv4Address,
+        src: IP,
         *,
-        peers: Sequence[ipaddress.IPv4Address] = (),
-        group: ipaddress.IPv4Address = GROUP,
+        peers: Sequence[IP] = (),
+        group: IP | None = None,
     ) -> None:
         self.ifname = ifname
         self.src = src
         self.peers = tuple(peers)
-        self.group = group
+        self.group: IP = group if group is not None else (GROUP if src.version == 4 else GROUP_V6)
+        if any(p.version != src.version for p in self.peers) or self.group.version != src.version:
+            raise ValueError(f"VRRP source {src}, peers and group must share one family")
         self.ifindex = socket.if_nametoindex(ifname)
+        self._sock = self._open_v4() if src.version == 4 else self._open_v6()
+
+    def _open_v4(self) -> socket.socket:
+        ifname, src, group = self.ifname, self.src, self.group
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_VRRP)
         try:
             s.setblocking(False)
@@ -66,21 +85,50 @@ class VrrpSocket:
         except BaseException:
             s.close()
             raise
-        self._sock = s
+        return s
+
+    def _open_v6(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, PROTO_VRRP)
+        try:
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.ifname.encode())
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS, TOS_NETWORK_CONTROL)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            if not self.peers:
+                mreq = self.group.packed + struct.pack("@I", self.ifindex)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self.ifindex)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        except BaseException:
+            s.close()
+            raise
+        return s
 
     @property
     def unicast(self) -> bool:
         return bool(self.peers)
 
     @property
-    def destinations(self) -> tuple[ipaddress.IPv4Address, ...]:
+    def destinations(self) -> tuple[IP, ...]:
         return self.peers or (self.group,)
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def send(self, payload: bytes, dst: ipaddress.IPv4Address) -> None:
+    def send(self, payload: bytes, dst: IP) -> None:
         """Send one VRRP message to `dst` from our source address. Raises OSError (e.g. ENETDOWN)."""
+        if self.src.version == 6:
+            pktinfo6 = self.src.packed + struct.pack("@I", self.ifindex)
+            self._sock.sendmsg([payload], [(socket.IPPROTO_IPV6, IPV6_PKTINFO, pktinfo6)], 0,
+                               (str(dst), 0, 0, self.ifindex))
+            return
         pktinfo = struct.pack("i4s4s", self.ifindex, self.src.packed, b"\x00" * 4)
         self._sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, (str(dst), 0))
 
@@ -90,10 +138,13 @@ class VrrpSocket:
         out: list[Received] = []
         for _ in range(limit):
             try:
-                data = self._sock.recv(65535)
+                if self.src.version == 6:
+                    data, anc, _flags, addr = self._sock.recvmsg(65535, _ANCBUF)
+                    got = _parse_ipv6(data, anc, addr)
+                else:
+                    got = _parse_ipv4(self._sock.recv(65535))
             except (BlockingIOError, InterruptedError):
                 return out
-            got = _parse_ipv4(data)
             if got is None or got.src == self.src:
                 continue
             if self.peers and got.src not in self.peers:
@@ -119,3 +170,23 @@ def _parse_ipv4(data: bytes) -> Received | None:
         dst=ipaddress.IPv4Address(data[16:20]),
         ttl=data[8],
     )
+
+
+def _parse_ipv6(data: bytes, anc: list[tuple[int, int, bytes]], addr: tuple[object, ...]) -> Received | None:
+    # no IP header on a raw IPv6 socket: the source is the peer address, the rest is ancillary data
+    dst: ipaddress.IPv6Address | None = None
+    hops: int | None = None
+    for level, kind, value in anc:
+        if level != socket.IPPROTO_IPV6:
+            continue
+        if kind == IPV6_PKTINFO and len(value) >= 16:
+            dst = ipaddress.IPv6Address(value[:16])
+        elif kind == IPV6_HOPLIMIT and len(value) >= 4:
+            hops = struct.unpack("@i", value[:4])[0]
+    if dst is None or hops is None:
+        return None
+    try:
+        src = ipaddress.IPv6Address(str(addr[0]).split("%")[0])
+    except ValueError:
+        return None
+    return Received(payload=data, src=src, dst=dst, ttl=hops)

@@ -1,8 +1,10 @@
-"""The floating addresses' side of VRRP: add, remove, re-add, and gratuitous ARP, in one place.
+"""The floating addresses' side of VRRP: add, remove, re-add, gratuitous ARP and unsolicited NA, in one place.
 
 The core decides (TakeAddresses, ReleaseAddresses, AnnounceAddresses); this carries it out with one
-rtnetlink socket (`edge.addresses`) and one packet socket per interface (`edge.garp.Garp`). Every failure
-is caught here, counted, logged once per kind per `LOG_EVERY` seconds, and never reaches the heartbeat.
+rtnetlink socket (`edge.addresses`) and one packet socket per interface and family (`edge.garp.Garp` for
+IPv4, `edge.garp.Ndisc` for IPv6: the core emits one announce action, and each address gets what its
+family needs). Every failure is caught here, counted, logged once per kind per `LOG_EVERY` seconds, and
+never reaches the heartbeat.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections import Counter
 from typing import Any
 
 from havs.edge.addresses import Addresses, Interface
-from havs.edge.garp import Garp
+from havs.edge.garp import FrameSender, Garp, Ndisc
 
 LOG_EVERY = 5.0  # seconds between two log lines of one kind of failure
+_KIND = {4: "garp", 6: "unsolicited_na"}  # log events and failure counters per family
 
 
 class RateLimitedLog:
@@ -45,7 +48,7 @@ class Announcer:
         self._addrs = addrs
         self._log = log
         self._warn = warn
-        self._garp = Garp()
+        self._senders: dict[int, FrameSender] = {4: Garp(), 6: Ndisc()}
         self.held: set[str] = set()  # "address dev ifname" this node holds, as far as we know
         self._tasks: set[asyncio.Task[None]] = set()
         self._checked = 0.0  # when a MASTER last checked its addresses
@@ -53,10 +56,10 @@ class Announcer:
     def _name(self, ifname: str, a: Interface) -> str:
         return f"{a} dev {ifname}"
 
-    def _by_interface(self) -> dict[str, list[ipaddress.IPv4Address]]:
-        by_if: dict[str, list[ipaddress.IPv4Address]] = {}
+    def _by_interface(self) -> dict[tuple[str, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+        by_if: dict[tuple[str, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
         for ifname, a in self.floating:
-            by_if.setdefault(ifname, []).append(ipaddress.IPv4Address(a.ip))
+            by_if.setdefault((ifname, a.version), []).append(a.ip)
         return by_if
 
     async def take(self) -> None:
@@ -99,8 +102,9 @@ class Announcer:
             self.announce(rounds=1, interval=0.0, reason="readd")
 
     def announce(self, rounds: int, interval: float, reason: str) -> None:
-        """Gratuitous ARP for every floating address: the first round now, on every side back to back (the
-        clients and the real servers must switch together), the rest of a burst `interval` apart."""
+        """Gratuitous ARP (IPv4) or unsolicited NA (IPv6) for every floating address: the first round now,
+        on every side back to back (the clients and the real servers must switch together), the rest of a
+        burst `interval` apart."""
         sent = self._round()
         if rounds <= 1:
             self._logged(sent, 1, reason)
@@ -109,31 +113,32 @@ class Announcer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _round(self) -> dict[str, int]:
-        sent: dict[str, int] = {}
-        for ifname, ips in self._by_interface().items():
+    def _round(self) -> dict[tuple[str, int], int]:
+        sent: dict[tuple[str, int], int] = {}
+        for (ifname, family), ips in self._by_interface().items():
             try:
-                sent[ifname] = self._garp.announce(ifname, ips)
+                sent[ifname, family] = self._senders[family].announce(ifname, ips)
             except OSError as e:
-                sent[ifname] = 0
-                self._warn(f"garp:{ifname}", "vrrp.garp_failed", interface=ifname, error=e.strerror or str(e))
+                sent[ifname, family] = 0
+                kind = _KIND[family]
+                self._warn(f"{kind}:{ifname}", f"vrrp.{kind}_failed", interface=ifname, error=e.strerror or str(e))
         return sent
 
-    async def _burst(self, sent: dict[str, int], rounds: int, interval: float, reason: str) -> None:
+    async def _burst(self, sent: dict[tuple[str, int], int], rounds: int, interval: float, reason: str) -> None:
         done = 1
         try:
             for _ in range(rounds - 1):
                 await asyncio.sleep(interval)
-                for ifname, n in self._round().items():
-                    sent[ifname] = sent.get(ifname, 0) + n
+                for key, n in self._round().items():
+                    sent[key] = sent.get(key, 0) + n
                 done += 1
         finally:
             self._logged(sent, done, reason)
 
-    def _logged(self, sent: dict[str, int], rounds: int, reason: str) -> None:
-        for ifname, ips in self._by_interface().items():
-            if sent.get(ifname):
-                self._log.info("vrrp.garp", interface=ifname, address=[str(i) for i in ips], count=rounds,
+    def _logged(self, sent: dict[tuple[str, int], int], rounds: int, reason: str) -> None:
+        for (ifname, family), ips in self._by_interface().items():
+            if sent.get((ifname, family)):
+                self._log.info(f"vrrp.{_KIND[family]}", interface=ifname, address=[str(i) for i in ips], count=rounds,
                                reason=reason)
 
     def cancel_bursts(self) -> None:
@@ -142,4 +147,5 @@ class Announcer:
 
     def close(self) -> None:
         self.cancel_bursts()
-        self._garp.close()
+        for sender in self._senders.values():
+            sender.close()

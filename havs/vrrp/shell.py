@@ -58,8 +58,6 @@ class VrrpShell:
         cfg = view.config.vrrp
         if cfg is None:
             raise ValueError(f"node {view.name}: the config has no vrrp section")
-        if any(fa.address.version != 4 for fa in cfg.addresses):
-            raise ValueError("VRRP over IPv6 is not implemented in the service yet (core/wire support it)")
         self.view = view
         self._log = log
         self._on_state = on_state
@@ -72,7 +70,8 @@ class VrrpShell:
         self.warn = RateLimitedLog(log)
         self.notify = NotifyRunner(cfg.notify, log, view.name)
         self.faulty: frozenset[str] = frozenset()
-        self.src: ipaddress.IPv4Address | None = None
+        self.family = cfg.addresses[0].address.version  # one family per instance (RFC 9568; the model checks)
+        self.src: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.inst: VrrpInstance | None = None
         self.last_tick = time.monotonic()
         self._sock: VrrpSocket | None = None
@@ -126,13 +125,9 @@ class VrrpShell:
         assert cfg is not None
         try:
             await self._addrs.open()
-            floating_ips = {a.ip for _, a in self.floating}
-            src = self.view.node.unicast_src or await self._addrs.primary_ipv4(self._hb_if, exclude=floating_ips)
-            if src is None or src.version != 4:
-                raise RuntimeError(f"{self._hb_if} has no IPv4 address to send adverts from (set unicast_src)")
-            self.src = ipaddress.IPv4Address(src)
+            self.src = src = await self._source()
             # one config serves both directors, so the peer list may name us too
-            peers = [ipaddress.IPv4Address(p) for p in cfg.unicast_peers if p != self.src]
+            peers = [p for p in cfg.unicast_peers if p != src]
             self._sock = VrrpSocket(self._hb_if, self.src, peers=peers)
             down = {i for i in self.track if not await self._addrs.link_up(i)}
         except (OSError, ValueError) as e:
@@ -166,6 +161,19 @@ class VrrpShell:
         self.faulty = frozenset(down)
         now = loop.time()
         self.dispatch(self.inst.fault(now) if down else self.inst.start(now))
+
+    async def _source(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The advert source: unicast_src, else the heartbeat interface's primary IPv4 address or (IPv6,
+        RFC 9568 §5.1.2.1) its link-local address. RuntimeError if there is none of the family."""
+        src = self.view.node.unicast_src
+        if src is None and self.family == 4:
+            src = await self._addrs.primary_ipv4(self._hb_if, exclude={a.ip for _, a in self.floating})
+        elif src is None:
+            src = await self._addrs.link_local(self._hb_if)
+        if src is None or src.version != self.family:
+            kind = "IPv4 address" if self.family == 4 else "IPv6 link-local address"
+            raise RuntimeError(f"{self._hb_if} has no {kind} to send adverts from (set unicast_src)")
+        return src
 
     async def stop(self, graceful: bool) -> None:
         """graceful: a MASTER resigns and hands over (make before break, driven by the core's timers);
