@@ -38,16 +38,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import re
 import socket
 import ssl
 import struct
+import sys
+import types
 from collections.abc import Callable, Container
 from typing import Any
 
-from aiohttp.http_parser import HttpResponseParser
-
 from havs.core.health import ProbeResult
+
+
+def _import_parser() -> Any:
+    """aiohttp's response parser without the rest of aiohttp: the package's __init__ imports the whole
+    client (sessions, cookies, websockets, multipart), ~10 MB of RSS the daemon never uses. The package is
+    stood in for while the parser's modules load, then taken out with them (the parser class lives on
+    here), so a later `import aiohttp` (a benchmark, a test) loads the real package whole and consistent."""
+    if "aiohttp" in sys.modules:
+        from aiohttp.http_parser import HttpResponseParser as parser
+        return parser
+    spec = importlib.util.find_spec("aiohttp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("aiohttp is not installed")
+    stand_in = types.ModuleType("aiohttp")
+    stand_in.__path__ = list(spec.submodule_search_locations)
+    stand_in.__spec__ = spec
+    sys.modules["aiohttp"] = stand_in
+    try:
+        from aiohttp.http_parser import HttpResponseParser as parser
+    finally:
+        for name in [m for m in sys.modules if m == "aiohttp" or m.startswith("aiohttp.")]:
+            del sys.modules[name]
+    return parser
+
+
+HttpResponseParser = _import_parser()
 
 C_PARSER = HttpResponseParser.__module__ == "aiohttp._http_parser"
 DEFAULT_AGENT_HEADER = "X-Havs-Weight"
