@@ -25,7 +25,9 @@ from havs.core.controller import Controller
 from havs.edge.ipvs_sync import CatchUpSocket, read_conn_table
 
 HOLD_REASON = "catching up on connections"
-TABLE_POLL = 0.05  # seconds between reads of our own table once the master has answered
+TABLE_POLL = 0.05  # seconds between reads of our own table once the master has answered (at least)
+PACE_EVERY, PACE_SLEEP = 32, 0.002  # a replay pauses after this many sync messages: the receiving
+# thread's socket buffer (about 200 kB by default) must not overflow on a big table (100k entries: 2500)
 
 
 class Failback:
@@ -108,9 +110,12 @@ class Failback:
                 if cu.done:
                     break
                 if cu.expected is not None:
+                    t0 = loop.time()
                     keys = await self._own_keys()
                     self._act(cu.table(keys, loop.time()))
-                    await asyncio.sleep(TABLE_POLL)
+                    # a big table takes a while to read and compare (100k entries: about a second): not
+                    # more than a third of the time on it
+                    await asyncio.sleep(max(TABLE_POLL, 2 * (loop.time() - t0)))
                     continue
                 wake = cu.next_wake()
                 self._answered.clear()
@@ -202,8 +207,10 @@ class Failback:
             sock = self.sock
             if sock is None:
                 return
-            for m in messages:
+            for i, m in enumerate(messages, 1):
                 sock.sync_message(m)
+                if i % PACE_EVERY == 0:
+                    await asyncio.sleep(PACE_SLEEP)
             for part in wire.encode_answer(req.nonce, (c.key for c in conns)):
                 sock.answer(part, addr)
         except Exception as e:  # one failed replay; the requester asks again

@@ -360,3 +360,13 @@ async def test_supervisor_without_the_sync_interface_says_so_and_holds_nothing()
     assert [ev for ev, _ in log.events if ev.startswith("sync.")] == ["sync.catchup_unavailable"]
     assert sup.process.holds == []  # type: ignore[union-attr]
     await sup.stop()
+
+
+async def test_a_big_table_is_replayed_paced_and_caught_up() -> None:
+    net = Net()
+    net.tables["lvs2"] = conns(2000)  # 50 sync messages: paced, 33 answer parts
+    _, _, mlog, _, holds, log = await run_pair(net)
+    assert holds == ["catching up on connections", ""] and set(net.tables["lvs1"]) == set(net.tables["lvs2"])
+    assert [kw["messages"] for ev, kw in mlog.events if ev == "sync.catchup_replay"] == [50]
+    assert [(kw["reason"], kw["entries"]) for ev, kw in log.events if ev == "sync.catchup_done"] == [
+        ("caught_up", 2000)]
