@@ -11,10 +11,12 @@ import struct
 import pytest
 
 from havs.core import wire
+from havs.core.config import parse_config
 from havs.core.vrrp import AdvertDropped, AnnounceAddresses, SendAdvertisement, TakeAddresses, VrrpInstance
 from havs.core.vrrp_model import VrrpParams
 from havs.edge import vrrp_socket
 from havs.edge.vrrp_socket import VrrpSocket
+from havs.errors import ConfigError
 
 LL_A = ipaddress.IPv6Address("fe80::a")
 LL_B = ipaddress.IPv6Address("fe80::b")
@@ -89,3 +91,48 @@ def test_parse_ipv6_takes_destination_and_hop_limit_from_ancillary_data() -> Non
     got = vrrp_socket._parse_ipv6(b"payload", anc, ("fe80::a%eth1", 0, 0, 3))
     assert got == vrrp_socket.Received(b"payload", LL_A, GROUP, 255)
     assert vrrp_socket._parse_ipv6(b"payload", anc[:1], ("fe80::a", 0, 0, 3)) is None  # no hop limit: not trusted
+
+
+V6_CONFIG = """\
+nodes:
+  lvs1:
+    priority: 150
+    interfaces: {client: eth0, server: eth1}
+  lvs2:
+    interfaces: {client: eth0, server: eth1}
+vrrp:
+  router_id: 51
+  interface: server
+  unicast_peers: ['fd72::131', 'fd72::132']
+  addresses:
+    - {address: 'fd00::108/64', interface: client}
+    - {address: 'fd72::130/64', interface: server}
+"""
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "etc/havs.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_an_ipv6_instance_is_a_valid_config() -> None:
+    cfg = parse_config(V6_CONFIG, "etc/havs.yaml")
+    assert cfg.vrrp is not None and {fa.address.version for fa in cfg.vrrp.addresses} == {6}
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  unicast_peers: ['fd72::131', 'fd72::132']", "  unicast_peers: ['fd72::131', 192.168.72.132]",
+     "etc/havs.yaml:10: vrrp.unicast_peers[1]: 192.168.72.132 is IPv4, the floating addresses IPv6"),
+    ("  router_id: 51\n", "  router_id: 51\n  version: 2\n",
+     "etc/havs.yaml:9: vrrp.version: VRRPv2 is IPv4 only: IPv6 floating addresses need version 3"),
+    ("    priority: 150\n", "    priority: 150\n    unicast_src: 192.168.72.131\n",
+     "etc/havs.yaml:4: nodes.lvs1.unicast_src: 192.168.72.131 is IPv4, the floating addresses IPv6"),
+    ("    - {address: 'fd72::130/64', interface: server}\n",
+     "    - {address: 'fd72::130/64', interface: server}\n    - {address: 192.168.72.130/24, interface: server}\n",
+     "etc/havs.yaml:14: vrrp.addresses[2]: floating addresses of one VRRP instance must share a family"),
+])
+def test_mixing_families_is_a_config_error_with_file_line(old: str, new: str, expected: str) -> None:
+    assert old in V6_CONFIG
+    found = _problems(V6_CONFIG.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in found), found

@@ -31,6 +31,10 @@ def semantic_problems(
     found += _nodes(nodes)
     if vrrp is not None:
         found += _vrrp(vrrp)
+        family = vrrp.addresses[0].address.version
+        found += [(("nodes", name, "unicast_src"), f"{n.unicast_src} is IPv{n.unicast_src.version}, the floating "
+                   f"addresses IPv{family}: adverts go from an address of their family")
+                  for name, n in nodes.items() if n.unicast_src is not None and n.unicast_src.version != family]
     found += _services(services, vrrp)
     return found
 
@@ -112,9 +116,15 @@ def _vrrp(v: Vrrp) -> Iterator[Found]:
         elif ip.version == 4 and net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
             kind = "network" if ip == net.network_address else "broadcast"
             yield where, f"{ip} is the {kind} address of {net}, not a host"
+    family = v.addresses[0].address.version  # one family per instance (RFC 9568); the model checks the rest
+    if family == 6 and v.version == 2:
+        yield ("vrrp", "version"), "VRRPv2 is IPv4 only: IPv6 floating addresses need version 3"
     for i, peer in enumerate(v.unicast_peers):
         if why := host_address(peer, remote=True):
             yield ("vrrp", "unicast_peers", i), why
+        elif peer.version != family:
+            yield ("vrrp", "unicast_peers", i), (f"{peer} is IPv{peer.version}, the floating addresses IPv{family}: "
+                                                 "adverts go over the family of the addresses they carry")
     for hook in ("master", "backup", "fault", "stop"):
         argv = getattr(v.notify, hook)
         if argv is None:
