@@ -33,7 +33,10 @@ def test_unit_drops_what_nothing_needs() -> None:
     # ip_forward comes from /etc/sysctl.d/60-havs.conf; IPVS is programmed over netlink: /proc/sys stays read-only
     assert "ProtectKernelTunables=yes" in lines
     assert not any(line.startswith("ReadWritePaths=") for line in lines)
-    assert "RestrictRealtime=yes" in lines  # no realtime scheduling anywhere
+    # realtime for the VRRP child (vrrp.rt_priority 1) and nice -10 by rlimits, not by CAP_SYS_NICE
+    assert {"RestrictRealtime=no", "LimitRTPRIO=1", "LimitNICE=-10"} <= lines
+    assert not any(line.startswith(("CapabilityBoundingSet=", "AmbientCapabilities=")) and "CAP_SYS_NICE" in line
+               for line in lines)
     assert "/usr/local/bin/havs" not in UNIT
 
 
