@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from integration.test_vrrp_netns import KEEPALIVED, PRIORITY, Pair, wait_until
+from integration.test_vrrp_netns import KEEPALIVED, PRIORITY, Pair, block_vrrp, unblock_vrrp, wait_until
 from integration.topology import DIRECTORS, SeedLab
 
 pytestmark = pytest.mark.netns
@@ -115,6 +115,7 @@ def lab6() -> Iterator[SeedLab]:
 
 @pytest.fixture
 def fresh6(lab6: SeedLab) -> Iterator[SeedLab]:
+    unblock_vrrp(lab6)
     for node in DIRECTORS:
         lab6.recover(node)  # IPv4 baseline, links up (IPv6 addresses went with the links)
         _ip6(lab6, node, "addr", "del", VIP6_CIDR, "dev", "eth0", check=False)
@@ -191,6 +192,30 @@ def test_v6_graceful_handover_before_master_down(fresh6: SeedLab) -> None:
         assert took < 3 * interval  # the priority-0 advert was heard: no master_down wait
         assert pair.procs["lvs1"].wait(5) == 0
         assert pair.holds("lvs1") == (False, False)
+    finally:
+        pair.stop_all()
+
+
+def test_v6_split_brain_heals_and_na_moves_every_cache_back(fresh6: SeedLab) -> None:
+    interval = 0.1
+    pair = elect6(fresh6, interval)
+    try:
+        learn6(fresh6)
+        block_vrrp(fresh6)  # the directors no longer hear each other; both LANs still reach both
+        wait_until("split brain: lvs2 becomes MASTER too", lambda: pair.holds("lvs2") == (True, True), 3)
+        assert pair.holds("lvs1") == (True, True)
+        # lvs2's takeover NA moved the client and the real server to lvs2: the heal must move them back
+        _na_follow(fresh6, pair, "lvs2", 2.0)
+        time.sleep(0.3)
+        unblock_vrrp(fresh6)
+        healed = wait_until("lvs2 steps down", lambda: pair.holds("lvs2") == (False, False), 2)
+        na = _na_follow(fresh6, pair, "lvs1", 2.0)  # lvs1 heard a lower priority master: NA again
+        print(f"\nIPv6 split brain heal at {interval}s: lvs2 released after {healed * 1000:.0f} ms, "
+              f"neighbours on lvs1 +{na * 1000:.0f} ms")
+        assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "BACKUP"
+        assert any(e.get("reason") != "master_down" for e in pair.events("lvs1", "vrrp.unsolicited_na"))
+        time.sleep(0.3)
+        assert pair.holds("lvs2") == (False, False) and pair.holds("lvs1") == (True, True)
     finally:
         pair.stop_all()
 
