@@ -38,8 +38,11 @@ STATIC6 = {  # node → (interface, address): the hosts' own IPv6 addresses
 SRC6 = {"lvs1": "fd72::131", "lvs2": "fd72::132"}
 
 
-def config6(interval: float, notify_dir: Path, *, unicast: bool = False, preempt: bool = True) -> str:
-    peers = f"[{SRC6['lvs1']}, {SRC6['lvs2']}]" if unicast else "[]"
+def config6(interval: float, notify_dir: Path, *, unicast: bool = False, preempt: bool = True,
+            link_local_peers: tuple[str, ...] = ()) -> str:
+    """unicast: between the directors' global addresses (unicast_src set); link_local_peers: unicast to
+    these, each director sending from its link-local address (no unicast_src)."""
+    peers = f"[{SRC6['lvs1']}, {SRC6['lvs2']}]" if unicast else f"[{', '.join(link_local_peers)}]"
     nodes = "\n".join(
         f"  {n}:\n    priority: {PRIORITY[n]}\n    interfaces: {{client: eth0, server: eth1}}"
         + (f"\n    unicast_src: {SRC6[n]}" if unicast else "")
@@ -147,12 +150,20 @@ def _na_follow(lab: SeedLab, pair: Pair6, node: str, within: float) -> float:
     )
 
 
-@pytest.mark.parametrize("unicast", [False, True])
-def test_v6_crash_failover_neighbours_follow_by_na(fresh6: SeedLab, unicast: bool) -> None:
+def link_local(lab: SeedLab, node: str) -> str:
+    return next(str(a["local"]) for i in lab.ip_json(node, "-6", "addr", "show", "dev", "eth1")
+                for a in i.get("addr_info", []) if str(a["local"]).startswith("fe80:"))
+
+
+@pytest.mark.parametrize("mode", ["multicast", "unicast", "unicast-link-local"])
+def test_v6_crash_failover_neighbours_follow_by_na(fresh6: SeedLab, mode: str) -> None:
     interval = 0.1
-    pair = elect6(fresh6, interval, unicast=unicast)
+    unicast = mode == "unicast"
+    lls = tuple(link_local(fresh6, n) for n in DIRECTORS) if mode == "unicast-link-local" else ()
+    pair = elect6(fresh6, interval, unicast=unicast, link_local_peers=lls)
     try:
         source = str(pair.events("lvs1", "vrrp.started")[0]["source"])
+        assert pair.events("lvs1", "vrrp.started")[0]["mode"] == ("multicast" if mode == "multicast" else "unicast")
         if unicast:
             assert source == SRC6["lvs1"]
         else:
@@ -164,7 +175,6 @@ def test_v6_crash_failover_neighbours_follow_by_na(fresh6: SeedLab, unicast: boo
         fresh6.links_down("lvs1")
         took = wait_until("lvs2 takes over", lambda: pair.holds("lvs2") == (True, True), 3 * interval + 3)
         na = _na_follow(fresh6, pair, "lvs2", 2.0)  # no neighbour probe could do this so fast: NA did
-        mode = "unicast" if unicast else "multicast"
         print(f"\nIPv6 kill -9 at {interval}s {mode}: addresses on lvs2 after {took * 1000:.0f} ms, "
               f"neighbours +{na * 1000:.0f} ms")
         assert pair.events("lvs2", "vrrp.state")[-1]["to"] == "MASTER"
