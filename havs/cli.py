@@ -29,9 +29,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from havs.startup import EarlySignals
 
     early = EarlySignals.install()  # before the heavy imports: a SIGHUP now must not kill the daemon
-    from havs.daemon import run_daemon  # the daemon pulls in asyncio, aiohttp, pyroute2: only when needed
+    from havs.daemon import Daemon  # the daemon pulls in asyncio, aiohttp, pyroute2: only when needed
+    from havs.log import resolve_format, setup_logging
+    from havs.startup import raise_open_files_limit
 
-    return run_daemon(args.config, args.node, log_format=args.log_format, log_level=args.log_level, early=early)
+    log = setup_logging(args.log_format, node=args.node, level=args.log_level)
+    raise_open_files_limit()
+
+    async def main() -> int:
+        return await Daemon(args.config, args.node, log, resolve_format(args.log_format, sys.stdout), early).run()
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as e:  # the file named on the command line is bad: every problem, no traceback
+        for problem in e.problems:
+            log.error("config.invalid", problem=str(problem))
+        return 1
 
 
 def _control(args: argparse.Namespace, message: dict[str, object], *, timeout: float = 5.0,

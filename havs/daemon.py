@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -28,12 +27,10 @@ from havs.core.model import NodeView
 from havs.core.status import StatusSnapshot
 from havs.edge.ipvs import IpvsSocket
 from havs.edge.sdnotify import SystemdNotifier
-from havs.errors import ConfigError
 from havs.health_service import HealthService
-from havs.log import LogFormat, resolve_format, setup_logging
 from havs.reconcile import IpvsSide
 from havs.reload_reader import read_reload
-from havs.startup import EarlySignals, StartError, install_signals, raise_open_files_limit, take_lock, watchdog
+from havs.startup import EarlySignals, StartError, install_signals, take_lock, watchdog
 from havs.vrrp import VrrpProcess
 from havs.vrrp_supervisor import VrrpSupervisor
 
@@ -128,12 +125,15 @@ class Daemon:
         if ready:
             self.log.info("daemon.stopped")
 
-    async def _open_ipvs(self, initial: str) -> bool:
-        """The IPVS side and the health checks, made when the first config that needs IPVS arrives."""
+    async def _open_ipvs(self, initial: str | None) -> bool:
+        """The IPVS side and the health checks, made when the first config that needs IPVS arrives; by a
+        reload (`initial` None) they start empty and the reload's update() adds servers as new: down, checked
+        at once."""
         if self.health is not None or not await self.ipvs.open():
             return self.health is not None
-        self.health = HealthService(self.view.config.virtual_services, log=self.log, on_change=self.on_health_change,
-                                    on_agent_weight=lambda _change: self.wake.set(), initial=initial,  # type: ignore[arg-type]
+        services = self.view.config.virtual_services if initial is not None else []
+        self.health = HealthService(services, log=self.log, on_change=self.on_health_change,
+                                    on_agent_weight=lambda _change: self.wake.set(), initial=initial or "down",  # type: ignore[arg-type]
                                     on_result=self.metrics.observe_probe if self.metrics else None)
         self.health.start()
         return True
@@ -182,10 +182,10 @@ class Daemon:
             self.log.warning("config.restart_needed", settings=list(plan.restart_needed), applied="at the next start")
         if plan.state_dir_moved:
             self.control.save_drained()  # where the next start will look for them
+        if plan.needs_ipvs:
+            await self._open_ipvs(None)  # servers added by a reload earn their place with `rise` checks
         if self.health is not None:
             self.health.update(view.config.virtual_services)
-        if plan.needs_ipvs:
-            await self._open_ipvs("down")  # servers added by a reload earn their place with `rise` checks
         vrrp = await self.vrrp.apply(view) if plan.vrrp_changed else "unchanged"
         if plan.resync:
             self._spawn(self.ipvs.sync_connections())
@@ -234,19 +234,3 @@ class Daemon:
             vrrp=self.vrrp.snapshot(), reconciler=self.ipvs.counters(), actual=self.ipvs.last_actual,
             draining=self.controller.removals.draining())
 
-
-def run_daemon(config_path: str, node: str | None, *, log_format: LogFormat = "auto", log_level: str = "info",
-               early: EarlySignals | None = None) -> int:
-    early = early or EarlySignals.install()
-    log = setup_logging(log_format, node=node, level=log_level)
-    raise_open_files_limit()
-
-    async def main() -> int:
-        return await Daemon(config_path, node, log, resolve_format(log_format, sys.stdout), early).run()
-
-    try:
-        return asyncio.run(main())
-    except ConfigError as e:
-        for problem in e.problems:
-            log.error("config.invalid", problem=str(problem))
-        return 1
