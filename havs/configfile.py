@@ -9,7 +9,8 @@ file: whoever can replace the file chooses the commands the daemon runs as root.
 ConfigError naming the file.
 
 `havs check` adds what only the director itself can say (`host_problems`): the interfaces exist, the notify
-commands exist and are executable. `--offline` skips them (checking a file on a build machine).
+commands exist and are executable, `vrrp.auth_hmac`'s `file:` keys can be read and nobody else can read
+them. `--offline` skips them (checking a file on a build machine).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import os
 import socket
 import stat
 
-from havs.core.config import LoadedConfig, parse_located, select_node
+from havs.core.config import LoadedConfig, parse_located, path_str, select_node
 from havs.core.model import Config, NodeView
 from havs.core.semantics import socket_collision
 from havs.errors import ConfigError, ConfigProblem
+from havs.vrrp.auth_keys import read_key
 
 MAX_SIZE = 4 * 1024 * 1024  # the seed's file is 3 KB; 10,000 real servers written out are ~0.5 MB; 4 MiB of
 # one-line servers (~100,000) take ~8 s and ~350 MB to validate: the most a director should spend on a file
@@ -138,7 +140,8 @@ def _node_of_host(config: Config, hostname: str) -> str | None:
 
 def host_problems(loaded: LoadedConfig, view: NodeView) -> list[ConfigProblem]:
     """What this director cannot run: interfaces of its node that do not exist here, notify commands that
-    are missing or not executable. Every one, with its line."""
+    are missing or not executable, `file:` keys it cannot use (missing, unreadable, world-readable, not a key).
+    Every one, with its line."""
     problems = []
     for role, ifname in view.node.interfaces.items():
         try:
@@ -156,4 +159,14 @@ def host_problems(loaded: LoadedConfig, view: NodeView) -> list[ConfigProblem]:
             problems.append(loaded.problem(where, f"{argv[0]} does not exist on this host"))
         elif not os.path.isfile(argv[0]) or not os.access(argv[0], os.X_OK):
             problems.append(loaded.problem(where, f"{argv[0]} is not an executable file"))
+    # file: keys are read where the VRRP process reads them, with the same rules (a missing, unreadable or
+    # world-readable file keeps VRRP from starting); the message names the file, never the key
+    for kid, spec in (vrrp.auth_hmac.keys.items() if vrrp and vrrp.auth_hmac else ()):
+        if spec.get_secret_value().startswith("file:"):
+            try:
+                read_key(spec.get_secret_value())
+            except ValueError as e:
+                # the line is the key's own (YAML keys are text); the path names it as the parser's errors do
+                line = loaded.line_of(("vrrp", "auth_hmac", "keys", str(kid)))
+                problems.append(ConfigProblem(loaded.file, line, path_str(("vrrp", "auth_hmac", "keys", kid)), str(e)))
     return problems

@@ -69,3 +69,43 @@ async def test_reload_force_asks_the_daemon_for_a_forced_reload(tmp_path: Path,
         await server.stop()
     assert seen == [{"command": "reload"}, {"command": "reload", "force": True}]
     assert "(forced)" in capsys.readouterr().out.splitlines()[-1]
+
+
+AUTH_ANCHOR = "  unicast_peers: []            # empty: multicast 224.0.0.18; else the peers' addresses\n"
+SECRET_HEX = "c0ffee" * 10 + "abcd"  # 32 bytes
+
+
+def test_check_shows_auth_hmac_mode_and_key_ids_never_a_key(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    seed = (REPO / "etc/havs.yaml").read_text()
+    assert AUTH_ANCHOR in seed
+    path = tmp_path / "havs.yaml"
+    path.write_text(seed.replace(AUTH_ANCHOR, AUTH_ANCHOR + (
+        f'  auth_hmac:\n    keys: {{1: "hex:{SECRET_HEX}", 7: "{"k" * 40}"}}\n    active_key: 7\n'
+        "    anti_replay: time\n    mode: permissive\n")))
+    assert main(["check", "-c", str(path), "--node", "lvs2", "--offline"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    # right under the VRRP block's interfaces; the seed's 0.1 s adverts give the default 5 s window
+    at = lines.index("  interfaces: client=eth0, server=eth1")
+    assert lines[at + 1] == ("  auth_hmac: permissive, anti_replay time window 5s, keys 1=**********, 7=**********, "
+                             "signing with 7")
+    assert SECRET_HEX not in out and "c0ffee" not in out and "k" * 40 not in out
+    path.write_text(path.read_text().replace("anti_replay: time", "anti_replay: monotonic"))
+    assert main(["check", "-c", str(path), "--node", "lvs2", "--offline"]) == 0
+    assert "  auth_hmac: permissive, anti_replay monotonic, keys 1=**********" in capsys.readouterr().out
+
+
+def test_check_shows_what_bgp_announces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bgp.yaml"
+    path.write_text("nodes:\n  d1: {interfaces: {up: eth0}, router_id: 10.1.0.11}\n"
+                    "bgp:\n  asn: 65001\n  neighbors:\n    - {address: 10.1.0.1, asn: 65000, password: s3cr3t-pw}\n"
+                    "virtual_services:\n  - {address: 203.0.113.10, port: 80, scheduler: mh, forwarding: dr,\n"
+                    "     on_down: inhibit, announce: bgp, real_servers: [{address: 10.2.0.21}]}\n")
+    assert main(["check", "-c", str(path), "--node", "d1", "--offline"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "VRRP: off (this director owns no floating addresses)"
+    assert lines[2] == "bgp: AS 65001, router id 10.1.0.11, BFD 100 ms x 3, hold 9 s; neighbors 10.1.0.1 AS 65000"
+    assert lines[3].startswith("bgp: announces 203.0.113.10/32 while each service")
+    assert lines[4] == "1 virtual service(s):"
+    assert not [line for line in lines if "s3cr3t" in line]

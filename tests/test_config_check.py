@@ -127,6 +127,43 @@ def test_on_the_director_missing_interfaces_and_notify_commands_are_reported(
     assert main(["check", "-c", str(path)]) == 0
 
 
+
+def test_on_the_director_file_keys_it_cannot_use_are_reported_with_their_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "hex:" + "c0ffee" * 10 + "abcd"
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    good, open_, absent = keys / "good", keys / "open", keys / "absent"
+    for f, mode in ((good, 0o600), (open_, 0o644)):
+        f.write_text(secret + "\n")
+        f.chmod(mode)
+    block = (f"  auth_hmac:\n    keys:\n      1: file:{good}\n      2: file:{open_}\n      3: file:{absent}\n"
+             f"      4: {secret}\n    active_key: 1\n")
+    text = seed_with(("  interface: server ", block + "  interface: server "),
+                     ("      server: eth1 ", "      server: lo "))
+    path = this_host(tmp_path, monkeypatch, text)
+    line = {kid: n for n, t in enumerate(path.read_text().splitlines(), 1) for kid in (2, 3)
+            if t.startswith(f"      {kid}: ")}
+    assert main(["check", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"{path}:{line[2]}: vrrp.auth_hmac.keys[2]: {open_} is world-readable (mode 0644): chmod 600 {open_}",
+        f"{path}:{line[3]}: vrrp.auth_hmac.keys[3]: {absent}: cannot read: No such file or directory",
+        "havs: 2 problems in the config",
+    ]
+    assert "c0ffee" not in err
+    assert main(["check", "-c", str(path), "--offline"]) == 0  # a build machine has not got the keys
+    capsys.readouterr()
+    open_.chmod(0o600)
+    absent.write_text("not a key\n")
+    absent.chmod(0o600)
+    assert main(["check", "-c", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"{path}:{line[3]}: vrrp.auth_hmac.keys[3]: {absent}: key is 9 bytes, must be 32..64 (openssl rand -hex 32)")
+    absent.write_text(secret)
+    assert main(["check", "-c", str(path)]) == 0
+    assert "c0ffee" not in capsys.readouterr().out
+
 def test_a_loopback_real_server_is_lvs_local_node_and_accepted() -> None:
     # the director serving the service itself (ipvsadm -a ... -r 127.0.0.1:80): loopback is a host address
     # for a real server, not for a floating address or a VRRP peer, which another host must reach

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from havs.core.model import NodeView, VirtualService
+from havs.core.bgp import describe
+from havs.core.model import AuthHmac, NodeView, VirtualService
 from havs.core.vocab import Forwarding
+from havs.core.vrrp_auth import default_window
+from havs.core.wire import MULTICAST_V6
 
 
 def _service_flags(vs: VirtualService) -> str:
@@ -21,6 +24,14 @@ def _service_flags(vs: VirtualService) -> str:
     return " ".join(parts)
 
 
+def _auth_line(a: AuthHmac, advert_interval: float) -> str:
+    """Mode, anti-replay and key ids: never a key, nor where a key file is (ids only, as status and logs)."""
+    seconds = a.time_window if a.time_window is not None else default_window(advert_interval)
+    window = f" window {seconds:g}s" if a.anti_replay == "time" else ""
+    keys = ", ".join(f"{kid}=**********" for kid in sorted(a.keys))
+    return f"  auth_hmac: {a.mode}, anti_replay {a.anti_replay}{window}, keys {keys}, signing with {a.active_key}"
+
+
 def config_summary(view: NodeView, file: str) -> str:
     cfg = view.config
     node = view.node
@@ -33,13 +44,17 @@ def config_summary(view: NodeView, file: str) -> str:
             f"preempt {'on' if v.preempt else 'off'}"
             + (f" delay {v.preempt_delay:g}s" if v.preempt and v.preempt_delay else "")
             + f" heartbeat {view.ifname(v.interface)}"
-            + (f" unicast {', '.join(map(str, v.unicast_peers))}" if v.unicast_peers else " multicast 224.0.0.18")
+            + (f" unicast {', '.join(map(str, v.unicast_peers))}" if v.unicast_peers
+               else f" multicast {MULTICAST_V6 if v.addresses[0].address.version == 6 else '224.0.0.18'}")
         )
         lines.append(f"  interfaces: {ifaces}")
+        if v.auth_hmac is not None:
+            lines.append(_auth_line(v.auth_hmac, v.advert_interval))
         for fa in v.addresses:
             lines.append(f"  floating {fa.address} on {view.ifname(fa.interface)} ({fa.interface})")
     else:
         lines.append("VRRP: off (this director owns no floating addresses)")
+    lines += describe(view)
     lines.append(f"{len(cfg.virtual_services)} virtual service(s):")
     lines.append("Prot LocalAddress:Port Scheduler Flags")
     lines.append("  -> RemoteAddress:Port           Forward Weight Check")
