@@ -42,7 +42,8 @@ class ServiceStatus:
 
 
 _VRRP_KNOWN = ("state", "since_ago", "priority", "priority_decrement", "router_id", "version", "mode",
-               "interface", "master", "addresses", "held", "adverts_sent", "adverts_received", "dropped")
+               "interface", "master", "addresses", "held", "adverts_sent", "adverts_received", "dropped",
+               "preempt_hold")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class VrrpStatus:
     adverts_sent: int = 0
     adverts_received: int = 0
     dropped: Mapping[str, int] = field(default_factory=dict)
+    # why this director defers taking the addresses back (None: it does not): a returning director's
+    # failback catch-up holds preemption until its connection table has caught up (docs/connection-sync.md)
+    preempt_hold: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -194,6 +198,8 @@ def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
             f"v{vrrp.version} priority {prio_text}, {vrrp.mode or '?'} on {vrrp.interface or '?'}"
             + (f", master {vrrp.master}" if vrrp.master else "")
         )
+        if vrrp.preempt_hold:
+            lines.append(f"  preemption held: {vrrp.preempt_hold}")
         if vrrp.addresses:
             held = set(vrrp.held)
             lines.append("  floating: " + ", ".join(f"{a} ({'held' if a in held else 'absent'})"
