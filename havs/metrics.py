@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
@@ -39,7 +39,9 @@ from havs.core.health import ProbeResult
 from havs.core.ipvs_table import DestinationKey, IpvsTable, ServiceKey
 from havs.core.status import StatusSnapshot, VrrpStatus
 
-VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
+VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT", "RESIGNING")
+# how a failback catch-up ends (havs.core.catchup.Released): always shown, 0 or 1
+CATCHUP_REASONS = ("caught_up", "deadline", "became_master", "stopped")
 RELOAD_OUTCOMES = ("applied", "forced", "failed", "refused", "error")  # always shown, 0 or not
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LABELS = ["local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark"]
@@ -47,6 +49,8 @@ SERVICE_LABELS = LABELS[:2] + LABELS[4:]
 MAX_CONNECTIONS = 8
 READ_TIMEOUT = 5.0
 Snapshot = Callable[[], StatusSnapshot | Mapping[str, Any]]
+FailbackStatus = Callable[[], Mapping[str, Any] | None]  # havs.failback.Failback.status
+T = TypeVar("T")
 
 
 def _split(hostport: str) -> tuple[str, str]:
@@ -74,9 +78,11 @@ def backend_labels(service: list[str], server: str | DestinationKey) -> list[str
 
 
 class _StateCollector(Collector):
-    def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None]) -> None:
+    def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None],
+                 failback: FailbackStatus | None = None) -> None:
         self._snapshot = snapshot
         self._table = table
+        self._failback = failback
 
     def collect(self) -> Iterator[Any]:
         raw = self._snapshot()
@@ -115,6 +121,8 @@ class _StateCollector(Collector):
                           ("failures", "IPVS operations that failed"), ("drift_repairs", "drift repairs"),
                           ("pass_failures", "reconcile passes that failed and were retried")):
             yield CounterMetricFamily(f"havs_reconcile_{key}", text, value=getattr(rec, key) if rec else 0)
+        if self._failback is not None:
+            yield from self._failback_metrics(self._failback())
         yield from self._ipvs()
 
     @staticmethod
@@ -139,6 +147,13 @@ class _StateCollector(Collector):
             for reason, n in auth["rejected"].items():
                 rejected.add_metric([str(reason)], n)
             yield rejected
+        if isinstance(auth, Mapping):
+            info = GaugeMetricFamily("havs_vrrp_auth_info", "auth_hmac in use: its mode, anti-replay and signing key id"
+                                     " (always 1; no sample without auth_hmac)",
+                                     labels=["mode", "anti_replay", "active_key"])
+            info.add_metric([str(auth.get("mode") or ""), str(auth.get("anti_replay") or ""),
+                             str(auth.get("active_key") or "")], 1)
+            yield info
         held = set(vrrp.held)
         yield GaugeMetricFamily("havs_vrrp_addresses_held", "floating addresses this director holds now",
                                 value=len(held))
@@ -148,6 +163,45 @@ class _StateCollector(Collector):
             address, _, ifname = entry.partition(" dev ")
             each.add_metric([address, ifname], 1.0 if entry in held else 0.0)
         yield each
+
+    @staticmethod
+    def _failback_metrics(status: Mapping[str, Any] | None) -> Iterator[Any]:
+        """The failback catch-up (havs.failback): our connection table, the catch-up that held preemption at
+        start (at most one per daemon), and the replays this director answered as master."""
+        status = status or {}
+        table = GaugeMetricFamily("havs_failback_connection_table_entries",
+                                  "entries in this director's IPVS connection table at its last read by the "
+                                  "failback catch-up or a replay (no sample before one)")
+        if isinstance(status.get("table_size"), int):
+            table.add_metric([], status["table_size"])
+        yield table
+        yield CounterMetricFamily("havs_failback_replays", "connection table replays sent to a returning director",
+                                  value=int(status.get("replays") or 0))
+        cu = status.get("catchup")
+        cu = cu if isinstance(cu, Mapping) else {}
+        yield GaugeMetricFamily("havs_failback_catchup_holding",
+                                "1 while the catch-up holds preemption (the connection table is catching up)",
+                                value=1.0 if cu and not cu.get("done") else 0.0)
+        duration = GaugeMetricFamily("havs_failback_catchup_duration_seconds",
+                                     "how long the catch-up held preemption (no sample until it ends)")
+        if isinstance(cu.get("waited"), int | float):
+            duration.add_metric([], cu["waited"])
+        yield duration
+        expected = GaugeMetricFamily("havs_failback_catchup_expected_entries",
+                                     "connections the master replayed (no sample before its answer)")
+        missing = GaugeMetricFamily("havs_failback_catchup_missing_entries",
+                                    "replayed connections not yet in this director's table (no sample before "
+                                    "the answer)")
+        if isinstance(cu.get("expected"), int):
+            expected.add_metric([], cu["expected"])
+        if isinstance(cu.get("missing"), int):
+            missing.add_metric([], cu["missing"])
+        yield from (expected, missing)
+        outcomes = CounterMetricFamily("havs_failback_catchups", "catch-ups ended, by reason", labels=["reason"])
+        reason = cu.get("reason")
+        for name in dict.fromkeys([*CATCHUP_REASONS, *([str(reason)] if reason else [])]):
+            outcomes.add_metric([name], 1 if name == reason else 0)
+        yield outcomes
 
     def _ipvs(self) -> Iterator[Any]:
         table = self._table()
@@ -242,9 +296,10 @@ class BoundedServer(ThreadingMixIn, WSGIServer):
 
 
 class Metrics:
-    def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None]) -> None:
+    def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None],
+                 failback: FailbackStatus | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StateCollector(snapshot, table))
+        self.registry.register(_StateCollector(snapshot, table, failback))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds…
         self.check_latency = Histogram("havs_check_latency_seconds", "health check latency", ["service", "result"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -268,18 +323,14 @@ class Metrics:
             self.server = None
 
 
-def serve_metrics(listen: str | None, loop: asyncio.AbstractEventLoop, snapshot: Callable[[], StatusSnapshot],
-                  table: Callable[[], IpvsTable | None], log: Any) -> Metrics | None:
-    """Metrics on `listen` (host:port), or None when off or the address cannot be bound (logged).
-    `snapshot` runs on `loop` (the daemon's state is the loop's); a scrape that finds the loop busy for
-    over a second gets the previous snapshot rather than waiting."""
-    if not listen:
-        return None
-    last: list[StatusSnapshot] = []
+def _on_loop(fn: Callable[[], T], loop: asyncio.AbstractEventLoop) -> Callable[[], T]:
+    """`fn` run on `loop` (the daemon's state is the loop's) from a scrape's thread; a loop busy for over a
+    second gives the previous value rather than a wait."""
+    last: list[T] = []
 
-    def scrape() -> StatusSnapshot:
-        async def take() -> StatusSnapshot:
-            return snapshot()
+    def call() -> T:
+        async def take() -> T:
+            return fn()
 
         try:
             last[:] = [asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=1)]
@@ -288,7 +339,17 @@ def serve_metrics(listen: str | None, loop: asyncio.AbstractEventLoop, snapshot:
                 raise
         return last[0]
 
-    metrics = Metrics(scrape, table)
+    return call
+
+
+def serve_metrics(listen: str | None, loop: asyncio.AbstractEventLoop, snapshot: Callable[[], StatusSnapshot],
+                  table: Callable[[], IpvsTable | None], log: Any,
+                  failback: FailbackStatus | None = None) -> Metrics | None:
+    """Metrics on `listen` (host:port), or None when off or the address cannot be bound (logged).
+    `snapshot` and `failback` (the VRRP supervisor's `failback.status`) run on `loop`."""
+    if not listen:
+        return None
+    metrics = Metrics(_on_loop(snapshot, loop), table, _on_loop(failback, loop) if failback is not None else None)
     try:
         metrics.serve(listen)
     except OSError as e:

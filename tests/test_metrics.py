@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from havs import __version__
 from havs.core.health import ProbeResult
 from havs.core.ipvs_table import Destination, DestinationStats, IpvsTable, Service, ServiceKey, Stats
+from havs.core.vrrp_auth import REASONS
 from havs.metrics import MAX_CONNECTIONS, Metrics, _QuietHandler
 
 VIP = ServiceKey.tcp("192.168.0.108", 80)
@@ -102,6 +103,71 @@ def test_scrape_shows_state_health_reconciler_ipvs_and_latency() -> None:
     assert any(line.startswith("process_open_fds ") for line in text)
 
 
+# as havs.core.vrrp pushes it (every reason, zeros too) and as havs.failback.Failback.status() says it
+AUTH = {"mode": "enforce", "anti_replay": "time", "time_window": 5, "active_key": 2, "key_ids": [1, 2],
+        "rejected": {**dict.fromkeys(REASONS, 0), "auth_missing": 3, "auth_replay": 1}}
+HOLDING = {"table_size": 1200, "replays": 0,
+           "catchup": {"done": False, "reason": None, "waited": None, "expected": 5000, "missing": 3800}}
+CAUGHT_UP = {"table_size": 5000, "replays": 2,
+             "catchup": {"done": True, "reason": "caught_up", "waited": 1.25, "expected": 5000, "missing": 0}}
+
+
+def samples(text: list[str], prefix: str) -> list[str]:
+    return [line for line in text if line.startswith(prefix) and not line.startswith("#")]
+
+
+def test_auth_hmac_info_and_rejects_by_reason() -> None:
+    snap = {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": AUTH}}
+    text = scrape(Metrics(lambda: snap, table))
+    assert samples(text, "havs_vrrp_auth_info") == [
+        'havs_vrrp_auth_info{active_key="2",anti_replay="time",mode="enforce"} 1.0']
+    assert samples(text, "havs_vrrp_auth_rejected_total") == [  # every reason, zeros included
+        f'havs_vrrp_auth_rejected_total{{reason="{r}"}} {dict(auth_missing=3.0, auth_replay=1.0).get(r, 0.0)}'
+        for r in REASONS]
+    without = scrape(Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": None}}, table))
+    assert samples(without, "havs_vrrp_auth_") == []
+
+
+def test_a_resigning_master_is_in_the_state_gauge() -> None:
+    text = scrape(Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "state": "RESIGNING"}}, table))
+    assert samples(text, "havs_vrrp_state{") == [f'havs_vrrp_state{{state="{s}"}} {1.0 if s == "RESIGNING" else 0.0}'
+                                                 for s in ("INIT", "BACKUP", "MASTER", "FAULT", "RESIGNING")]
+
+
+def test_failback_catch_up_while_holding_then_caught_up() -> None:
+    status: dict[str, object] = dict(HOLDING)
+    metrics = Metrics(lambda: SNAP, table, lambda: status)
+    text = scrape(metrics)
+    assert samples(text, "havs_failback_") == [
+        "havs_failback_connection_table_entries 1200.0",
+        "havs_failback_replays_total 0.0",
+        "havs_failback_catchup_holding 1.0",
+        "havs_failback_catchup_expected_entries 5000.0",
+        "havs_failback_catchup_missing_entries 3800.0",
+        'havs_failback_catchups_total{reason="caught_up"} 0.0',
+        'havs_failback_catchups_total{reason="deadline"} 0.0',
+        'havs_failback_catchups_total{reason="became_master"} 0.0',
+        'havs_failback_catchups_total{reason="stopped"} 0.0',
+    ]  # no duration sample while it runs
+    status.update(CAUGHT_UP)
+    text = scrape(metrics)
+    assert "havs_failback_catchup_holding 0.0" in text and "havs_failback_catchup_duration_seconds 1.25" in text
+    assert "havs_failback_catchup_missing_entries 0.0" in text and "havs_failback_replays_total 2.0" in text
+    assert samples(text, "havs_failback_catchups_total") == [
+        f'havs_failback_catchups_total{{reason="{r}"}} {1.0 if r == "caught_up" else 0.0}'
+        for r in ("caught_up", "deadline", "became_master", "stopped")]
+
+
+def test_failback_of_a_director_that_never_caught_up_or_read_its_table() -> None:
+    # a master, or a director without connection_sync: nothing held, no table read yet
+    text = scrape(Metrics(lambda: SNAP, table, lambda: {"table_size": None, "replays": 0, "catchup": None}))
+    assert samples(text, "havs_failback_") == [
+        "havs_failback_replays_total 0.0", "havs_failback_catchup_holding 0.0",
+        *(f'havs_failback_catchups_total{{reason="{r}"}} 0.0'
+          for r in ("caught_up", "deadline", "became_master", "stopped"))]
+    assert samples(scrape(Metrics(lambda: SNAP, table)), "havs_failback_") == []  # not wired: not shown
+
+
 def test_a_server_out_of_ipvs_has_no_weight_sample_and_nothing_is_negative() -> None:
     text = scrape(Metrics(lambda: SNAP, table))
     assert not [line for line in text if line.startswith("havs_real_server_weight{") and "192.168.72.129" in line]
@@ -118,7 +184,7 @@ def test_no_table_yet_still_scrapes() -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None and not os.environ.get("CI"),
                     reason="promtool not installed (apt-get install prometheus)")
 def test_promtool_check_metrics_is_clean() -> None:
-    metrics = Metrics(lambda: SNAP, table)
+    metrics = Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": AUTH}}, table, lambda: CAUGHT_UP)
     metrics.observe_probe(("TCP 192.168.0.108:80", "192.168.72.128:80"), ProbeResult(False, "refused", 0.2))
     metrics.vrrp_transitions.labels("BACKUP").inc()
     out = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(metrics.registry),
@@ -201,11 +267,19 @@ async def test_serve_metrics_scrapes_the_loops_snapshot_and_says_when_it_cannot_
     snap = StatusSnapshot.from_dict(SNAP)
     log = ListLog()
     port = free_port()
-    metrics = serve_metrics(f"127.0.0.1:{port}", asyncio.get_running_loop(), lambda: snap, table, log)
+    loop = asyncio.get_running_loop()
+    on_loop: list[bool] = []
+
+    def failback() -> dict[str, object]:
+        on_loop.append(asyncio.get_running_loop() is loop)  # raises off the loop: no running loop there
+        return CAUGHT_UP
+
+    metrics = serve_metrics(f"127.0.0.1:{port}", loop, lambda: snap, table, log, failback=failback)
     assert metrics is not None
     try:
         text = await asyncio.to_thread(get, port)
         assert "havs_vrrp_addresses_held 1.0" in text.splitlines()
+        assert "havs_failback_catchup_duration_seconds 1.25" in text.splitlines() and on_loop == [True]
         assert serve_metrics(f"127.0.0.1:{port}", asyncio.get_running_loop(), lambda: snap, table, log) is None
         assert log.named("metrics.unavailable")[0]["listen"] == f"127.0.0.1:{port}"
     finally:
