@@ -109,3 +109,11 @@ def test_check_shows_what_bgp_announces(tmp_path: Path, capsys: pytest.CaptureFi
     assert lines[3].startswith("bgp: announces 203.0.113.10/32 while each service")
     assert lines[4] == "1 virtual service(s):"
     assert not [line for line in lines if "s3cr3t" in line]
+
+
+def test_check_names_the_ipv6_vrrp_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "v6.yaml"
+    path.write_text((REPO / "etc/havs.yaml").read_text().replace("192.168.0.108/24 ", "'2001:db8::10/64' ", 1)
+                    .replace("192.168.72.130/24 ", "'fd00::1/64' ", 1))
+    assert main(["check", "-c", str(path), "--node", "lvs2", "--offline"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(" heartbeat eth1 multicast ff02::12")
