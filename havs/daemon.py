@@ -87,7 +87,7 @@ class Daemon:
             from havs.metrics import serve_metrics  # only when asked for: it starts a thread
 
             self.metrics = serve_metrics(cfg.settings.metrics_listen, self.loop, self.snapshot,  # type: ignore[arg-type]
-                                         lambda: self.ipvs.last_actual, self.log)
+                                         lambda: self.ipvs.last_actual, self.log, failback=self.vrrp.failback.status)
         if cfg.vrrp is not None and not self.vrrp.spawn(self.view):
             raise StartError
         if needs_ipvs(cfg):

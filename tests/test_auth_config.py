@@ -99,3 +99,12 @@ def test_auth_params_names_the_key_id(tmp_path: Path) -> None:
                                    "    active_key: 1\n")).config
     with pytest.raises(ValueError, match=r"vrrp\.auth_hmac\.keys\.7: .*cannot read"):
         auth_params(cfg.vrrp.auth_hmac, 1.0)  # type: ignore[union-attr]
+
+
+def test_a_bad_key_is_reported_on_its_own_line() -> None:
+    # keys are written as numbers (`1:`): YAML keeps the text "1", the error path the int 1; both must meet
+    block = f'  auth_hmac:\n    keys:\n      1: "{KEY_HEX}"\n      2: "hex:5a5a"\n    active_key: 1\n'
+    text = with_block(block)
+    line = text.splitlines().index('      2: "hex:5a5a"') + 1
+    [found] = problems(block)
+    assert found.startswith(f"havs.yaml:{line}: vrrp.auth_hmac.keys[2]: "), found

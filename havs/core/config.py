@@ -57,6 +57,10 @@ def _line_of(lines: dict[Path, int], path: Path) -> int | None:
     while path:
         if path in lines:
             return lines[path]
+        # a mapping key written as a number (`keys: {1: …}`) is a string in the file, an int in the path
+        as_text = (*path[:-1], str(path[-1]))
+        if as_text in lines:
+            return lines[as_text]
         path = path[:-1]
     return lines.get(())
 
