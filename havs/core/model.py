@@ -2,81 +2,39 @@
 
 pydantic models, frozen and strict about unknown keys (a typo in keepalived's config is the classic cause of
 two MASTERs). Validation lives here as constraints; `core.config` turns pydantic's error locations back into
-`file:line: path: message`.
+`file:line: path: message`. The base (Strict, Range, Problem) is core.model_base; the `vrrp:` and `bgp:`
+sections are core.model_vrrp and core.model_bgp, re-exported here so every model is `havs.core.model.X`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    SerializationInfo,
-    ValidationInfo,
-    field_serializer,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
-from havs.core.scalars import item_type, strict_message
-from havs.core.vrrp_auth import parse_key
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-
-def Range(lo: float, hi: float) -> AfterValidator:
-    """An inclusive range with the message operators expect: `must be 0..65535, got -1`."""
-
-    def check(v: float) -> float:
-        if not lo <= v <= hi:
-            raise ValueError(f"must be {lo}..{hi}")
-        return v
-
-    return AfterValidator(check)
-
-
-class Problem(ValueError):
-    """A cross-field problem that knows which key (relative to the object being validated) it is about,
-    so the error can name that key's line rather than the object's."""
-
-    def __init__(self, where: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.where = where
-
+from havs.core.model_base import Interface as Interface
+from havs.core.model_base import IPAddress as IPAddress
+from havs.core.model_base import Problem as Problem
+from havs.core.model_base import Range as Range
+from havs.core.model_base import Seconds as Seconds
+from havs.core.model_base import Strict as Strict
+from havs.core.model_bgp import Asn as Asn
+from havs.core.model_bgp import Bfd as Bfd
+from havs.core.model_bgp import Bgp as Bgp
+from havs.core.model_bgp import BgpNeighbor as BgpNeighbor
+from havs.core.model_vrrp import AuthHmac as AuthHmac
+from havs.core.model_vrrp import ConnectionSync as ConnectionSync
+from havs.core.model_vrrp import FloatingAddress as FloatingAddress
+from havs.core.model_vrrp import Garp as Garp
+from havs.core.model_vrrp import Notify as Notify
+from havs.core.model_vrrp import Vrrp as Vrrp
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
 SCHEDULER_FLAGS = ("sh-fallback", "sh-port", "mh-fallback", "mh-port")
 Port = Annotated[int, Range(0, 65535)]
-Seconds = Annotated[float, Field(gt=0, le=3600)]
 _STATUS_RANGE = re.compile(r"^(\d{3})(?:-(\d{3}))?$")
-
-
-class Strict(BaseModel):
-    """Every config object: unknown keys are errors, objects are immutable once loaded, and scalars are never
-    coerced across YAML types (`priority: true`, `address: 1`, `port: "80"` are errors: core.scalars)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_scalars(cls, v: Any, info: ValidationInfo) -> Any:
-        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
-        if isinstance(v, list):
-            item = item_type(annotation)
-            for i, x in enumerate(v if item is not None else ()):
-                if (why := strict_message(item, x)) is not None:
-                    raise Problem((i,), why)
-        elif (why := strict_message(annotation, v)) is not None:
-            raise ValueError(why)
-        return v
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -316,200 +274,6 @@ def _check_netmask(netmask: str, version: int) -> None:
             raise ValueError(f"{netmask!r} is not an IPv4 netmask") from None
     elif not (netmask.isdigit() and 1 <= int(netmask) <= 128):
         raise ValueError(f"an IPv6 netmask is a prefix length 1..128, got {netmask!r}")
-
-
-# ------------------------------------------------------------------------------------------------ VRRP
-
-
-class FloatingAddress(Strict):
-    """An address owned by whichever director is MASTER, on one of its interfaces (by role name)."""
-
-    address: Interface
-    interface: str
-
-
-class Garp(Strict):
-    """Gratuitous ARP: a burst on takeover, then a refresh while MASTER (0 = off)."""
-
-    burst: Annotated[int, Range(1, 100)] = 5
-    burst_interval: Annotated[float, Range(0, 10)] = 0.02
-    refresh: Annotated[float, Range(0, 3600)] = 10.0
-
-
-class Notify(Strict):
-    """Commands run (without a shell) on state changes, in order, with a timeout."""
-
-    master: list[str] | None = None
-    backup: list[str] | None = None
-    fault: list[str] | None = None
-    stop: list[str] | None = None
-    timeout: Seconds = 10.0
-
-
-class ConnectionSync(Strict):
-    """The kernel's IPVS connection sync daemon, so established connections survive a failover."""
-
-    interface: str = Field(description="role name of the sync interface")
-    sync_id: Annotated[int, Range(0, 255)] = 0
-    mode: Literal["both", "follow"] = Field(
-        default="both", description="both: master and backup threads always; follow: master only while MASTER"
-    )
-    catchup_deadline: Annotated[float, Range(0, 3600)] = Field(
-        default=30.0, description="seconds a returning director waits to catch up before it preempts anyway; 0: off")
-    catchup_port: Annotated[int, Range(1, 65535)] = Field(
-        default=8850, description="UDP port of havs's catch-up requests and answers (same group as the sync)")
-
-
-def _key_problem(spec: str) -> str | None:
-    """Why a key spec is unusable, or None: `hex:…` (32..64 bytes), `file:/absolute/path` (read by the VRRP
-    child: a regular file nobody else can read), or printable ASCII text of 32..64 characters. The message
-    never quotes the key (checked here rather than per field so the error carries no `got '…'`)."""
-    if spec.startswith("file:"):
-        return None if spec[5:].startswith("/") else "a file: key needs an absolute path"
-    try:
-        parse_key(spec)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-class AuthHmac(Strict):
-    """keepalived 2.4 `auth_hmac`: HMAC-SHA256 trailer on every advert, with replay protection (docs/auth.md).
-    The same names and meanings as keepalived's; keys are never shown (havs check prints `**********`)."""
-
-    keys: dict[Annotated[int, Range(1, 255)], SecretStr] = Field(
-        min_length=1, description="key id → hex:…, file:/path or ASCII text; 32..64 bytes")
-    active_key: Annotated[int, Range(1, 255)] = Field(description="the key id our adverts are signed with")
-    anti_replay: Literal["time", "monotonic"] = "time"
-    time_window: Annotated[int, Range(1, 300)] | None = Field(
-        default=None, description="seconds (time mode); default max(3 × advert_interval, 5)")
-    mode: Literal["enforce", "permissive", "receive_only"] = "enforce"
-
-    @field_serializer("keys")
-    def _keys_out(self, keys: dict[int, SecretStr], info: SerializationInfo) -> dict[int, str]:
-        """Masked everywhere (status, havs check, logs) except the daemon's hand-over to its own VRRP child,
-        which asks with context {"secrets": True}."""
-        reveal = isinstance(info.context, dict) and info.context.get("secrets") is True
-        return {k: v.get_secret_value() if reveal else "**********" for k, v in keys.items()}
-
-    @model_validator(mode="after")
-    def _active_defined(self) -> AuthHmac:
-        for kid, spec in self.keys.items():
-            if (why := _key_problem(spec.get_secret_value())) is not None:
-                raise Problem(("keys", kid), why)
-        if self.active_key not in self.keys:
-            raise Problem(("active_key",), f"key {self.active_key} is not defined in keys")
-        return self
-
-
-class Vrrp(Strict):
-    router_id: Annotated[int, Range(1, 255)]
-    version: Literal[2, 3] = 3
-    advert_interval: Annotated[float, Range(0.01, 40.95)] = 1.0
-    preempt: bool = True
-    preempt_delay: Annotated[float, Range(0, 3600)] = 0.0
-    interface: str = Field(description="role name of the heartbeat interface")
-    unicast_peers: list[IPAddress] = Field(default_factory=list)
-    auth_pass: Annotated[str, Field(min_length=1, max_length=8)] | None = None
-    v3_checksum: Literal["pseudo_header", "message"] = "pseudo_header"
-    auth_hmac: AuthHmac | None = None
-    addresses: list[FloatingAddress] = Field(min_length=1)
-    track_interfaces: list[str] = Field(default_factory=list)
-    garp: Garp = Field(default_factory=Garp)
-    notify: Notify = Field(default_factory=Notify)
-    connection_sync: ConnectionSync | None = None
-    # keepalived's vrrp_rt_priority: the VRRP child's SCHED_RR priority (needs CAP_SYS_NICE); 0 = none (nice -10)
-    rt_priority: Annotated[int, Range(0, 99)] = 1
-
-    @model_validator(mode="after")
-    def _version_rules(self) -> Vrrp:
-        if self.version == 2:
-            if self.advert_interval != int(self.advert_interval):
-                raise Problem(("advert_interval",), f"VRRPv2 adverts are whole seconds, got {self.advert_interval}")
-        else:
-            if self.auth_pass is not None:
-                raise Problem(("auth_pass",), "VRRPv2 only (VRRPv3 has no authentication; see auth_hmac)")
-            if abs(self.advert_interval * 100 - round(self.advert_interval * 100)) > 1e-6:
-                raise Problem(
-                    ("advert_interval",), f"VRRPv3 adverts are whole centiseconds, got {self.advert_interval}"
-                )
-        if self.auth_hmac is not None and self.auth_pass is not None:
-            raise Problem(("auth_pass",), "auth_pass and auth_hmac are mutually exclusive (keepalived drops auth_pass)")
-        seen: set[str] = set()
-        for i, fa in enumerate(self.addresses):
-            if fa.address.version != self.addresses[0].address.version:
-                raise Problem(("addresses", i), "floating addresses of one VRRP instance must share a family")
-            if str(fa.address.ip) in seen:
-                raise Problem(("addresses", i), f"{fa.address.ip} is listed twice")
-            seen.add(str(fa.address.ip))
-        return self
-
-
-# ------------------------------------------------------------------------------------------------- BGP
-
-Asn = Annotated[int, Range(1, 4294967295)]
-_COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})$")
-
-
-class BgpNeighbor(Strict):
-    """An upstream router this director announces its VIPs to (BIRD's `neighbor ADDRESS as ASN`)."""
-
-    address: IPAddress
-    asn: Asn
-    password: Annotated[str, Field(min_length=1, max_length=80)] | None = None
-    multihop: bool = Field(default=False, description="eBGP to a router that is not on a directly connected LAN")
-
-    @field_validator("password")
-    @classmethod
-    def _quotable(cls, v: str | None) -> str | None:
-        if v is not None and ('"' in v or "\\" in v or not v.isprintable()):
-            raise ValueError("must be printable text without quotes or backslashes")
-        return v
-
-
-class Bfd(Strict):
-    """Bidirectional Forwarding Detection on every BGP session: a dead director is dropped by the router
-    within interval x multiplier instead of the BGP hold time."""
-
-    enabled: bool = True
-    interval: Annotated[float, Range(0.01, 10)] = 0.1
-    multiplier: Annotated[int, Range(1, 255)] = 3
-
-
-class Bgp(Strict):
-    """Active-active announcement of `announce: bgp` services over BGP (BIRD 2 started by havs)."""
-
-    asn: Asn = Field(description="this director's AS (the same on every director)")
-    neighbors: list[BgpNeighbor] = Field(min_length=1)
-    hold_time: Annotated[int, Range(3, 65535)] = 9
-    keepalive_time: Annotated[int, Range(1, 21845)] = 3
-    bfd: Bfd = Field(default_factory=Bfd)
-    communities: list[str] = Field(default_factory=list, description="added to every announced VIP: 'ASN:value'")
-    med: Annotated[int, Range(0, 4294967295)] | None = None
-    bird: str = Field(default="bird", description="the BIRD 2 binary (a name on PATH or a path)")
-    run_dir: str = Field(default="/run/havs/bird", description="BIRD's rendered config, control socket and log")
-    loopback: str = Field(default="lo", description="where the VIPs are put (/32 or /128) so IPVS sees them as local")
-
-    @field_validator("communities")
-    @classmethod
-    def _communities(cls, v: list[str]) -> list[str]:
-        for item in v:
-            m = _COMMUNITY.match(item)
-            if not m or not all(int(g) <= 65535 for g in m.groups()):
-                raise ValueError(f"a community is 'ASN:value' with both 0..65535, got {item!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _timers(self) -> Bgp:
-        if self.keepalive_time * 3 > self.hold_time:
-            raise Problem(("keepalive_time",), f"must be at most hold_time/3 ({self.hold_time}), got "
-                                               f"{self.keepalive_time}")
-        seen: set[str] = set()
-        for i, n in enumerate(self.neighbors):
-            if str(n.address) in seen:
-                raise Problem(("neighbors", i, "address"), f"{n.address} is listed twice")
-            seen.add(str(n.address))
-        return self
 
 
 # ----------------------------------------------------------------------------------------------- nodes
