@@ -136,6 +136,8 @@ class Daemon:
                                     on_agent_weight=lambda _change: self.wake.set(), initial=initial or "down",  # type: ignore[arg-type]
                                     on_result=self.metrics.observe_probe if self.metrics else None)
         self.health.start()
+        if self.metrics is not None:
+            self.metrics.health_counters = lambda: (self.health.overload_checks, self.health.inconclusive_checks)  # type: ignore[union-attr]
         return True
 
     async def _main_loop(self) -> None:

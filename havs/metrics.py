@@ -77,12 +77,17 @@ def backend_labels(service: list[str], server: str | DestinationKey) -> list[str
     return [*service[:2], *remote, *service[2:]]
 
 
+# (overload, inconclusive): health checks set aside, read from the daemon's HealthService (two int reads)
+HealthCounters = Callable[[], tuple[int, int] | None]
+
+
 class _StateCollector(Collector):
     def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None],
-                 failback: FailbackStatus | None = None) -> None:
+                 failback: FailbackStatus | None = None, health: HealthCounters | None = None) -> None:
         self._snapshot = snapshot
         self._table = table
         self._failback = failback
+        self._health = health
 
     def collect(self) -> Iterator[Any]:
         raw = self._snapshot()
@@ -123,6 +128,13 @@ class _StateCollector(Collector):
             yield CounterMetricFamily(f"havs_reconcile_{key}", text, value=getattr(rec, key) if rec else 0)
         if self._failback is not None:
             yield from self._failback_metrics(self._failback())
+        set_aside = self._health() if self._health is not None else None
+        if set_aside is not None:
+            yield CounterMetricFamily("havs_health_overload_checks", "check timeouts set aside because this "
+                                      "director's event loop lagged (not evidence against the server)",
+                                      value=set_aside[0])
+            yield CounterMetricFamily("havs_health_inconclusive_checks", "checks this director could not run "
+                                      "(out of sockets, memory or buffers)", value=set_aside[1])
         yield from self._ipvs()
 
     @staticmethod
@@ -299,7 +311,9 @@ class Metrics:
     def __init__(self, snapshot: Snapshot, table: Callable[[], IpvsTable | None],
                  failback: FailbackStatus | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StateCollector(snapshot, table, failback))
+        self.health_counters: HealthCounters | None = None  # set once the daemon has health checks
+        self.registry.register(_StateCollector(snapshot, table, failback,
+                                               lambda: self.health_counters() if self.health_counters else None))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds…
         self.check_latency = Histogram("havs_check_latency_seconds", "health check latency", ["service", "result"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -185,11 +185,21 @@ def test_no_table_yet_still_scrapes() -> None:
                     reason="promtool not installed (apt-get install prometheus)")
 def test_promtool_check_metrics_is_clean() -> None:
     metrics = Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": AUTH}}, table, lambda: CAUGHT_UP)
+    metrics.health_counters = lambda: (3, 1)
     metrics.observe_probe(("TCP 192.168.0.108:80", "192.168.72.128:80"), ProbeResult(False, "refused", 0.2))
     metrics.vrrp_transitions.labels("BACKUP").inc()
     out = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(metrics.registry),
                          capture_output=True, timeout=30)
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
+
+
+def test_checks_set_aside_are_counted_once_the_daemon_has_health_checks() -> None:
+    metrics = Metrics(lambda: SNAP, table)
+    assert not any(line.startswith("havs_health_") for line in scrape(metrics))  # no checks yet: no sample
+    metrics.health_counters = lambda: (7, 2)
+    lines = scrape(metrics)
+    assert "havs_health_overload_checks_total 7.0" in lines
+    assert "havs_health_inconclusive_checks_total 2.0" in lines
 
 
 def free_port() -> int:
