@@ -4,6 +4,7 @@ Runs on the caller's loop (the VRRP child's only loop). On the heartbeat's path 
 core and the socket: a received advert or a due timer goes through `VrrpInstance` and its adverts are sent
 at once; address changes and GARP run after, in order, on an effects queue; notify hooks are asyncio
 subprocesses. Every effect that fails is caught, counted and logged (rate-limited), and VRRP goes on.
+The heartbeat's path (socket reader, deadline timer, advert sender) is `havs.vrrp.heartbeat`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from havs.core import wire
 from havs.core.model import NodeView
 from havs.core.vrrp import (
     MASTER,
@@ -37,10 +37,10 @@ from havs.edge.links import LinkEvent, LinkWatcher
 from havs.edge.vrrp_socket import VrrpSocket
 from havs.vrrp.announcer import Announcer, RateLimitedLog
 from havs.vrrp.auth_keys import auth_params
+from havs.vrrp.heartbeat import Heartbeat, advert_source
 from havs.vrrp.notify import NotifyRunner
 
 OnState = Callable[[str, str, str], None]
-READ_BATCH = 32  # adverts read per wake-up: a flood cannot hold the loop away from the timer
 LINK_POLL = 5.0  # seconds between link polls while rtnetlink link events arrive (the fallback)
 
 
@@ -78,8 +78,7 @@ class VrrpShell:
         self._addrs = Addresses()
         self._netlink = asyncio.Lock()  # pyroute2's async socket takes one request at a time (EBUSY otherwise)
         self._announcer: Announcer | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._heartbeat: Heartbeat | None = None  # the socket reader, the deadline timer, the advert sender
         self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()  # the instance reached INIT after a stop
@@ -125,7 +124,7 @@ class VrrpShell:
         assert cfg is not None
         try:
             await self._addrs.open()
-            self.src = src = await self._source()
+            self.src = src = await advert_source(self.view, self._addrs, self._hb_if, self.family, self.floating)
             # one config serves both directors, so the peer list may name us too
             peers = [p for p in cfg.unicast_peers if p != src]
             self._sock = VrrpSocket(self._hb_if, self.src, peers=peers)
@@ -144,9 +143,12 @@ class VrrpShell:
         self.inst = VrrpInstance(vparams, loop.time())
         self.inst.priority = self.effective_priority
         self._announcer = Announcer(self.floating, self._addrs, self._log, self.warn)
+        self._heartbeat = Heartbeat(self._sock, src, self.inst, checksum=cfg.v3_checksum, warn=self.warn,
+                                    dispatch=lambda actions: self.dispatch(actions), after_batch=self._note_deferred,
+                                    on_tick=lambda: setattr(self, "last_tick", time.monotonic()))
         self.notify.start()
         self._tasks = [loop.create_task(self._effects_worker()), loop.create_task(self._track_loop())]
-        loop.add_reader(self._sock.fileno(), self._on_readable)
+        loop.add_reader(self._sock.fileno(), self._heartbeat.on_readable)
         try:
             self._links.open()
             self._links_open = True
@@ -162,19 +164,6 @@ class VrrpShell:
         now = loop.time()
         self.dispatch(self.inst.fault(now) if down else self.inst.start(now))
 
-    async def _source(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        """The advert source: unicast_src, else the heartbeat interface's primary IPv4 address or (IPv6,
-        RFC 9568 §5.1.2.1) its link-local address. RuntimeError if there is none of the family."""
-        src = self.view.node.unicast_src
-        if src is None and self.family == 4:
-            src = await self._addrs.primary_ipv4(self._hb_if, exclude={a.ip for _, a in self.floating})
-        elif src is None:
-            src = await self._addrs.link_local(self._hb_if)
-        if src is None or src.version != self.family:
-            kind = "IPv4 address" if self.family == 4 else "IPv6 link-local address"
-            raise RuntimeError(f"{self._hb_if} has no {kind} to send adverts from (set unicast_src)")
-        return src
-
     async def stop(self, graceful: bool) -> None:
         """graceful: a MASTER resigns and hands over (make before break, driven by the core's timers);
         anything else releases stale addresses. Not graceful: stop as a crash would, addresses stay."""
@@ -185,8 +174,8 @@ class VrrpShell:
                 await asyncio.wait_for(self._stopped.wait(), 3 * self._interval + RESIGN_EXTRA + 1.0)
         if self._sock is not None:
             loop.remove_reader(self._sock.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self._tasks, tasks = [], self._tasks
         for task in tasks[1:]:
             task.cancel()
@@ -265,28 +254,6 @@ class VrrpShell:
 
     # ------------------------------------------------------------------------------ events in
 
-    def _on_readable(self) -> None:
-        inst, sock = self.inst, self._sock
-        if inst is None or sock is None:
-            return
-        loop = asyncio.get_running_loop()
-        for r in sock.receive(limit=READ_BATCH):
-            now = loop.time()
-            if self._timer is not None and self._timer_at is not None and now >= self._timer_at:
-                self._timer.cancel()  # our advert is due: it goes before the rest of a flood
-                self._on_timer(self._timer_at)
-            # keepalived skips the TTL rule for unicast peers (they may be routed)
-            self.dispatch(inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
-                                             ttl=None if sock.unicast else r.ttl, now=now, wall=time.time()))
-        self._note_deferred()
-
-    def _on_timer(self, at: float) -> None:
-        self._timer = self._timer_at = None
-        self.last_tick = time.monotonic()
-        if self.inst is not None:
-            # the loop may wake a hair early (clock resolution); the deadline has come by definition
-            self.dispatch(self.inst.handle_timer(max(asyncio.get_running_loop().time(), at)))
-
     async def _track_loop(self) -> None:
         """The fallback: link events decide at once; this poll catches what they missed (every LINK_POLL
         seconds, or every advert interval when the event socket could not be opened)."""
@@ -332,11 +299,11 @@ class VrrpShell:
     # ------------------------------------------------------------------------------ actions out
 
     def dispatch(self, actions: Sequence[Action]) -> None:
-        assert self.inst is not None and self._announcer is not None
-        ann = self._announcer
+        assert self.inst is not None and self._announcer is not None and self._heartbeat is not None
+        ann, heartbeat = self._announcer, self._heartbeat
         for action in actions:
             if isinstance(action, SendAdvertisement):
-                self._send(action.adv)
+                heartbeat.send(action.adv)
                 if self.inst.state == MASTER and ann.reassert_due(self._interval):
                     self._effects.put_nowait(lambda: self._if_master(ann.reassert))
             elif isinstance(action, StateChanged):
@@ -363,34 +330,7 @@ class VrrpShell:
                           state=str(action.state), input=str(action.input))
             elif isinstance(action, Handover):
                 self._log.info("vrrp.handover", outcome=action.outcome, waited=round(action.waited, 3))
-        self._rearm()
-
-    def _rearm(self) -> None:
-        assert self.inst is not None
-        at = self.inst.get_timer()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer, at) if at is not None else None
-        self._timer_at = at
-
-    def _send(self, adv: wire.Advertisement) -> None:
-        assert self._sock is not None and self.src is not None and self.view.config.vrrp is not None
-        assert self.inst is not None
-        checksum = self.view.config.vrrp.v3_checksum
-        signs = self.inst.auth is not None and self.inst.auth.params.signs
-        trailer: bytes | None = None if signs else b""
-        for dst in self._sock.destinations:
-            payload = wire.encode(adv, src=self.src, dst=dst, checksum=checksum)
-            if trailer is None:  # signed once per advert: every peer gets the same sequence (as keepalived)
-                trailer = self.inst.sign(payload, time.time())
-            if trailer:  # encoded again with it: the IPv6 checksum covers the trailer (IPv4 does not)
-                payload = wire.encode(adv, src=self.src, dst=dst, checksum=checksum, trailer=trailer)
-            try:
-                self._sock.send(payload, dst)
-            except OSError as e:
-                self.warn("send", "vrrp.send_failed", dst=str(dst), error=e.strerror or str(e))
+        heartbeat.rearm()
 
     def _state_changed(self, change: StateChanged) -> None:
         peer = {} if change.peer is None else {"peer": str(change.peer), "peer_priority": change.peer_priority}
