@@ -37,18 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import importlib.util
-import re
 import socket
 import ssl
 import struct
 import sys
 import types
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from typing import Any
 
+from havs.core import http_check
 from havs.core.health import ProbeResult
+from havs.core.http_check import DEFAULT_AGENT_HEADER as DEFAULT_AGENT_HEADER
+from havs.core.http_check import failed as _failed
+from havs.core.http_check import judge
+from havs.core.http_check import os_reason as _os_reason
+from havs.core.http_check import parse_agent_weight as parse_agent_weight
 
 
 def _import_parser() -> Any:
@@ -77,10 +81,6 @@ def _import_parser() -> Any:
 HttpResponseParser = _import_parser()
 
 C_PARSER = HttpResponseParser.__module__ == "aiohttp._http_parser"
-DEFAULT_AGENT_HEADER = "X-Havs-Weight"
-_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
-# this director's own shortage, not the server's fault: the check is inconclusive
-_LOCAL = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PARSER_LIMIT = 2**16
 # interim (1xx) responses read before the final one: a real server sends one (100 Continue, 103 Early Hints);
 # a hostile one streams them forever, which would keep the parser busy until the check's timeout
@@ -101,74 +101,15 @@ def install_uvloop() -> bool:
     return True
 
 
-class HttpProbe:
-    """One HTTP(S) target with its request prepared. Immutable by convention; build once, probe often.
+class HttpProbe(http_check.HttpProbe):
+    """One HTTP(S) target with its request prepared (havs.core.http_check), and the socket family it
+    connects with. Immutable by convention; build once, probe often."""
 
-    `ok_status`: the codes that count as healthy (any container: a frozenset, a range).
-    `agent_header`: response header carrying the server's own weight (`50%`); None = the default name,
-    "" = ignore agent weights.
-    `tag`: part of the keep-alive key, so two owners probing the same address keep separate connections.
-    """
+    __slots__ = ("family",)
 
-    __slots__ = (
-        "address", "agent_header", "body_re", "family", "head", "key", "max_body", "ok_status", "port",
-        "request", "server_hostname", "source_address", "timeout", "tls", "verify_tls",
-    )
-
-    def __init__(
-        self,
-        address: str,
-        port: int,
-        *,
-        timeout: float = 1.0,
-        tls: bool = False,
-        method: str = "GET",
-        path: str = "/",
-        host: str | None = None,
-        ok_status: Container[int] = range(200, 400),
-        expect_body: str | re.Pattern[str] | None = None,
-        max_body: int = 64 * 1024,
-        verify_tls: bool = False,
-        sni: str | None = None,
-        agent_header: str | None = None,
-        source_address: str | None = None,
-        tag: object = None,
-    ) -> None:
-        self.address = str(address)
-        self.port = port
+    def __init__(self, address: str, port: int, **options: Any) -> None:
+        super().__init__(address, port, **options)
         self.family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        self.timeout = timeout
-        self.tls = tls
-        self.head = method == "HEAD"
-        self.ok_status = ok_status
-        self.body_re = re.compile(expect_body) if isinstance(expect_body, str) else expect_body
-        self.max_body = max_body
-        self.verify_tls = verify_tls
-        self.source_address = str(source_address) if source_address else None
-        self.agent_header = DEFAULT_AGENT_HEADER if agent_header is None else agent_header
-        if host is None:
-            bare = f"[{self.address}]" if self.family == socket.AF_INET6 else self.address
-            host = bare if port == (443 if tls else 80) else f"{bare}:{port}"
-        # SNI carries names only; with an IP literal Python sends none but still checks the IP SAN
-        self.server_hostname = sni or _hostname(host)
-        self.request = (
-            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: havs-check\r\n"
-            "Accept-Encoding: identity\r\nConnection: keep-alive\r\n\r\n"
-        ).encode("latin-1")
-        # everything that must match for a kept-alive connection to be reused
-        self.key = (self.address, port, tls, verify_tls, self.server_hostname, self.source_address, self.head,
-                    tag)
-
-    def __repr__(self) -> str:
-        scheme = "https" if self.tls else "http"
-        return f"HttpProbe({scheme}://{self.address}:{self.port})"
-
-
-def _hostname(host: str) -> str:
-    """The name part of a Host header value: example.com:8080 → example.com, [::1]:80 → ::1."""
-    if host.startswith("["):
-        return host[1 : host.find("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class ConnectionPool:
@@ -383,27 +324,6 @@ class _HttpConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _os_reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "reset"
-    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
-        return "unreachable"
-    if isinstance(exc, OSError) and exc.errno in _LOCAL:
-        return f"local: {(exc.strerror or str(exc)).lower()}"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"error: {exc.strerror.lower()}"
-    return f"error: {exc!r}"
-
-
-def _failed(reason: str | None, latency: float) -> ProbeResult:
-    reason = reason or "error"
-    return ProbeResult(False, reason, latency, inconclusive=reason.startswith("local: "))
-
-
 def _tls_reason(exc: ssl.SSLError) -> str:
     detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
     return f"tls: {detail}"
@@ -498,41 +418,12 @@ async def probe_http(probe: HttpProbe, pool: ConnectionPool | None = None) -> Pr
     if failure is not None:
         conn.abort()
         return _failed(failure, latency)
-    result = _judge(probe, conn, latency)
+    result = judge(probe, conn.msg.code, conn.msg.headers, conn.body, latency)
     if pool is not None and conn.reusable and conn.alive and not conn.msg.should_close:
         pool.put(probe.key, conn)
     else:
         conn.abort()
     return result
-
-
-def _judge(probe: HttpProbe, conn: _HttpConnection, latency: float) -> ProbeResult:
-    msg = conn.msg
-    code = msg.code
-    if code not in probe.ok_status:
-        return ProbeResult(False, f"status {code}", latency)
-    if probe.body_re is not None and probe.body_re.search(conn.body.decode("utf-8", "replace")) is None:
-        return ProbeResult(False, "body mismatch", latency)
-    agent = None
-    if probe.agent_header:
-        value = msg.headers.get(probe.agent_header)
-        if value is not None:
-            agent = parse_agent_weight(value)
-    return ProbeResult(True, "ok", latency, agent)
-
-
-def parse_agent_weight(value: str) -> float | None:
-    """`50%` → 0.5; a bare number is a percentage too; `drain` → 0; anything else is ignored (None)."""
-    text = value.strip().lower()
-    if text == "drain":
-        return 0.0
-    try:
-        number = float(text.removesuffix("%"))
-    except ValueError:
-        return None
-    if number != number:  # NaN
-        return None
-    return min(max(number / 100.0, 0.0), 1.0)
 
 
 async def probe_tcp(
