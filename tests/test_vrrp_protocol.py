@@ -48,3 +48,24 @@ def test_round_trip(message: protocol.Message) -> None:
 def test_bad_lines_are_protocol_errors(line: bytes, why: str) -> None:
     with pytest.raises(ProtocolError, match=why):
         protocol.decode(line)
+
+
+def test_the_child_is_told_the_view_without_the_virtual_services() -> None:
+    # 1,000 services × 10 servers made a 1.9 MB Start line, over the child's read limit: VRRP never started
+    from pathlib import Path
+
+    from havs.configfile import load_view
+    from havs.core.model import NodeView
+    from havs.vrrp.child import LINE_LIMIT
+    from havs.vrrp.process import child_view
+
+    seed = Path(__file__).resolve().parents[1] / "etc" / "havs.yaml"
+    view = load_view(str(seed), "lvs1")
+    vs = view.config.virtual_services[0]
+    many = [vs.model_copy(update={"port": 20000 + i}) for i in range(1000)]
+    big = view.model_copy(update={"config": view.config.model_copy(update={"virtual_services": many})})
+    line = protocol.encode(Start(child_view(big)))
+    assert len(line) < 64 * 1024 < LINE_LIMIT
+    told = NodeView.model_validate(child_view(big))
+    assert told.config.virtual_services == [] and told.config.vrrp == big.config.vrrp and told.node == big.node
+    assert big.config.virtual_services == many  # the daemon's own view is untouched

@@ -38,6 +38,7 @@ from havs.vrrp.protocol import (
 )
 
 PUSH_EVERY = 0.5
+LINE_LIMIT = 16 * 1024 * 1024  # one message from the parent at most (a config file is at most 4 MiB)
 NICE = -10
 PR_SET_PDEATHSIG = 1
 
@@ -80,7 +81,9 @@ async def serve(fd: int, log_format: str) -> int:
 
     _no_watcher_threads()
     link = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_unix_connection(sock=link)
+    # a message is one line; asyncio's 64 KiB default would end the link on a large one (a Start or an
+    # Update with many keys or peers): the parent sends no more than this
+    reader, writer = await asyncio.open_unix_connection(sock=link, limit=LINE_LIMIT)
 
     def send(message: protocol.Message) -> None:
         if not writer.is_closing():
@@ -135,7 +138,10 @@ async def _commands(reader: asyncio.StreamReader, send: Any, shell: Any, log: An
     while True:
         try:
             line = await reader.readline()
-        except (OSError, ValueError):
+        except ValueError as e:  # one message over LINE_LIMIT: refused and skipped, the link goes on
+            log.error("vrrp.link_error", error=f"a message from the daemon is too long: {e}")
+            continue
+        except OSError:
             return False
         if not line:
             return False

@@ -48,6 +48,13 @@ from havs.vrrp.protocol import (
 
 OnState = Callable[[str, str, str], None]
 SECRETS = {"secrets": True}  # the view goes to our own child with its auth_hmac keys (masked everywhere else)
+
+
+def child_view(view: NodeView) -> dict[str, Any]:
+    """What the VRRP child is told: the view without the virtual services, which it never reads. A config of
+    10,000 real servers is megabytes of JSON; sent whole it also cost the child seconds to validate."""
+    trimmed = view.model_copy(update={"config": view.config.model_copy(update={"virtual_services": []})})
+    return trimmed.model_dump(mode="json", context=SECRETS)
 START_TIMEOUT = 60.0  # a cold start imports asyncio and pyroute2: seconds on a slow machine
 REPLY_TIMEOUT = 5.0
 PUSH_WINDOW = 2.0  # alive(): a snapshot pushed within this long (the child pushes every 0.5 s)
@@ -95,7 +102,7 @@ class VrrpProcess:
         """Blocking. RuntimeError with the child's reason if VRRP cannot start."""
         self.spawn()
         self._ready.clear()
-        self._send(Start(self.view.model_dump(mode="json", context=SECRETS)))
+        self._send(Start(child_view(self.view)))
         if not self._ready.wait(START_TIMEOUT) or self._start_error is not None:
             error = self._start_error or f"VRRP did not start: no answer in {START_TIMEOUT:.0f}s"
             self.stop(graceful=False)
@@ -143,7 +150,7 @@ class VrrpProcess:
         done, box = threading.Event(), []
         self._replies[rid] = (done, box)
         try:
-            self._send(Update(rid, view.model_dump(mode="json", context=SECRETS)))
+            self._send(Update(rid, child_view(view)))
             if done.wait(REPLY_TIMEOUT) and box and box[0]:
                 self.view = view
                 return True
@@ -257,7 +264,7 @@ class VrrpProcess:
                 self._spawn_locked()
             self._ready.clear()
             self._start_error = None
-            self._send(Start(self.view.model_dump(mode="json", context=SECRETS)))
+            self._send(Start(child_view(self.view)))
             self._sent_decrement = 0  # a new child starts at the configured priority, preempting
             self._sent_hold = ""
             self._flush_decrement()
