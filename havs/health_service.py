@@ -39,7 +39,6 @@ import gc
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from havs.core.health import (
@@ -51,49 +50,16 @@ from havs.core.health import (
     ProbeResult,
     ServerHealth,
     Timing,
-    server_name,
 )
-from havs.core.model import Check, RealServer, VirtualService
+from havs.core.health_target import Key as Key
+from havs.core.health_target import Target as Target
+from havs.core.health_target import ok_codes
+from havs.core.model import VirtualService
 from havs.edge.probe import ConnectionPool, HttpProbe, probe_http, probe_tcp
 
-Key = tuple[str, str]  # (service name, real server "address:port")
 # first checks at start, per second at most (while that fits in one interval): no herd of connects
 FIRST_ROUND_RATE = 1000.0
 OVERLOAD_LOG_EVERY = 5.0  # seconds between health.overload lines: overload hits every server at once
-
-
-@functools.lru_cache(maxsize=256)
-def _ok_codes(expect_status: tuple[str, ...]) -> frozenset[int]:
-    # the model parses ranges on each call; a frozenset makes the per-check test one hash lookup
-    check = Check(expect_status=list(expect_status))
-    return frozenset(code for code in range(100, 600) if check.status_ok(code))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one loop probes: the check as it applies to one real server of one service."""
-
-    service: str
-    server: str
-    address: str
-    port: int
-    check: Check
-
-    @classmethod
-    def of(cls, vs: VirtualService, rs: RealServer) -> Target:
-        check = vs.real_server_check(rs)
-        port = vs.real_server_port(rs)
-        return cls(
-            service=vs.name,
-            server=server_name(rs.address, port),
-            address=str(check.connect_address or rs.address),
-            port=check.connect_port or port,
-            check=check,
-        )
-
-    @property
-    def key(self) -> Key:
-        return (self.service, self.server)
 
 
 def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[ProbeResult]]:
@@ -115,7 +81,7 @@ def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[P
         method=check.method,
         path=check.path,
         host=check.host,
-        ok_status=_ok_codes(tuple(str(s) for s in check.expect_status)),
+        ok_status=ok_codes(tuple(str(s) for s in check.expect_status)),
         expect_body=check.expect_body,
         max_body=check.max_body,
         verify_tls=check.verify_tls,
