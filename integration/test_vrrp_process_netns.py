@@ -64,18 +64,22 @@ def run_parent(netns: str, config: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
 
+def child_pid(parent: subprocess.Popen[str]) -> int:
+    """The VRRP child's pid, as the test parent prints it once VRRP has started."""
+    assert parent.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = parent.stdout.readline()
+        assert line, "the parent exited before starting VRRP"
+        if line.startswith("CHILD "):
+            return int(line.split()[1])
+    raise AssertionError("no CHILD line from the parent within 60 s")
+
+
 def test_child_dies_with_a_crashed_daemon(netns: str) -> None:
     parent = run_parent(netns, CONFIG)
     try:
-        assert parent.stdout is not None
-        child = None
-        deadline = time.monotonic() + 60
-        while child is None and time.monotonic() < deadline:
-            line = parent.stdout.readline()
-            assert line, "the parent exited before starting VRRP"
-            if line.startswith("CHILD "):
-                child = int(line.split()[1])
-        assert child is not None
+        child = child_pid(parent)
         os.kill(child, 0)  # running
         parent.kill()  # kill -9: no goodbye to the child
         parent.wait(5)
@@ -105,15 +109,7 @@ def test_a_killed_child_is_noticed_at_once_and_restarted_releasing_stale_address
     parent = run_parent(netns, CONFIG)
     events: list[dict[str, object]] = []
     try:
-        assert parent.stdout is not None
-        child = None
-        deadline = time.monotonic() + 60
-        while child is None and time.monotonic() < deadline:
-            line = parent.stdout.readline()
-            assert line, "the parent exited before starting VRRP"
-            if line.startswith("CHILD "):
-                child = int(line.split()[1])
-        assert child is not None
+        child = child_pid(parent)
 
         def held() -> bool:
             out = subprocess.run(["ip", "-n", netns, "-o", "addr", "show", "dev", "d0"], capture_output=True,
