@@ -33,14 +33,14 @@ class HttpError(OSError):
 def http_get_here(url: str, timeout: float) -> str:
     """GET ``url`` from the current thread's namespace; return the body of a 200 or raise."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = parts.hostname or ""  # an IPv6 literal without its brackets
     port = parts.port or 80
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     deadline = time.monotonic() + timeout
     with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode())
         chunks = []
         while True:
             left = deadline - time.monotonic()

@@ -3,6 +3,7 @@
 Works on the host kernel (netns tier: everything but IPVS) and inside the UML lab (real IPVS). Both LANs
 are bridges inside a namespace of their own (``sw``), so nothing is created in the caller's namespace.
 Real servers run the lab's web server (integration/webserver.py); the client side is integration/client.py.
+Dual-stack on demand (``SeedLab(ipv6=True)``, ``enable_ipv6()``): the IPv6 addresses of seed.py on top.
 
 CLI: ``python -m integration.topology up|down [--prefix P]``.
 """
@@ -40,10 +41,12 @@ from integration.seed import (
     CLIENT_IP,
     DIRECTORS,
     GATEWAY,
+    GATEWAY6,
     LANS,
     LINKS,
     NODES,
     REAL_SERVERS,
+    REAL_SERVERS6,
     SWITCH,
     VIP,
     VIP_URL,
@@ -102,10 +105,12 @@ class SeedLab:
     ``prefix`` is prepended to every namespace name (default: none in UML,
     ``havs<pid>-`` on the host; see default_prefix() when several labs coexist).
     ``workdir`` holds docroots and logs (default: a fresh temporary directory,
-    removed on down()).
+    removed on down()). ``ipv6``: dual-stack (seed.py's IPv6 addresses too; see enable_ipv6()).
     """
 
-    def __init__(self, prefix: str | None = None, workdir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, prefix: str | None = None, workdir: str | os.PathLike[str] | None = None, *,
+                 ipv6: bool = False) -> None:
+        self.ipv6 = ipv6
         self._claimed_prefix = prefix is None
         self.prefix = default_prefix() if prefix is None else prefix
         self._own_workdir = workdir is None
@@ -163,7 +168,11 @@ class SeedLab:
                 # Directors route between the LANs (LVS-NAT needs it).
                 self.sysctl(node, "net.ipv4.ip_forward", "1")
             for node in NODES:
+                if self.ipv6:
+                    self._sysctls6(node)
                 self._baseline(node)
+            if self.ipv6:
+                self._wait_link_local()
             if web:
                 for rs in REAL_SERVERS:
                     self.start_web(rs)
@@ -218,6 +227,59 @@ class SeedLab:
             if not self.web_running(rs):
                 self.start_web(rs)
         self._batch("client", ["neigh flush all"])
+        if self.ipv6:
+            for node in ("client", *REAL_SERVERS):
+                self._batch(node, ["neigh flush all"], family=6)
+
+    # ------------------------------------------------------------- dual stack
+    def enable_ipv6(self) -> None:
+        """Make the running lab dual-stack: seed.py's IPv6 addresses, the real servers' IPv6 default route via
+        the IPv6 gateway, IPv6 forwarding on the directors, web servers on both families. No DAD anywhere
+        (a tentative address cannot be used for a second or two; nothing else claims these). reset() and
+        recover() keep it; disable_ipv6() takes it away again."""
+        self.ipv6 = True
+        for node in NODES:
+            self._sysctls6(node)
+            self._baseline6(node)
+        self._wait_link_local()
+        for rs in REAL_SERVERS:
+            if rs in self._web:
+                self.start_web(rs, bind=self._web_bind(rs))
+
+    def disable_ipv6(self) -> None:
+        """Back to IPv4 only: global IPv6 addresses and static IPv6 routes gone, web servers on IPv4."""
+        self.ipv6 = False
+        for node in NODES:
+            self._batch(node, ["route flush proto boot",
+                               *(f"addr flush dev {lk.ifname} scope global" for lk in self.links_of(node))], family=6)
+        for rs in REAL_SERVERS:
+            if rs in self._web:
+                self.start_web(rs, bind=self._web_bind(rs))
+
+    def _sysctls6(self, node: str) -> None:
+        # The kernel takes the larger of "all" and the interface's accept_dad: all three must be 0.
+        for key in ("all", "default", *(lk.ifname for lk in self.links_of(node))):
+            self.sysctl(node, f"net.ipv6.conf.{key}.accept_dad", "0")
+        if node in DIRECTORS:
+            self.sysctl(node, "net.ipv6.conf.all.forwarding", "1")
+
+    def _baseline6(self, node: str) -> None:
+        # Global addresses only: the link-local ones carry IPv6 VRRP (RFC 9568) and neighbour discovery.
+        cmds = ["route flush proto boot"]
+        for lk in self.links_of(node):
+            cmds += [f"addr flush dev {lk.ifname} scope global", f"addr add {lk.address6} dev {lk.ifname} nodad"]
+        if node in REAL_SERVERS:
+            cmds.append(f"route replace default via {GATEWAY6} dev eth0")
+        self._batch(node, cmds, family=6)
+
+    def _wait_link_local(self) -> None:
+        """Link-local addresses made before accept_dad=0 may still be tentative: wait them out."""
+        for node in NODES:
+            wait_until(f"{node}: IPv6 link-local addresses past DAD",
+                       lambda n=node: not self.ip_json(n, "-6", "addr", "show", "tentative"), 10)
+
+    def _web_bind(self, node: str) -> str:
+        return REAL_SERVERS[node] + (f",{REAL_SERVERS6[node]}" if self.ipv6 else "")
 
     def _baseline(self, node: str) -> None:
         cmds = ["link set lo up"]
@@ -231,11 +293,13 @@ class SeedLab:
         if node in REAL_SERVERS:
             cmds.append(f"route replace default via {GATEWAY} dev eth0")
         self._batch(node, cmds)
+        if self.ipv6:
+            self._baseline6(node)
 
-    def _batch(self, node: str, cmds: Sequence[str]) -> None:
-        # One `ip` process per namespace: process start-up is the slow part in UML.
+    def _batch(self, node: str, cmds: Sequence[str], family: int = 4) -> None:
+        # One `ip` process per namespace and family: process start-up is the slow part in UML.
         # -4: "addr flush" must not drop IPv6 link-local addresses.
-        _run(["ip", "-4", "-n", self.ns(node), "-batch", "-"], input="".join(c + "\n" for c in cmds))
+        _run(["ip", f"-{family}", "-n", self.ns(node), "-batch", "-"], input="".join(c + "\n" for c in cmds))
 
     # ---------------------------------------------------------- primitives
     def exec(self, node: str, argv: Sequence[str], *, check: bool = True, timeout: float = 60,
@@ -321,12 +385,13 @@ class SeedLab:
     ) -> subprocess.Popen[bytes]:
         """Start (or restart) ``node``'s web server; wait until it listens.
 
-        Defaults for rs1/rs2 are the seed's (their address, "lvs-webN\\n"). ``keep_alive=False``: every
-        response says ``Connection: close``, as some servers do."""
+        Defaults for rs1/rs2 are the seed's (their address, both families in a dual-stack lab, "lvs-webN\\n");
+        ``bind`` may list several addresses, comma-separated. ``keep_alive=False``: every response says
+        ``Connection: close``, as some servers do."""
         self.stop_web(node)
         w = self._web.get(node)
         if w is None or bind is not None or body is not None:
-            ip = bind or REAL_SERVERS.get(node)
+            ip = bind or (self._web_bind(node) if node in REAL_SERVERS else None)
             if ip is None:
                 raise TopologyError(f"start_web({node!r}) needs bind=")
             root = self.docroot(node)

@@ -1,9 +1,10 @@
 """The lab's web server: the seed's httpd in a few lines of stdlib, one per real server namespace.
 
-    python -m integration.webserver ADDRESS PORT DOCROOT [KEEP_ALIVE: 1|0]
+    python -m integration.webserver ADDRESS[,ADDRESS...] PORT DOCROOT [KEEP_ALIVE: 1|0]
 
-GET/HEAD of files under DOCROOT, "/" → index.html, 404 otherwise; prints "listening" once bound, then one
-line per request ("GET / HTTP/1.1 200"). Like the seed's httpd, HTTP/1.1 clients keep their connection
+GET/HEAD of files under DOCROOT, "/" → index.html, 404 otherwise, on every ADDRESS (IPv4 or IPv6: a
+dual-stack real server lists one of each); prints "listening" once all are bound, then one line per request
+("GET / HTTP/1.1 200"). Like the seed's httpd, HTTP/1.1 clients keep their connection
 (5 s idle) and HTTP/1.0 ones do not; KEEP_ALIVE 0 answers every request with ``Connection: close``.
 
 Standard library only, and no import of the repository: the lab starts it as a script with
@@ -63,13 +64,23 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (3, 4):
         print(__doc__, file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    address, port, root = argv[0], int(argv[1]), argv[2]
+    addresses, port, root = argv[0].split(","), int(argv[1]), argv[2]
     keep_alive = (argv[3] if len(argv) > 3 else "1") == "1"
-    srv = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((address, port))
-    srv.listen(128)
-    print("listening", address, port, flush=True)
+    servers = []
+    for address in addresses:
+        srv = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((address, port))
+        srv.listen(128)
+        servers.append(srv)
+    print("listening", ",".join(addresses), port, flush=True)
+    for srv in servers[1:]:
+        threading.Thread(target=accept, args=(srv, root, keep_alive), daemon=True).start()
+    accept(servers[0], root, keep_alive)
+    return 0
+
+
+def accept(srv: socket.socket, root: str, keep_alive: bool) -> None:
     while True:
         c, _ = srv.accept()
         threading.Thread(target=serve, args=(c, root, keep_alive), daemon=True).start()
