@@ -53,13 +53,15 @@ from havs.core.vrrp_model import (
     TakeAddresses,
     Timers,
     VrrpParams,
+    WantMaster,
 )
 from havs.core.wire import Advertisement, IPAddress
 from havs.errors import PacketError
 
 # What a reload may change without touching the state (the rest makes a new instance).
 RECONFIGURABLE = frozenset({"priority", "advert_interval", "preempt", "preempt_delay", "auth_pass", "garp_refresh",
-                            "garp_burst_interval", "lower_priority_advert", "higher_priority_advert", "auth"})
+                            "garp_burst_interval", "lower_priority_advert", "higher_priority_advert", "auth",
+                            "sync_group"})
 
 
 class VrrpInstance:
@@ -79,6 +81,7 @@ class VrrpInstance:
         self.last_master_advert: float | None = None  # BACKUP: when the followed master last advertised
         self.resign_pending = False  # BACKUP: the master's priority 0 is counting down
         self.resign_started: float | None = None  # RESIGNING: when we sent priority 0
+        self.want_master = False  # BACKUP in a sync group: Master_Down ran out, the group has not said go
         self.answers = AnswerLimiter()  # MASTER
         self.auth = vrrp_auth.Authenticator(params.auth) if params.auth is not None else None
 
@@ -126,6 +129,19 @@ class VrrpInstance:
 
     def recover(self, now: float, reason: str = "interface_up") -> list[Action]:
         return self._input(Input.RECOVER, now, reason=reason)
+
+    def force(self, to: State, now: float, reason: str = "sync_group") -> list[Action]:
+        """A sync group's verdict (havs.core.vrrp_group): FAULT with a member, back to BACKUP when no member is
+        faulty (or from MASTER when a member stepped down), MASTER when every member wants it. Inputs of the
+        table like any other: from a state where the move makes no sense it is a counted no-op."""
+        if to == FAULT:
+            return self._input(Input.FAULT, now, reason=reason)
+        if to == MASTER:
+            return self._input(Input.SYNC_MASTER, now, reason=reason)
+        if to == BACKUP:
+            kind = Input.RECOVER if self.state == FAULT else Input.SYNC_BACKUP
+            return self._input(kind, now, reason=reason)
+        raise ValueError(f"a sync group cannot force {to}")
 
     def set_priority(self, priority: int, now: float) -> list[Action]:
         """Change the effective priority (tracking). A master tells its peer at once, so a healthier
@@ -235,6 +251,7 @@ class VrrpInstance:
             "dropped": dict(self.counters.dropped),
             "ignored": dict(self.counters.ignored),
             "auth": _auth_snapshot(self.auth, self.counters),
+            **({"want_master": self.want_master} if self.params.sync_group else {}),
         }
 
     # ------------------------------------------------------------------------------------- machinery
@@ -270,7 +287,7 @@ class VrrpInstance:
             actions.append(ReleaseAddresses(self.params.addresses))
         self.timers = Timers()
         self.preempt_from = self.last_master_advert = None
-        self.resign_pending = False
+        self.resign_pending = self.want_master = False
         self.answers.clear()
         self.state = to
         self.since = now
@@ -314,4 +331,5 @@ __all__ = [
     "ANSWERS_PER_INTERVAL", "BACKUP", "FAULT", "INIT", "MASTER", "MOVES", "RESIGNING", "RESIGN_EXTRA",
     "STALE_CHECK_INTERVALS", "TABLE", "Action", "AdvertDropped", "AnnounceAddresses", "Handover", "Ignored", "Input",
     "ReleaseAddresses", "SendAdvertisement", "State", "StateChanged", "TakeAddresses", "VrrpInstance", "VrrpParams",
+    "WantMaster",
 ]

@@ -23,6 +23,7 @@ from havs.core.vrrp_model import (
     ReleaseAddresses,
     SendAdvertisement,
     State,
+    WantMaster,
 )
 from havs.core.wire import Advertisement, IPAddress
 
@@ -42,8 +43,9 @@ def _drop(inst: VrrpInstance, reason: str, src: IPAddress) -> list[Action]:
     return [AdvertDropped(reason, src)]
 
 
-def _accept_master(inst: VrrpInstance, adv: Advertisement, src: IPAddress, now: float) -> None:
-    """Follow this master: its interval (v3), address and priority; Master_Down_Timer restarts."""
+def _accept_master(inst: VrrpInstance, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
+    """Follow this master: its interval (v3), address and priority; Master_Down_Timer restarts. A sync group
+    member that wanted MASTER does no longer: the group hears it."""
     if inst.params.version == 3:
         inst.master_adver_interval = adv.interval_seconds
     inst.master_address = src
@@ -51,6 +53,10 @@ def _accept_master(inst: VrrpInstance, adv: Advertisement, src: IPAddress, now: 
     inst.last_master_advert = now
     inst.resign_pending = False
     inst.timers.master_down = now + inst.master_down_interval
+    if inst.want_master:
+        inst.want_master = False
+        return [WantMaster(False)]
+    return []
 
 
 # handlers: (instance, now, advert, source, reason) -> actions
@@ -91,9 +97,30 @@ def _release(inst: VrrpInstance, now: float, *_: object) -> list[Action]:
 
 
 def _master_down(inst: VrrpInstance, now: float, *_: object) -> list[Action]:
+    if inst.params.sync_group:
+        # keepalived's vrrp_sync_can_goto_master: a member goes MASTER only with the others (the group
+        # sends SYNC_MASTER once every member wants it); meanwhile it keeps listening, and asks again
+        inst.want_master = True
+        inst.timers.master_down = now + inst.master_down_interval
+        return [WantMaster(True)]
+    return _take_over(inst, now)
+
+
+def _take_over(inst: VrrpInstance, now: float) -> list[Action]:
     # name the master that went silent (priority 0 if it resigned), as keepalived does
     peer_priority = 0 if inst.resign_pending else inst.master_priority
     return inst._transition(MASTER, "master_down", now, inst.master_address, peer_priority)
+
+
+def _sync_master(inst: VrrpInstance, now: float, _adv: object, _src: object, reason: str) -> list[Action]:
+    if inst.want_master:  # its own master went silent too: say so, as a plain takeover would
+        return _take_over(inst, now)
+    return inst._transition(MASTER, reason or "sync_group", now)
+
+
+def _sync_backup(inst: VrrpInstance, now: float, _adv: object, _src: object, reason: str) -> list[Action]:
+    # a member heard a higher priority and stepped down: the group's addresses move together
+    return inst._transition(BACKUP, reason or "sync_group", now)
 
 
 def _adver(inst: VrrpInstance, now: float, *_: object) -> list[Action]:
@@ -120,15 +147,13 @@ def _backup_advert(inst: VrrpInstance, now: float, adv: Advertisement | None, sr
             if inst.preempt_from is None:
                 inst.preempt_from = now
             if now < inst.preempt_from + inst.params.preempt_delay:
-                _accept_master(inst, adv, src, now)
-                return []
+                return _accept_master(inst, adv, src, now)
         # preempting: ignore it and let Master_Down_Timer run out
         return []
     inst.preempt_from = None
     if inst.resign_pending and src == inst.master_address:
         inst.counters.dropped["priority0_contradicted"] += 1  # the master is alive after all
-    _accept_master(inst, adv, src, now)
-    return []
+    return _accept_master(inst, adv, src, now)
 
 
 def _backup_resignation(inst: VrrpInstance, now: float, src: IPAddress) -> list[Action]:
@@ -155,8 +180,7 @@ def _master_advert(inst: VrrpInstance, now: float, adv: Advertisement | None, sr
             inst.counters.adverts_sent += 1
             actions.append(SendAdvertisement(p.advert(inst.priority)))
         actions += inst._transition(BACKUP, "higher_priority", now, src, adv.priority)
-        _accept_master(inst, adv, src, now)
-        return actions
+        return actions + _accept_master(inst, adv, src, now)
     if adv.priority > 0 and not p.lower_priority_advert:
         return []
     if not inst.answers.allow(src, now, p.advert_interval):
@@ -193,12 +217,16 @@ TABLE: dict[tuple[State, Input], Handler] = {
     (BACKUP, Input.FAULT): _fault,
     (BACKUP, Input.STOP): _shutdown,
     (BACKUP, Input.SHUTDOWN): _shutdown,
+    (BACKUP, Input.SYNC_MASTER): _sync_master,
+    (BACKUP, Input.SYNC_BACKUP): _noop,
     (MASTER, Input.ADVERT): _master_advert,
     (MASTER, Input.ADVER): _adver,
     (MASTER, Input.GARP): _garp_refresh,
     (MASTER, Input.FAULT): _fault,
     (MASTER, Input.STOP): _resign,
     (MASTER, Input.SHUTDOWN): _shutdown,
+    (MASTER, Input.SYNC_MASTER): _noop,
+    (MASTER, Input.SYNC_BACKUP): _sync_backup,
     (RESIGNING, Input.ADVERT): _resigning_advert,
     (RESIGNING, Input.RELEASE): _release,  # successor heard (and lingered), or the deadline
     (RESIGNING, Input.SHUTDOWN): _release,

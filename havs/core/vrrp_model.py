@@ -36,6 +36,9 @@ class Input(StrEnum):
     GARP = "garp"
     RELEASE = "release"  # the resigning master's wait is over
     STALE_CHECK = "stale_check"
+    # a sync group's verdict (havs.core.vrrp_group): every member wants MASTER, or a member left MASTER
+    SYNC_MASTER = "sync_master"
+    SYNC_BACKUP = "sync_backup"
 
 
 # The moves that may happen; anything else is a bug in this module and raises.
@@ -72,6 +75,9 @@ class VrrpParams:
     # can heal with the winner's advert arriving first and hosts keep the loser's MAC until ARP times out.
     higher_priority_advert: bool = True
     auth: AuthParams | None = None  # keepalived 2.4 `auth_hmac` (havs.core.vrrp_auth); None: no trailer
+    # in a vrrp_sync_group: Master_Down running out asks the group (WantMaster) instead of taking over, so
+    # the members go MASTER together, once every one of them has lost its master (keepalived's rule)
+    sync_group: bool = False
 
     def advert(self, priority: int) -> Advertisement:
         """Our advertisement at `priority` (0: resigning)."""
@@ -150,8 +156,16 @@ class Handover:
     waited: float
 
 
+@dataclass(frozen=True)
+class WantMaster:
+    """A sync group member's Master_Down ran out (want) or it heard a master again (not): the group
+    decides (havs.core.vrrp_group) and forces the members with SYNC_MASTER."""
+
+    want: bool
+
+
 Action = (SendAdvertisement | StateChanged | TakeAddresses | ReleaseAddresses | AnnounceAddresses | AdvertDropped
-          | Ignored | Handover)
+          | Ignored | Handover | WantMaster)
 
 
 @dataclass
