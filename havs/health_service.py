@@ -62,8 +62,10 @@ FIRST_ROUND_RATE = 1000.0
 OVERLOAD_LOG_EVERY = 5.0  # seconds between health.overload lines: overload hits every server at once
 
 
-def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[ProbeResult]]:
-    """The probe coroutine factory for one target (a check of type `none` has none)."""
+def make_probe(target: Target, pool: ConnectionPool,
+               loop: asyncio.AbstractEventLoop | None = None) -> Callable[[], Awaitable[ProbeResult]]:
+    """The probe coroutine factory for one target (a check of type `none` has none). `loop`: the loop the
+    probes will run on, handed to them so that no check looks it up (edge/probe.py says why)."""
     check = target.check
     source = str(check.source_address) if check.source_address else None
     if target.port == 0:
@@ -72,7 +74,7 @@ def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[P
         return no_port
     if check.type == "tcp":
         return functools.partial(probe_tcp, target.address, target.port, timeout=check.timeout,
-                                 source_address=source)
+                                 source_address=source, loop=loop)
     probe = HttpProbe(
         target.address,
         target.port,
@@ -90,7 +92,7 @@ def make_probe(target: Target, pool: ConnectionPool) -> Callable[[], Awaitable[P
         source_address=source,
         tag=target.key,  # one kept-alive connection per (service, server), even with a shared connect_address
     )
-    return functools.partial(probe_http, probe, pool)
+    return functools.partial(probe_http, probe, pool, loop)
 
 
 class _Loop:
@@ -274,7 +276,7 @@ class HealthService:
             self._loops[target.key] = _Loop(target, health, None)
             self._observe(self._loops[target.key], ProbeResult(True, "no check", 0.0), now, force=True)
             return
-        loop = _Loop(target, health, make_probe(target, self._pool))
+        loop = _Loop(target, health, make_probe(target, self._pool, asyncio.get_running_loop()))
         self._loops[target.key] = loop
         if not at_start:
             first = 0.0  # added by a reload: nobody has checked it, check it now
@@ -312,7 +314,7 @@ class HealthService:
                 now = asyncio.get_running_loop().time()
                 self._observe(loop, ProbeResult(True, "no check", 0.0), now, force=True)
             return
-        loop.probe = make_probe(target, self._pool)
+        loop.probe = make_probe(target, self._pool, asyncio.get_running_loop())
         if was_none:
             self._start_task(loop, 0.0)
 

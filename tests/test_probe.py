@@ -4,9 +4,10 @@ clear reason, connections are kept alive, nothing leaks."""
 from __future__ import annotations
 
 import asyncio
-import errno
+import contextlib
 import gc
 import os
+import resource
 import shutil
 import socket
 import ssl
@@ -164,6 +165,10 @@ async def server() -> AsyncIterator[Server]:
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _open_fd_numbers() -> list[int]:
+    return [int(name) for name in os.listdir("/proc/self/fd")]
 
 
 @pytest.fixture
@@ -366,14 +371,25 @@ async def test_source_address_and_connect_errors(server: Server, no_leaks: Conne
 
 async def test_local_shortage_is_inconclusive(server: Server, no_leaks: ConnectionPool,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Out of descriptors on the director: the check says so and is not a failure of the server."""
-    def no_descriptors(*_args: object, **_kw: object) -> socket.socket:
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(socket, "socket", no_descriptors)
-    for result in (await probe_tcp(LOOPBACK, server.port), await probe_http(_probe(server, "/ok"), no_leaks)):
-        assert not result.ok and result.inconclusive and result.reason == "local: too many open files"
-    monkeypatch.undo()
+    """Out of descriptors on the director: the check says so and is not a failure of the server. The
+    shortage is real (every free descriptor under a lowered limit taken), so it reaches the socket the
+    event loop itself creates for an HTTP check, as well as the TCP check's own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, max(_open_fd_numbers()) + 16), hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.dup(0))
+        results = [await probe_tcp(LOOPBACK, server.port), await probe_http(_probe(server, "/ok"), no_leaks)]
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fillers
+    for result in results:
+        assert not result.ok and result.inconclusive and result.reason == "local: too many open files", result
+    assert (await probe_http(_probe(server, "/ok"), no_leaks)).ok
     refused = await probe_tcp(LOOPBACK, _free_port())
     assert refused.reason == "refused" and not refused.inconclusive
 

@@ -16,7 +16,7 @@ import contextlib
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from havs.bgp.bird import BirdProcess
 from havs.bgp.control import BirdControl
@@ -35,7 +35,9 @@ from havs.core.bgp import (
 from havs.core.desired import Desired
 from havs.core.ipvs_table import IpvsTable
 from havs.core.model import NodeView
-from havs.edge.addresses import Addresses
+
+if TYPE_CHECKING:  # imported when BGP starts: pyroute2 is ~20 MB of RSS a daemon without BGP never uses
+    from havs.edge.addresses import Addresses
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # a director must accept a mid-flow packet of a connection another director started: ECMP moved the flow
@@ -57,7 +59,7 @@ class BgpSupervisor:
         self.view: NodeView | None = None
         self.bird: BirdProcess | None = None
         self.control: BirdControl | None = None
-        self.addresses = Addresses()
+        self._addresses: Addresses | None = None
         self.wanted: dict[IPAddress, Verdict] = {}
         self.announced: set[IPAddress] = set()
         self.on_lo: set[IPAddress] = set()
@@ -67,6 +69,15 @@ class BgpSupervisor:
         self._changed = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def addresses(self) -> Addresses:
+        """The VIPs' loopback addresses over rtnetlink, made on first use (only with `bgp:`)."""
+        if self._addresses is None:
+            from havs.edge.addresses import Addresses
+
+            self._addresses = Addresses()
+        return self._addresses
 
     @property
     def active(self) -> bool:
