@@ -19,7 +19,7 @@ import os
 import socket
 import stat
 
-from havs.core.config import LoadedConfig, parse_located, path_str, select_node
+from havs.core.config import LoadedConfig, parse_located, select_node
 from havs.core.model import Config, NodeView
 from havs.core.semantics import socket_collision
 from havs.errors import ConfigError, ConfigProblem
@@ -149,24 +149,28 @@ def host_problems(loaded: LoadedConfig, view: NodeView) -> list[ConfigProblem]:
         except OSError:
             problems.append(loaded.problem(("nodes", view.name, "interfaces", role),
                                            f"interface {ifname} does not exist on this host ({socket.gethostname()})"))
-    vrrp = view.config.vrrp
-    for hook in ("master", "backup", "fault", "stop"):
-        argv = getattr(vrrp.notify, hook) if vrrp else None
-        if not argv or not argv[0].startswith("/"):
-            continue  # an empty or relative command is already an error of the file
-        where = ("vrrp", "notify", hook, 0)
-        if not os.path.exists(argv[0]):
-            problems.append(loaded.problem(where, f"{argv[0]} does not exist on this host"))
-        elif not os.path.isfile(argv[0]) or not os.access(argv[0], os.X_OK):
-            problems.append(loaded.problem(where, f"{argv[0]} is not an executable file"))
+    hooks = [(("vrrp", i), v.notify) for i, v in enumerate(view.config.vrrp)]
+    hooks += [(("vrrp_sync_groups", i), g.notify) for i, g in enumerate(view.config.vrrp_sync_groups)]
+    for base, notify in hooks:
+        for hook in ("master", "backup", "fault", "stop"):
+            argv = getattr(notify, hook)
+            if not argv or not argv[0].startswith("/"):
+                continue  # an empty or relative command is already an error of the file
+            where = (*base, "notify", hook, 0)
+            if not os.path.exists(argv[0]):
+                problems.append(loaded.problem(where, f"{argv[0]} does not exist on this host"))
+            elif not os.path.isfile(argv[0]) or not os.access(argv[0], os.X_OK):
+                problems.append(loaded.problem(where, f"{argv[0]} is not an executable file"))
     # file: keys are read where the VRRP process reads them, with the same rules (a missing, unreadable or
     # world-readable file keeps VRRP from starting); the message names the file, never the key
-    for kid, spec in (vrrp.auth_hmac.keys.items() if vrrp and vrrp.auth_hmac else ()):
-        if spec.get_secret_value().startswith("file:"):
-            try:
-                read_key(spec.get_secret_value())
-            except ValueError as e:
-                # the line is the key's own (YAML keys are text); the path names it as the parser's errors do
-                line = loaded.line_of(("vrrp", "auth_hmac", "keys", str(kid)))
-                problems.append(ConfigProblem(loaded.file, line, path_str(("vrrp", "auth_hmac", "keys", kid)), str(e)))
+    for i, v in enumerate(view.config.vrrp):
+        for kid, spec in (v.auth_hmac.keys.items() if v.auth_hmac else ()):
+            if spec.get_secret_value().startswith("file:"):
+                try:
+                    read_key(spec.get_secret_value())
+                except ValueError as e:
+                    # the line is the key's own (YAML keys are text); the path names it as the parser's do
+                    at = ("vrrp", i, "auth_hmac", "keys")
+                    problems.append(ConfigProblem(loaded.file, loaded.line_of((*at, str(kid))),
+                                                  loaded.problem((*at, kid), "").path, str(e)))
     return problems

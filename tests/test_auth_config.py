@@ -32,7 +32,7 @@ def problems(block: str) -> list[str]:
 
 def test_a_valid_block_loads_with_defaults_and_is_masked() -> None:
     cfg = parse_located(with_block(f'  auth_hmac:\n    keys: {{1: "{KEY_HEX}"}}\n    active_key: 1\n')).config
-    a = cfg.vrrp.auth_hmac  # type: ignore[union-attr]
+    a = cfg.vrrp[0].auth_hmac  # type: ignore[union-attr]
     assert a is not None and (a.anti_replay, a.time_window, a.mode) == ("time", None, "enforce")
     dumped = cfg.model_dump_json()
     assert "5a5a" not in dumped and "**********" in dumped and "5a5a" not in repr(cfg)
@@ -98,7 +98,7 @@ def test_auth_params_names_the_key_id(tmp_path: Path) -> None:
     cfg = parse_located(with_block(f'  auth_hmac:\n    keys: {{1: "{KEY_HEX}", 7: "file:{tmp_path}/none"}}\n'
                                    "    active_key: 1\n")).config
     with pytest.raises(ValueError, match=r"vrrp\.auth_hmac\.keys\.7: .*cannot read"):
-        auth_params(cfg.vrrp.auth_hmac, 1.0)  # type: ignore[union-attr]
+        auth_params(cfg.vrrp[0].auth_hmac, 1.0)  # type: ignore[union-attr]
 
 
 def test_a_bad_key_is_reported_on_its_own_line() -> None:

@@ -48,8 +48,8 @@ def test_shipped_config_is_valid_for_both_nodes() -> None:
     lvs1 = select_node(config, "lvs1", "whatever")
     lvs2 = select_node(config, "lvs2", "whatever")
     assert lvs1.node.priority > lvs2.node.priority
-    assert config.vrrp is not None
-    assert [(str(a.address), a.interface) for a in config.vrrp.addresses] == [
+    assert config.vrrp
+    assert [(str(a.address), a.interface) for a in config.vrrp[0].addresses] == [
         ("192.168.0.108/24", "client"),
         ("192.168.72.130/24", "server"),
     ]

@@ -45,12 +45,36 @@ class LoadedConfig:
     config: Config
     file: str
     lines: dict[Path, int]
+    single_vrrp: bool = False  # `vrrp:` was written as one mapping: paths say vrrp.x, not vrrp[0].x
 
     def line_of(self, path: Path) -> int | None:
         return _line_of(self.lines, path)
 
     def problem(self, path: Path, message: str) -> ConfigProblem:
-        return ConfigProblem(self.file, self.line_of(path), path_str(path), message)
+        return ConfigProblem(self.file, self.line_of(path), _shown(path_str(path), self.single_vrrp), message)
+
+
+def _shown(path: str, single_vrrp: bool) -> str:
+    """The path as the operator wrote it: the one-instance form `vrrp:` has no index."""
+    return "vrrp" + path[len("vrrp[0]"):] if single_vrrp and path.startswith("vrrp[0]") else path
+
+
+def _indexed(path: str, single_vrrp: bool) -> str:
+    """The inverse of `_shown`: vrrp.x → vrrp[0].x in a one-instance file."""
+    if single_vrrp and (path == "vrrp" or path.startswith(("vrrp.", "vrrp["))) and not path.startswith("vrrp[0]"):
+        return "vrrp[0]" + path[len("vrrp"):]
+    return path
+
+
+def _one_instance(data: dict[str, Any], lines: dict[Path, int]) -> bool:
+    """`vrrp:` as one mapping (the one-instance form) → a list of one, with its lines under vrrp[0] too."""
+    if not isinstance(data.get("vrrp"), dict):
+        return False
+    data["vrrp"] = [data["vrrp"]]
+    for path, line in list(lines.items()):
+        if path[:1] == ("vrrp",):
+            lines.setdefault(("vrrp", 0, *path[1:]), line)
+    return True
 
 
 def _line_of(lines: dict[Path, int], path: Path) -> int | None:
@@ -255,8 +279,10 @@ def _parse(text: str, file: str) -> LoadedConfig:
         raise ConfigError([ConfigProblem(file, 1, "", "the top level must be a mapping of keys")])
     _default_checks(data)
     _merge_real_server_checks(data)
+    single = _one_instance(data, builder.lines)
     problems = list(builder.problems)
-    said = {p.path for p in problems}  # a value the builder already rejected needs no second message
+    # a value the builder already rejected needs no second message (its path as validation will say it)
+    said = {_indexed(p.path, single) for p in problems}
     try:
         config: Config | None = Config.model_validate(data)
     except ValidationError as e:
@@ -268,14 +294,15 @@ def _parse(text: str, file: str) -> LoadedConfig:
     elif written <= PARTIAL_MAX_NODES:
         parts = _valid_parts(data)
     else:  # a huge file that failed: its schema errors now, not a second validation's worth of waiting
-        parts = (None, {}, None, [])
+        parts = (None, {}, [], [])
     for path, message in semantic_problems(*parts):
         if not any(path_str(path[:n]) in said for n in range(1, len(path) + 1)):
             problems.append(ConfigProblem(file, builder.line_of(path), path_str(path), message))
     if problems or config is None:
+        problems = [ConfigProblem(p.file, p.line, _shown(p.path, single), p.message) for p in problems]
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ConfigError(_dedupe(problems))
-    return LoadedConfig(config, file, builder.lines)
+    return LoadedConfig(config, file, builder.lines, single)
 
 
 def _located(e: ValidationError, prefix: Path, builder: _Builder, said: set[str]) -> list[ConfigProblem]:
@@ -291,7 +318,7 @@ def _located(e: ValidationError, prefix: Path, builder: _Builder, said: set[str]
     return out
 
 
-Parts = tuple[Settings | None, dict[str, Node], Vrrp | None, list[tuple[int, VirtualService]]]
+Parts = tuple[Settings | None, dict[str, Node], list[tuple[int, Vrrp]], list[tuple[int, VirtualService]]]
 
 
 PARTIAL_ROUNDS = 4
@@ -317,7 +344,7 @@ def _drop(data: Any, loc: Path, missing: bool) -> bool:
 
 
 def _parts(config: Config) -> Parts:
-    return config.settings, dict(config.nodes), config.vrrp, list(enumerate(config.virtual_services))
+    return config.settings, dict(config.nodes), list(enumerate(config.vrrp)), list(enumerate(config.virtual_services))
 
 
 def _valid_parts(data: dict[str, Any]) -> Parts:
@@ -341,7 +368,9 @@ def _valid_parts(data: dict[str, Any]) -> Parts:
     raw_nodes = data.get("nodes")
     nodes = {k: n for k, v in raw_nodes.items() if (n := valid(Node, v)) is not None} \
         if isinstance(raw_nodes, dict) else {}
-    vrrp = valid(Vrrp, data["vrrp"]) if data.get("vrrp") is not None else None
+    raw_vrrp = data.get("vrrp")
+    vrrp = [(i, v) for i, x in enumerate(raw_vrrp) if (v := valid(Vrrp, x)) is not None] \
+        if isinstance(raw_vrrp, list) else []
     raw_services = data.get("virtual_services")
     services = [(i, vs) for i, v in enumerate(raw_services) if (vs := valid(VirtualService, v)) is not None] \
         if isinstance(raw_services, list) else []

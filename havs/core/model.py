@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -29,6 +29,7 @@ from havs.core.model_vrrp import ConnectionSync as ConnectionSync
 from havs.core.model_vrrp import FloatingAddress as FloatingAddress
 from havs.core.model_vrrp import Garp as Garp
 from havs.core.model_vrrp import Notify as Notify
+from havs.core.model_vrrp import SyncGroup as SyncGroup
 from havs.core.model_vrrp import Vrrp as Vrrp
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
@@ -328,30 +329,111 @@ class Config(Strict):
 
     settings: Settings = Field(default_factory=Settings)
     nodes: dict[str, Node] = Field(min_length=1)
-    vrrp: Vrrp | None = None
+    # one instance (a mapping, as before) or several (a list); always a list once loaded
+    vrrp: list[Vrrp] = Field(default_factory=list)
+    vrrp_sync_groups: list[SyncGroup] = Field(default_factory=list)
     bgp: Bgp | None = None
     virtual_services: list[VirtualService] = Field(default_factory=list)
+
+    @field_validator("vrrp", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        return v if isinstance(v, list | tuple) else [v]
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         _bgp_checks(self)
-        if self.vrrp is not None:
-            v = self.vrrp
-            roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
-            if v.connection_sync is not None:
-                roles.add(v.connection_sync.interface)
-            for name, node in self.nodes.items():
-                missing = sorted(roles - node.interfaces.keys())
-                if missing:
-                    raise Problem(
-                        ("nodes", name, "interfaces"), f"no interface for role(s) {', '.join(missing)} used by vrrp"
-                    )
+        _instance_checks(self)
         keys: set[str] = set()
         for i, vs in enumerate(self.virtual_services):
             if vs.name in keys:
                 raise Problem(("virtual_services", i), f"{vs.name} is declared twice")
             keys.add(vs.name)
         return self
+
+    def instance(self, name: str) -> Vrrp:
+        """The VRRP instance called `name` (KeyError if none)."""
+        for v in self.vrrp:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def group_of(self, name: str) -> SyncGroup | None:
+        """The sync group instance `name` belongs to, if any."""
+        for g in self.vrrp_sync_groups:
+            if name in g.instances:
+                return g
+        return None
+
+    @property
+    def vrrp_one(self) -> Vrrp | None:
+        """TODO(instances): the first instance, for code not yet made multi-instance; goes away."""
+        return self.vrrp[0] if self.vrrp else None
+
+    @property
+    def floating(self) -> dict[str, str]:
+        """Every floating address (its IP as text) → the name of the instance that floats it."""
+        return {str(fa.address.ip): v.name for v in self.vrrp for fa in v.addresses}
+
+
+def _instance_checks(config: Config) -> None:
+    """Across VRRP instances and nodes: names, router ids, addresses, groups, priorities, interfaces."""
+    names: dict[str, int] = {}
+    owner: dict[str, str] = {}  # floating IP → instance name
+    router_ids: dict[tuple[str, str, int, int], str] = {}  # (node, ifname, family, router id) → instance
+    for i, v in enumerate(config.vrrp):
+        if v.name in names:
+            raise Problem(("vrrp", i, "name"), f"instance {v.name} is declared twice (also vrrp[{names[v.name]}])")
+        names[v.name] = i
+        for j, fa in enumerate(v.addresses):
+            ip = str(fa.address.ip)
+            if ip in owner:
+                raise Problem(("vrrp", i, "addresses", j), f"{ip} is already an address of instance {owner[ip]}: "
+                                                           "an address floats in exactly one instance")
+            owner[ip] = v.name
+        if v.priority is not None:
+            missing = sorted(config.nodes.keys() - v.priority.keys())
+            unknown = sorted(v.priority.keys() - config.nodes.keys())
+            if unknown:
+                raise Problem(("vrrp", i, "priority", unknown[0]), f"{unknown[0]} is not a node")
+            if missing:
+                raise Problem(("vrrp", i, "priority"), f"no priority for node(s) {', '.join(missing)}: "
+                                                       "a per-node priority map names every node")
+        roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
+        if v.connection_sync is not None:
+            roles.add(v.connection_sync.interface)
+        for name, node in config.nodes.items():
+            missing = sorted(roles - node.interfaces.keys())
+            if missing:
+                which = f"vrrp instance {v.name}" if len(config.vrrp) > 1 else "vrrp"
+                raise Problem(("nodes", name, "interfaces"),
+                              f"no interface for role(s) {', '.join(missing)} used by {which}")
+            key = (name, node.interfaces[v.interface], v.family, v.router_id)
+            if key in router_ids:
+                raise Problem(("vrrp", i, "router_id"), f"router id {v.router_id} is already used by instance "
+                                                        f"{router_ids[key]} on {key[1]} (IPv{v.family}) of node "
+                                                        f"{name}: one router id per interface and family")
+            router_ids[key] = v.name
+    synced = [i for i, v in enumerate(config.vrrp) if v.connection_sync is not None]
+    if len(synced) > 1:
+        raise Problem(("vrrp", synced[1], "connection_sync"), "connection_sync on one instance only (the kernel "
+                      f"runs one sync daemon per role; it is on instance {config.vrrp[synced[0]].name})")
+    grouped: dict[str, str] = {}
+    gnames: set[str] = set()
+    for g_i, g in enumerate(config.vrrp_sync_groups):
+        if g.name in gnames:
+            raise Problem(("vrrp_sync_groups", g_i, "name"), f"sync group {g.name} is declared twice")
+        gnames.add(g.name)
+        for m_i, member in enumerate(g.instances):
+            where: tuple[str | int, ...] = ("vrrp_sync_groups", g_i, "instances", m_i)
+            if member not in names:
+                raise Problem(where, f"no VRRP instance is called {member}")
+            if member in grouped:
+                raise Problem(where, f"{member} is already in sync group {grouped[member]}: an instance is "
+                                     "in at most one group")
+            grouped[member] = g.name
 
 
 def _bgp_checks(config: Config) -> None:
@@ -380,8 +462,8 @@ def _bgp_checks(config: Config) -> None:
                 key = (*where, "real_servers", j, "forwarding") if rs.forwarding else (*where, "forwarding")
                 raise Problem(key, "announce: bgp needs dr or tun: with several active directors NAT replies "
                                    "cannot find their way back")
-    if config.vrrp is not None:
-        vrrp_ips = {str(fa.address.ip) for fa in config.vrrp.addresses}
+    if config.vrrp:
+        vrrp_ips = config.floating
         for i, vs in announced:
             if str(vs.address) in vrrp_ips:
                 raise Problem(("virtual_services", i, "address"), f"{vs.address} is a VRRP address; a VIP is "

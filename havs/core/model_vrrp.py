@@ -91,8 +91,19 @@ class AuthHmac(Strict):
         return self
 
 
+INSTANCE_NAME = r"^[A-Za-z0-9_.-]{1,32}$"
+
+
 class Vrrp(Strict):
+    """One VRRP instance (keepalived's `vrrp_instance`): a router id on a heartbeat interface, floating
+    addresses of one family, and who is preferred. `vrrp:` in the file is one of these or a list."""
+
+    name: Annotated[str, Field(pattern=INSTANCE_NAME)] = Field(
+        default="VI_1", description="the instance's name in logs, status, metrics and sync groups")
     router_id: Annotated[int, Range(1, 255)]
+    # per node: several instances need their own preferences (active/active: A prefers lvs1, B lvs2)
+    priority: dict[str, Annotated[int, Range(1, 254)]] | None = Field(
+        default=None, description="node name → priority 1..254; default: the node's priority")
     version: Literal[2, 3] = 3
     advert_interval: Annotated[float, Range(0.01, 40.95)] = 1.0
     preempt: bool = True
@@ -109,6 +120,16 @@ class Vrrp(Strict):
     connection_sync: ConnectionSync | None = None
     # keepalived's vrrp_rt_priority: the VRRP child's SCHED_RR priority (needs CAP_SYS_NICE); 0 = none (nice -10)
     rt_priority: Annotated[int, Range(0, 99)] = 1
+
+    def priority_of(self, node_name: str, node: object) -> int:
+        """This instance's base priority on a node: its own map, else the node's `priority`."""
+        if self.priority is not None and node_name in self.priority:
+            return self.priority[node_name]
+        return int(getattr(node, "priority", 100))
+
+    @property
+    def family(self) -> int:
+        return self.addresses[0].address.version
 
     @model_validator(mode="after")
     def _version_rules(self) -> Vrrp:
@@ -131,4 +152,23 @@ class Vrrp(Strict):
             if str(fa.address.ip) in seen:
                 raise Problem(("addresses", i), f"{fa.address.ip} is listed twice")
             seen.add(str(fa.address.ip))
+        return self
+
+
+class SyncGroup(Strict):
+    """keepalived's `vrrp_sync_group`: instances that always share a state (one goes FAULT, BACKUP or MASTER
+    and the others follow), e.g. the VIP's and the gateway's, or an IPv4 and an IPv6 instance (RFC 9568:
+    one family per instance)."""
+
+    name: Annotated[str, Field(pattern=INSTANCE_NAME)]
+    instances: list[Annotated[str, Field(pattern=INSTANCE_NAME)]] = Field(min_length=2)
+    notify: Notify = Field(default_factory=Notify)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SyncGroup:
+        seen: set[str] = set()
+        for i, name in enumerate(self.instances):
+            if name in seen:
+                raise Problem(("instances", i), f"{name} is listed twice")
+            seen.add(name)
         return self

@@ -22,16 +22,19 @@ UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 def semantic_problems(
     settings: Settings | None,
     nodes: dict[str, Node],
-    vrrp: Vrrp | None,
+    vrrp: Sequence[tuple[int, Vrrp]],
     services: Sequence[tuple[int, VirtualService]],
 ) -> list[Found]:
+    """`vrrp`: (index in the file, instance) for each instance that validated on its own."""
     found: list[Found] = []
     if settings is not None:
         found += _settings(settings)
     found += _nodes(nodes)
-    if vrrp is not None:
-        found += _vrrp(vrrp)
-        family = vrrp.addresses[0].address.version
+    for i, v in vrrp:
+        found += _vrrp(i, v)
+    families = {v.family for _, v in vrrp}
+    if len(families) == 1:  # unicast_src is one address: it can only serve instances of its family
+        family = families.pop()
         found += [(("nodes", name, "unicast_src"), f"{n.unicast_src} is IPv{n.unicast_src.version}, the floating "
                    f"addresses IPv{family}: adverts go from an address of their family")
                   for name, n in nodes.items() if n.unicast_src is not None and n.unicast_src.version != family]
@@ -105,9 +108,9 @@ def _nodes(nodes: dict[str, Node]) -> Iterator[Found]:
             yield ("nodes", name, "interfaces"), "must name at least one interface"
 
 
-def _vrrp(v: Vrrp) -> Iterator[Found]:
+def _vrrp(n: int, v: Vrrp) -> Iterator[Found]:
     for i, fa in enumerate(v.addresses):
-        where: Path = ("vrrp", "addresses", i, "address")
+        where: Path = ("vrrp", n, "addresses", i, "address")
         net, ip = fa.address.network, fa.address.ip
         if net.prefixlen == 0:
             yield where, f"{fa.address} covers every address; a floating address is one host with its LAN's prefix"
@@ -118,18 +121,18 @@ def _vrrp(v: Vrrp) -> Iterator[Found]:
             yield where, f"{ip} is the {kind} address of {net}, not a host"
     family = v.addresses[0].address.version  # one family per instance (RFC 9568); the model checks the rest
     if family == 6 and v.version == 2:
-        yield ("vrrp", "version"), "VRRPv2 is IPv4 only: IPv6 floating addresses need version 3"
+        yield ("vrrp", n, "version"), "VRRPv2 is IPv4 only: IPv6 floating addresses need version 3"
     for i, peer in enumerate(v.unicast_peers):
         if why := host_address(peer, remote=True):
-            yield ("vrrp", "unicast_peers", i), why
+            yield ("vrrp", n, "unicast_peers", i), why
         elif peer.version != family:
-            yield ("vrrp", "unicast_peers", i), (f"{peer} is IPv{peer.version}, the floating addresses IPv{family}: "
+            yield ("vrrp", n, "unicast_peers", i), (f"{peer} is IPv{peer.version}, the floating addresses IPv{family}: "
                                                  "adverts go over the family of the addresses they carry")
     for hook in ("master", "backup", "fault", "stop"):
         argv = getattr(v.notify, hook)
         if argv is None:
             continue
-        where = ("vrrp", "notify", hook)
+        where = ("vrrp", n, "notify", hook)
         if not argv:
             yield where, "is an empty command; leave the key out to run nothing"
         elif not argv[0].startswith("/"):
@@ -137,8 +140,9 @@ def _vrrp(v: Vrrp) -> Iterator[Found]:
                                 "PATH is not the operator's")
 
 
-def _services(services: Sequence[tuple[int, VirtualService]], vrrp: Vrrp | None) -> Iterator[Found]:
-    floating = {fa.address.ip: i for i, fa in enumerate(vrrp.addresses)} if vrrp else {}
+def _services(services: Sequence[tuple[int, VirtualService]], vrrp: Sequence[tuple[int, Vrrp]]) -> Iterator[Found]:
+    floating = {fa.address.ip: f"vrrp[{n}].addresses[{i}]" if len(vrrp) > 1 or n else f"vrrp.addresses[{i}]"
+                for n, v in vrrp for i, fa in enumerate(v.addresses)}
     for i, vs in services:
         base: Path = ("virtual_services", i)
         if vs.address is not None and (why := host_address(vs.address)):
@@ -149,7 +153,7 @@ def _services(services: Sequence[tuple[int, VirtualService]], vrrp: Vrrp | None)
                 yield where, why
             elif rs.address in floating:
                 k = floating[rs.address]
-                yield where, (f"{rs.address} is a floating address (vrrp.addresses[{k}]): the VIP or the gateway "
+                yield where, (f"{rs.address} is a floating address ({k}): the VIP or the gateway "
                               "cannot also be a real server")
             elif rs.address == vs.address:
                 yield where, f"{rs.address} is the service's own address"
@@ -163,7 +167,7 @@ def _services(services: Sequence[tuple[int, VirtualService]], vrrp: Vrrp | None)
             if why := host_address(ip):
                 yield where, why
             elif ip in floating:
-                yield where, f"{ip} is a floating address (vrrp.addresses[{floating[ip]}]), not a sorry server"
+                yield where, f"{ip} is a floating address ({floating[ip]}), not a sorry server"
         for key in ("connect_address", "source_address"):
             ip = getattr(vs.check, key)
             if ip is not None and (ip.is_unspecified or ip.is_multicast):
