@@ -64,7 +64,7 @@ async def test_events_for_tracked_links_fault_and_recover_at_once() -> None:
 
 async def test_a_poll_that_started_before_an_event_does_not_undo_it() -> None:
     s, inst, _ = shell(0.01)
-    s._links_open = True
+    s.links_open = True
     polled = asyncio.Event()
     release = asyncio.Event()
 

@@ -23,9 +23,11 @@ from havs.vrrp.protocol import (
 
 
 @pytest.mark.parametrize("message", [
-    Start({"name": "lvs1"}), Stop(False), SetDecrement(3), Update(7, {"a": 1}), Ready(),
-    StartFailed("VRRP did not start: eth9"), StateChange("BACKUP", "MASTER", "master_down"),
-    Snapshot({"state": "MASTER", "held": ["192.168.0.108/24 dev eth0"]}), Updated(7, True),
+    Start({"name": "lvs1"}), Stop(False), SetDecrement({"VI_1": 3, "VI_2": 0}), SetDecrement({}), Update(7, {"a": 1}),
+    Ready(), StartFailed("VRRP did not start: eth9"), StateChange("VI_1", "BACKUP", "MASTER", "master_down"),
+    StateChange("VIP6", "MASTER", "FAULT", "sync_group", "G"),
+    Snapshot({"instances": [{"instance": "VI_1", "group": None, "state": "MASTER",
+                             "held": ["192.168.0.108/24 dev eth0"]}], "groups": {}}), Updated(7, True),
 ])
 def test_round_trip(message: protocol.Message) -> None:
     line = protocol.encode(message)
@@ -39,11 +41,15 @@ def test_round_trip(message: protocol.Message) -> None:
     (b"[1]\n", "not an object"),
     (b'{"v": 99, "type": "Ready"}\n', "protocol version"),
     (b'{"type": "Ready"}\n', "protocol version"),
-    (b'{"v": 1, "type": "Bogus"}\n', "unknown message type"),
-    (b'{"v": 1, "type": "Stop", "graceful": true, "extra": 1}\n', "unknown fields"),
-    (b'{"v": 1, "type": "SetDecrement", "n": "3"}\n', "expected int"),
-    (b'{"v": 1, "type": "Stop", "graceful": 1}\n', "expected bool"),
-    (b'{"v": 1, "type": "Updated", "id": 1}\n', "Updated"),
+    (b'{"v": 1, "type": "Ready"}\n', "protocol version 1, expected 2"),  # a child of the previous release
+    (b'{"v": 2, "type": "Bogus"}\n', "unknown message type"),
+    (b'{"v": 2, "type": "Stop", "graceful": true, "extra": 1}\n', "unknown fields"),
+    (b'{"v": 2, "type": "SetDecrement", "n": 3}\n', "expected dict"),
+    (b'{"v": 2, "type": "SetDecrement", "n": {"VI_1": "3"}}\n', "expected integer values"),
+    (b'{"v": 2, "type": "SetDecrement", "n": {"VI_1": true}}\n', "expected integer values"),
+    (b'{"v": 2, "type": "Stop", "graceful": 1}\n', "expected bool"),
+    (b'{"v": 2, "type": "Updated", "id": 1}\n', "Updated"),
+    (b'{"v": 2, "type": "StateChange", "from_": "BACKUP", "to": "MASTER", "reason": "x"}\n', "StateChange"),
 ])
 def test_bad_lines_are_protocol_errors(line: bytes, why: str) -> None:
     with pytest.raises(ProtocolError, match=why):

@@ -66,7 +66,7 @@ def test_priority_decrement_floors_at_one_and_shows_in_snapshot() -> None:
 
 def test_an_ipv6_instance_is_accepted_and_is_one_family() -> None:
     cfg = view().config.model_dump()
-    cfg["vrrp"]["addresses"] = [{"address": "2001:db8::1/64", "interface": "client"}]
+    cfg["vrrp"][0]["addresses"] = [{"address": "2001:db8::1/64", "interface": "client"}]
     c = Config.model_validate(cfg)
     svc = VrrpShell(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog())
     assert svc.family == 6
@@ -125,7 +125,7 @@ class FailingAddresses:
 async def test_stale_release_is_logged_only_when_something_was_there() -> None:
     log = ListLog()
     v = view()
-    floating = tuple((v.ifname(fa.interface), fa.address) for fa in v.config.vrrp.addresses)  # type: ignore[union-attr]
+    floating = tuple((v.ifname(fa.interface), fa.address) for fa in v.config.vrrp[0].addresses)  # type: ignore[union-attr]
     ann = Announcer(floating, FailingAddresses(), log, RateLimitedLog(log))  # type: ignore[arg-type]
     await ann.release("stale")
     assert log.events == [("vrrp.addresses", {"action": "release", "reason": "stale",
@@ -148,7 +148,8 @@ def test_snapshot_never_waits_for_the_child() -> None:
     t0 = time.monotonic()
     snap = proc.snapshot()
     assert time.monotonic() - t0 < 0.01
-    assert snap["state"] == "UNKNOWN" and snap["restarts"] == 0  # not spawned: nothing alive
+    # not spawned: no instance pushed yet, and nothing alive
+    assert snap == {"instances": [], "groups": {}, "error": "the VRRP process does not answer", "restarts": 0}
 
 
 async def test_effects_worker_survives_a_failing_effect() -> None:
@@ -178,7 +179,7 @@ def test_decrement_waits_for_a_started_child_and_never_blocks() -> None:
     proc = VrrpProcess(view(), log=ListLog())
     ours, theirs = _socket.socketpair()
     proc._sock = ours
-    proc.set_priority_decrement(20)  # not started: nothing may reach the child before Start
+    proc.set_priority_decrement({"VI_1": 20})  # not started: nothing may reach the child before Start
     theirs.setblocking(False)
     with pytest.raises(BlockingIOError):
         theirs.recv(100)
@@ -190,14 +191,14 @@ def test_decrement_waits_for_a_started_child_and_never_blocks() -> None:
         except BlockingIOError:
             break
     t0 = time.monotonic()
-    proc.set_priority_decrement(30)
-    assert time.monotonic() - t0 < 0.05 and proc._sent_decrement == 0
+    proc.set_priority_decrement({"VI_1": 30, "VI_2": 0})
+    assert time.monotonic() - t0 < 0.05 and proc._sent_decrement == {}
     while True:  # the child catches up; its next push retries
         try:
             theirs.recv(1 << 16)
         except BlockingIOError:
             break
-    proc._dispatch(Snapshot({"state": "BACKUP"}))
-    assert proc._sent_decrement == 30
+    proc._dispatch(Snapshot({"instances": [{"instance": "VI_1", "state": "BACKUP"}], "groups": {}}))
+    assert proc._sent_decrement == {"VI_1": 30}  # a zero is the default: not sent
     ours.close()
     theirs.close()

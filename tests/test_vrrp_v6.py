@@ -118,7 +118,7 @@ def _problems(text: str) -> list[str]:
 
 def test_an_ipv6_instance_is_a_valid_config() -> None:
     cfg = parse_config(V6_CONFIG, "etc/havs.yaml")
-    assert cfg.vrrp is not None and {fa.address.version for fa in cfg.vrrp.addresses} == {6}
+    assert cfg.vrrp and {fa.address.version for fa in cfg.vrrp[0].addresses} == {6}
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [

@@ -1,8 +1,9 @@
 """The VRRP child process (`python -m havs.vrrp --fd N`): one asyncio loop, no other thread.
 
-The parent link is read on the loop; the shell (`VrrpShell`) runs on it; snapshots are pushed to the
-parent on every state change and every `PUSH_EVERY` seconds, so the daemon never waits to read them (and
-a push that stops coming means this loop is stuck). It dies with its parent (PR_SET_PDEATHSIG): a crashed
+The parent link is read on the loop; every VRRP instance of the node runs on it (`Instances`: one
+`VrrpShell` each, their sync groups); snapshots are pushed to the parent on every state change and every
+`PUSH_EVERY` seconds, so the daemon never waits to read them (and a push that stops coming means this
+loop is stuck). It dies with its parent (PR_SET_PDEATHSIG): a crashed
 daemon is a crashed director, never half of one.
 """
 
@@ -77,7 +78,7 @@ def _no_watcher_threads() -> None:
 
 async def serve(fd: int, log_format: str) -> int:
     from havs.log import setup_logging
-    from havs.vrrp.shell import VrrpShell
+    from havs.vrrp.instances import Instances, rt_priority
 
     _no_watcher_threads()
     link = socket.socket(fileno=fd)
@@ -99,15 +100,18 @@ async def serve(fd: int, log_format: str) -> int:
         await writer.drain()
         return 2
     log = setup_logging(log_format, node=view.name)  # type: ignore[arg-type]
-    wanted = view.config.vrrp.rt_priority if view.config.vrrp is not None else 0
+    wanted = rt_priority(view)  # one process, one policy: the most any instance asks for
     log.info("vrrp.scheduling", policy=_raise_priority(wanted), rt_priority=wanted)
-    shell: VrrpShell
+    shell: Instances
 
     def push() -> None:
         send(Snapshot(shell.snapshot()))
 
-    shell = VrrpShell(view, log=log, on_state=lambda f, t, r: send(StateChange(f, t, r)), on_change=push)
+    def state(instance: str, from_: str, to: str, reason: str, group: str) -> None:
+        send(StateChange(instance, from_, to, reason, group))
+
     try:
+        shell = Instances(view, log=log, on_state=state, on_change=push)
         await shell.start()
     except (RuntimeError, ValueError) as e:
         send(StartFailed(str(e) if str(e).startswith("VRRP") else f"VRRP did not start: {e}"))
@@ -160,7 +164,7 @@ async def _commands(reader: asyncio.StreamReader, send: Any, shell: Any, log: An
             send(Snapshot(shell.snapshot()))
         elif isinstance(message, Update):
             try:
-                applied = shell.update(NodeView.model_validate(message.view))
+                applied = await shell.update(NodeView.model_validate(message.view))
             except ValueError as e:
                 log.error("vrrp.reload_failed", error=str(e))
                 applied = False

@@ -3,11 +3,18 @@
 Nothing but the core and the socket runs here: adverts are read in batches (a flood cannot hold the loop
 away from the timer), our own advert goes before the rest of a flood when it is due, and an advert is
 signed once and sent to every destination. Address changes, GARP and notify hooks are the shell's effects.
+
+Instances on one interface, family and peer list share one raw socket (`Demux`), each advert handed to the
+instance of its router id (byte 1 of every VRRP header, v2 and v3, signed or not): the kernel gives a copy
+of every protocol-112 packet to every raw socket on the interface, so N sockets would make every instance
+read, and the loop wake for, every other instance's adverts (and a flood would cost N times over), and N
+multicast memberships would say the same thing. keepalived also keeps one socket per interface and family.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +23,7 @@ from havs.core import wire
 from havs.core.model import NodeView
 from havs.core.vrrp import Action, VrrpInstance
 from havs.edge.addresses import Addresses, Interface
-from havs.edge.vrrp_socket import VrrpSocket
+from havs.edge.vrrp_socket import Received, VrrpSocket
 from havs.vrrp.announcer import RateLimitedLog
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -25,9 +32,13 @@ READ_BATCH = 32  # adverts read per wake-up: a flood cannot hold the loop away f
 
 async def advert_source(view: NodeView, addrs: Addresses, hb_if: str, family: int,
                         floating: tuple[tuple[str, Interface], ...]) -> IP:
-    """The advert source: unicast_src, else the heartbeat interface's primary IPv4 address or (IPv6,
-    RFC 9568 §5.1.2.1) its link-local address. RuntimeError if there is none of the family."""
+    """The advert source: unicast_src (when of the instance's family: a dual-stack director has instances of
+    both), else the heartbeat interface's primary IPv4 address or (IPv6, RFC 9568 §5.1.2.1) its link-local
+    address; `floating` (every instance's, never a source) excluded. RuntimeError if there is none."""
     src = view.node.unicast_src
+    if src is not None and src.version != family and view.config.vrrp and \
+            any(v.family == src.version for v in view.config.vrrp):
+        src = None  # the other family's instances use it
     if src is None and family == 4:
         src = await addrs.primary_ipv4(hb_if, exclude={a.ip for _, a in floating})
     elif src is None:
@@ -38,10 +49,61 @@ async def advert_source(view: NodeView, addrs: Addresses, hb_if: str, family: in
     return src
 
 
+class Demux:
+    """One VRRP socket shared by the instances that use it, each advert given to its router id's `Heartbeat`.
+    Adverts for a router id nobody here has are counted (`unmatched`); with a single instance they go to it,
+    which counts them as its `router_id` drops, as before there were several."""
+
+    def __init__(self, sock: VrrpSocket) -> None:
+        self.sock = sock
+        self.heartbeats: dict[int, Heartbeat] = {}
+        self.unmatched = 0
+        self._reading = False
+
+    def add(self, router_id: int, heartbeat: Heartbeat) -> None:
+        self.heartbeats[router_id] = heartbeat
+        if not self._reading:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self.on_readable)
+            self._reading = True
+
+    def remove(self, router_id: int) -> bool:
+        """Forget one instance; True when nobody uses the socket any more (the caller closes it)."""
+        self.heartbeats.pop(router_id, None)
+        if not self.heartbeats and self._reading:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self._reading = False
+        return not self.heartbeats
+
+    def close(self) -> None:
+        if self._reading:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self._reading = False
+        self.sock.close()
+
+    def on_readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        fed: dict[int, Heartbeat] = {}
+        beats = self.heartbeats
+        only = next(iter(beats.values())) if len(beats) == 1 else None
+        for r in self.sock.receive(limit=READ_BATCH):
+            now = loop.time()
+            for hb in list(beats.values()):
+                hb.fire_if_due(now)  # an advert that is due goes before the rest of a flood
+            hb = only or (beats.get(r.payload[1]) if len(r.payload) > 1 else None)
+            if hb is None:
+                self.unmatched += 1
+                continue
+            hb.on_packet(r, now)
+            fed[id(hb)] = hb
+        for hb in fed.values():
+            hb.after_batch()
+
+
 class Heartbeat:
-    """One started instance's socket reader, deadline timer and advert sender. `dispatch` is the shell's
-    (the actions a received advert or a due deadline produce); `after_batch` runs after each read batch;
-    `on_tick` whenever the deadline fires."""
+    """One started instance's deadline timer, advert sender and receiver (fed by its `Demux`). `dispatch` is
+    the shell's (the actions a received advert or a due deadline produce); `after_batch` runs after each
+    read batch that had adverts for it; `on_tick` whenever the deadline fires."""
 
     def __init__(self, sock: VrrpSocket, src: IP, inst: VrrpInstance, *, checksum: wire.ChecksumMode,
                  warn: RateLimitedLog, dispatch: Callable[[Sequence[Action]], None],
@@ -52,23 +114,20 @@ class Heartbeat:
         self.checksum = checksum
         self.warn = warn
         self._dispatch = dispatch
-        self._after_batch = after_batch
+        self.after_batch = after_batch
         self._on_tick = on_tick
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
-    def on_readable(self) -> None:
-        inst, sock = self.inst, self.sock
-        loop = asyncio.get_running_loop()
-        for r in sock.receive(limit=READ_BATCH):
-            now = loop.time()
-            if self._timer is not None and self._timer_at is not None and now >= self._timer_at:
-                self._timer.cancel()  # our advert is due: it goes before the rest of a flood
-                self._on_timer(self._timer_at)
-            # keepalived skips the TTL rule for unicast peers (they may be routed)
-            self._dispatch(inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
-                                              ttl=None if sock.unicast else r.ttl, now=now, wall=time.time()))
-        self._after_batch()
+    def on_packet(self, r: Received, now: float) -> None:
+        # keepalived skips the TTL rule for unicast peers (they may be routed)
+        self._dispatch(self.inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
+                                               ttl=None if self.sock.unicast else r.ttl, now=now, wall=time.time()))
+
+    def fire_if_due(self, now: float) -> None:
+        if self._timer is not None and self._timer_at is not None and now >= self._timer_at:
+            self._timer.cancel()
+            self._on_timer(self._timer_at)
 
     def _on_timer(self, at: float) -> None:
         self._timer = self._timer_at = None
@@ -88,6 +147,7 @@ class Heartbeat:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._timer = self._timer_at = None
 
     def send(self, adv: wire.Advertisement) -> None:
         signs = self.inst.auth is not None and self.inst.auth.params.signs

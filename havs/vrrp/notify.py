@@ -26,9 +26,11 @@ HOOKS = {"MASTER": "master", "BACKUP": "backup", "FAULT": "fault", "INIT": "stop
 
 
 class NotifyRunner:
-    def __init__(self, notify: Notify, log: Any, node: str) -> None:
+    def __init__(self, notify: Notify, log: Any, node: str, env: dict[str, str] | None = None) -> None:
+        """`env`: added to every hook's (HAVS_INSTANCE and HAVS_GROUP: whose state this is)."""
         self.notify = notify  # replaced on reload; read per hook
         self.node = node
+        self.env = dict(env or {})
         self._log = log
         self._queue: asyncio.Queue[tuple[str, str, list[str], dict[str, str]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -46,7 +48,7 @@ class NotifyRunner:
         if not argv:
             return
         env = {**os.environ, "HAVS_STATE": state, "HAVS_PREVIOUS": previous, "HAVS_REASON": reason,
-               "HAVS_NODE": self.node}
+               "HAVS_NODE": self.node, **self.env}
         self._queue.put_nowait((state, hook, list(argv), env))
 
     async def stop(self, wait: bool) -> None:

@@ -7,7 +7,9 @@ with health checks and the IPVS reconciler, so nothing they do can delay an adve
 
 The child (`python -m havs.vrrp`, `havs.vrrp.child`) talks over a socketpair in `havs.vrrp.protocol`'s
 typed messages and pushes its snapshot on every state change and every 0.5 s: `snapshot()` returns the
-latest push and never waits. One thread here reads the link (the daemon's loop must not).
+latest push and never waits. One thread here reads the link (the daemon's loop must not). The child runs
+every VRRP instance of the node: the snapshot is `{"instances": [...], "groups": {...}}`, the decrement
+a mapping by instance name, and `on_state(instance, from_, to, reason)` names the instance.
 
 A child that dies without being asked (kill -9, OOM) is noticed at once (EOF on the link) and restarted,
 not failed over: the daemon's other work (IPVS, health checks) is intact, and a restarted child starts
@@ -46,7 +48,7 @@ from havs.vrrp.protocol import (
     Updated,
 )
 
-OnState = Callable[[str, str, str], None]
+OnState = Callable[[str, str, str, str], None]  # instance, from, to, reason
 SECRETS = {"secrets": True}  # the view goes to our own child with its auth_hmac keys (masked everywhere else)
 
 
@@ -76,10 +78,10 @@ class VrrpProcess:
         self._start_error: str | None = None
         self._started = False  # start() succeeded once: from then on a dead child is restarted
         self._stopping = False
-        self._decrement = 0
-        self._sent_decrement = 0  # what the running child was told
+        self._decrement: dict[str, int] = {}  # instance name → decrement; a name left out: 0
+        self._sent_decrement: dict[str, int] = {}  # what the running child was told
         self._hold = self._sent_hold = ""  # why preemption is deferred (connection catch-up); "" not
-        self._snapshot: dict[str, Any] = {"state": "INIT", "since": None}
+        self._snapshot: dict[str, Any] = {"instances": [], "groups": {}}
         self._last_push = time.monotonic()
         self._replies: dict[int, tuple[threading.Event, list[bool]]] = {}
         self._next_id = 0
@@ -131,9 +133,10 @@ class VrrpProcess:
                 self._sock.close()
             self._proc = self._sock = None
 
-    def set_priority_decrement(self, n: int) -> None:
-        """Never blocks: if the link is busy or full, the child's next push retries it."""
-        self._decrement = n
+    def set_priority_decrement(self, n: dict[str, int]) -> None:
+        """Per instance name (a name left out: 0). Never blocks: if the link is busy or full, the child's next
+        push retries it."""
+        self._decrement = {k: v for k, v in n.items() if v}
         self._flush_decrement()
 
     def hold_preemption(self, reason: str) -> None:
@@ -161,10 +164,15 @@ class VrrpProcess:
             self._replies.pop(rid, None)
 
     def snapshot(self) -> dict[str, Any]:
-        """The child's latest pushed snapshot; never blocks."""
+        """The child's latest pushed snapshot, `{"instances": [one dict per instance], "groups": {name:
+        state}}` (`{"instances": [], "groups": {}}` before the first push), plus `restarts`; never blocks.
+        A child that does not answer: every instance's state is "UNKNOWN" and `error` says why."""
         snap = dict(self._snapshot)
         if not self.alive():
-            snap.update(state="UNKNOWN", error="the VRRP process does not answer")
+            error = "the VRRP process does not answer"
+            snap["instances"] = [{**i, "state": "UNKNOWN", "error": error} for i in snap.get("instances", [])]
+            snap["groups"] = {g: "UNKNOWN" for g in snap.get("groups", {})}
+            snap["error"] = error
         snap["restarts"] = self.restarts
         return snap
 
@@ -192,9 +200,8 @@ class VrrpProcess:
         self._last_push = time.monotonic()
 
     def _stop_timeout(self) -> float:
-        vrrp = self.view.config.vrrp
-        interval = vrrp.advert_interval if vrrp else 1.0
-        return 3 * interval + 0.5 + 5.0  # the handover wait, then some
+        interval = max((v.advert_interval for v in self.view.config.vrrp), default=1.0)
+        return 3 * interval + 0.5 + 5.0  # the handovers (in parallel) wait, then some
 
     def _send(self, message: protocol.Message) -> None:
         data = protocol.encode(message)
@@ -265,7 +272,7 @@ class VrrpProcess:
             self._ready.clear()
             self._start_error = None
             self._send(Start(child_view(self.view)))
-            self._sent_decrement = 0  # a new child starts at the configured priority, preempting
+            self._sent_decrement = {}  # a new child starts at the configured priority, preempting
             self._sent_hold = ""
             self._flush_decrement()
         except OSError as e:
@@ -300,7 +307,7 @@ class VrrpProcess:
         elif isinstance(message, StateChange):
             if self._on_state is not None:
                 try:
-                    self._on_state(message.from_, message.to, message.reason)
+                    self._on_state(message.instance, message.from_, message.to, message.reason)
                 except Exception as e:  # a bad callback must not cut the link
                     self._log.error("vrrp.on_state_failed", error=f"{type(e).__name__}: {e}")
         elif isinstance(message, Ready):

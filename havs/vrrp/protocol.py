@@ -3,6 +3,10 @@
 One JSON object per line over a socketpair: `{"v": VERSION, "type": <class name>, ...fields}`. Anything
 that does not decode to one of `MESSAGES` raises `ProtocolError` (a type, not a text prefix); a start that
 fails is a `StartFailed` message, not an error string to parse.
+
+Version 2: several VRRP instances in the one child. `SetDecrement` carries a decrement per instance name,
+`StateChange` names its instance (and sync group), and `Snapshot.data` is
+`{"instances": [one dict per instance, in config order, with "instance" and "group"], "groups": {name: state}}`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 
 
 class ProtocolError(ValueError):
@@ -34,7 +38,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class SetDecrement:
-    n: int
+    n: dict[str, int]  # instance name → priority decrement; a name left out: 0
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,11 @@ class StartFailed:
 
 @dataclass(frozen=True)
 class StateChange:
+    instance: str
     from_: str
     to: str
     reason: str
+    group: str = ""  # the instance's sync group, "" when none
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,8 @@ def decode(line: bytes) -> Message:
         raise ProtocolError(f"not JSON: {e}") from None
     if not isinstance(body, dict):
         raise ProtocolError("not an object")
-    if body.pop("v", None) != VERSION:
-        raise ProtocolError(f"protocol version {body.get('v')!r}, expected {VERSION}")
+    if (version := body.pop("v", None)) != VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {VERSION}")
     cls = MESSAGES.get(str(body.pop("type", "")))
     if cls is None:
         raise ProtocolError("unknown message type")
@@ -111,6 +117,8 @@ def decode(line: bytes) -> Message:
         want = _TYPES.get(str(f.type)) or (dict if str(f.type).startswith("dict") else None)
         if name in body and want is not None and type(body[name]) is not want:
             raise ProtocolError(f"{cls.__name__}.{name}: expected {want.__name__}")
+        if str(f.type) == "dict[str, int]" and name in body and any(type(v) is not int for v in body[name].values()):
+            raise ProtocolError(f"{cls.__name__}.{name}: expected integer values")
     try:
         return cls(**body)  # type: ignore[no-any-return]
     except TypeError as e:

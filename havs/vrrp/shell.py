@@ -1,10 +1,15 @@
 """The asyncio shell around one VRRP instance: the socket, the timer, link tracking, and the actions.
 
-Runs on the caller's loop (the VRRP child's only loop). On the heartbeat's path there is nothing but the
-core and the socket: a received advert or a due timer goes through `VrrpInstance` and its adverts are sent
-at once; address changes and GARP run after, in order, on an effects queue; notify hooks are asyncio
-subprocesses. Every effect that fails is caught, counted and logged (rate-limited), and VRRP goes on.
-The heartbeat's path (socket reader, deadline timer, advert sender) is `havs.vrrp.heartbeat`.
+Runs on the caller's loop (the VRRP child's only loop; several instances share it, `havs.vrrp.instances`).
+On the heartbeat's path there is nothing but the core and the socket: a received advert or a due timer goes
+through `VrrpInstance` and its adverts are sent at once; address changes and GARP run after, in order, on
+this instance's own effects queue (with its own rtnetlink socket, so one instance's address changes never
+wait behind another's); notify hooks are asyncio subprocesses. Every effect that fails is caught, counted
+and logged (rate-limited), and VRRP goes on. The heartbeat's path (socket demultiplexer, deadline timer,
+advert sender) is `havs.vrrp.heartbeat`.
+
+In a sync group (`group` given) the shell does not decide its own FAULT/recovery or a takeover: it tells the
+group (`GroupHooks`), which forces the members (`force`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from havs.core.model import NodeView
+from havs.core.model import NodeView, Vrrp
 from havs.core.vrrp import (
     MASTER,
     RESIGN_EXTRA,
@@ -27,142 +32,189 @@ from havs.core.vrrp import (
     Ignored,
     ReleaseAddresses,
     SendAdvertisement,
+    State,
     StateChanged,
     TakeAddresses,
     VrrpInstance,
     VrrpParams,
+    WantMaster,
 )
 from havs.edge.addresses import Addresses
 from havs.edge.links import LinkEvent, LinkWatcher
 from havs.edge.vrrp_socket import VrrpSocket
 from havs.vrrp.announcer import Announcer, RateLimitedLog
 from havs.vrrp.auth_keys import auth_params
-from havs.vrrp.heartbeat import Heartbeat, advert_source
+from havs.vrrp.heartbeat import Demux, Heartbeat, advert_source
 from havs.vrrp.notify import NotifyRunner
 
 OnState = Callable[[str, str, str], None]
 LINK_POLL = 5.0  # seconds between link polls while rtnetlink link events arrive (the fallback)
+SocketKey = tuple[str, object, tuple[object, ...]]  # heartbeat interface, advert source, unicast peers
 
 
-def identity(view: NodeView) -> tuple[object, ...]:
+class GroupHooks(Protocol):
+    """What a sync group member tells its group (havs.vrrp.instances)."""
+
+    def fault(self, name: str, faulty: bool, reason: str) -> None: ...
+
+    def want(self, name: str, want: bool) -> None: ...
+
+    def any_faulty(self, name: str) -> bool: ...
+
+
+def identity(view: NodeView, name: str | None = None) -> tuple[object, ...]:
     """What a reload cannot change without a new instance."""
-    cfg = view.config.vrrp
-    assert cfg is not None
+    cfg = view.config.instance(name) if name is not None else view.config.vrrp[0]
     return (cfg.router_id, cfg.version, view.ifname(cfg.interface), tuple(cfg.unicast_peers), cfg.v3_checksum,
             tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses), view.node.unicast_src)
 
 
 class VrrpShell:
-    def __init__(self, view: NodeView, *, log: Any, on_state: OnState | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
-        cfg = view.config.vrrp
-        if cfg is None:
+    def __init__(self, view: NodeView, *, log: Any, name: str | None = None, on_state: OnState | None = None,
+                 on_change: Callable[[], None] | None = None, group: GroupHooks | None = None,
+                 links: bool = True, notify_env: dict[str, str] | None = None) -> None:
+        """`name`: the instance (default the first); `links`: watch link events here (else the caller feeds
+        `on_link`, one watcher for every instance)."""
+        if not view.config.vrrp:
             raise ValueError(f"node {view.name}: the config has no vrrp section")
+        self.name = name if name is not None else view.config.vrrp[0].name
         self.view = view
+        cfg = self.cfg
         self._log = log
         self._on_state = on_state
         self._on_change = on_change or (lambda: None)  # a state changed: push a snapshot now
+        self.group = group
         self._hb_if = view.ifname(cfg.interface)
         self.floating = tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses)
         self.decrement = 0
         self.preempt_hold = ""  # why preemption is deferred ("": it is not): a returning director catching up
         self._deferred_said = False  # vrrp.preempt_deferred logged for this hold
         self.warn = RateLimitedLog(log)
-        self.notify = NotifyRunner(cfg.notify, log, view.name)
+        self.notify = NotifyRunner(cfg.notify, log, view.name, notify_env)
         self.faulty: frozenset[str] = frozenset()
-        self.family = cfg.addresses[0].address.version  # one family per instance (RFC 9568; the model checks)
+        self.family = cfg.family  # one family per instance (RFC 9568; the model checks)
         self.src: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.inst: VrrpInstance | None = None
         self.last_tick = time.monotonic()
-        self._sock: VrrpSocket | None = None
+        self.demux: Demux | None = None
         self._addrs = Addresses()
         self._netlink = asyncio.Lock()  # pyroute2's async socket takes one request at a time (EBUSY otherwise)
         self._announcer: Announcer | None = None
-        self._heartbeat: Heartbeat | None = None  # the socket reader, the deadline timer, the advert sender
+        self._heartbeat: Heartbeat | None = None  # the deadline timer, the advert sender
         self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()  # the instance reached INIT after a stop
-        self._links = LinkWatcher(self._on_link)  # link state from the kernel's events, at once
-        self._links_open = False  # else: poll every advert interval, as before
+        self._links = LinkWatcher(self.on_link) if links else None  # link state from the kernel's events
+        self.links_open = False  # else: poll every advert interval, as before
         self._link_events = 0  # a poll that started before an event must not undo it
         self._polled = 0.0
+        self._down: set[str] = set()  # links found down by `open`
+
+    @property
+    def cfg(self) -> Vrrp:
+        return self.view.config.instance(self.name)
 
     @property
     def track(self) -> tuple[str, ...]:
         """The heartbeat link, the links the addresses live on, and any extra: a director that cannot
         reach the clients or the real servers must not stay MASTER."""
-        cfg = self.view.config.vrrp
-        assert cfg is not None
         return tuple(dict.fromkeys([self._hb_if, *(i for i, _ in self.floating),
-                                    *map(self.view.ifname, cfg.track_interfaces)]))
+                                    *map(self.view.ifname, self.cfg.track_interfaces)]))
 
     @property
     def _interval(self) -> float:
-        return self.view.config.vrrp.advert_interval if self.view.config.vrrp else 1.0
+        return self.cfg.advert_interval
+
+    @property
+    def base_priority(self) -> int:
+        return self.cfg.priority_of(self.view.name, self.view.node)
 
     @property
     def effective_priority(self) -> int:
-        return max(1, self.view.node.priority - self.decrement)
+        return max(1, self.base_priority - self.decrement)
+
+    @property
+    def socket_key(self) -> SocketKey:
+        return (self._hb_if, self.src, tuple(self._peers()))
+
+    def _peers(self) -> list[Any]:
+        # one config serves both directors, so the peer list may name us too
+        return [p for p in self.cfg.unicast_peers if p != self.src]
 
     def params(self) -> VrrpParams:
-        cfg = self.view.config.vrrp
-        assert cfg is not None and self.src is not None
+        cfg = self.cfg
+        assert self.src is not None
         return VrrpParams(
-            router_id=cfg.router_id, priority=self.view.node.priority, advert_interval=cfg.advert_interval,
+            router_id=cfg.router_id, priority=self.base_priority, advert_interval=cfg.advert_interval,
             primary_address=self.src, addresses=tuple(a.ip for _, a in self.floating), version=cfg.version,
             preempt=cfg.preempt and not self.preempt_hold, preempt_delay=cfg.preempt_delay, auth_pass=cfg.auth_pass,
             garp_refresh=cfg.garp.refresh, garp_burst_interval=cfg.garp.burst_interval,
             auth=auth_params(cfg.auth_hmac, cfg.advert_interval),  # reads file: keys; ValueError names the key
+            sync_group=self.group is not None,
         )
 
     # ------------------------------------------------------------------------------ start, stop
 
     async def start(self) -> None:
-        """Open the socket, start in BACKUP (or FAULT), releasing stale addresses. RuntimeError if not."""
-        loop = asyncio.get_running_loop()
-        cfg = self.view.config.vrrp
-        assert cfg is not None
+        """On its own socket: open, then begin. RuntimeError if it cannot start."""
+        await self.open()
         try:
-            await self._addrs.open()
-            self.src = src = await advert_source(self.view, self._addrs, self._hb_if, self.family, self.floating)
-            # one config serves both directors, so the peer list may name us too
-            peers = [p for p in cfg.unicast_peers if p != src]
-            self._sock = VrrpSocket(self._hb_if, self.src, peers=peers)
-            down = {i for i in self.track if not await self._addrs.link_up(i)}
+            demux = Demux(VrrpSocket(self._hb_if, self.src, peers=self._peers()))  # type: ignore[arg-type]
         except (OSError, ValueError) as e:
             await self.close()
             raise RuntimeError(f"VRRP did not start: {e}") from e
-        except RuntimeError as e:
-            await self.close()
-            raise RuntimeError(f"VRRP did not start: {e}") from e
+        self.begin(demux)
+
+    async def open(self) -> None:
+        """The rtnetlink socket, the advert source, the links' state, the keys. RuntimeError if not."""
         try:
-            vparams = self.params()
-        except ValueError as e:  # an auth_hmac key that cannot be read (missing, world-readable, wrong size)
+            await self._addrs.open()
+            # no instance's floating address is anyone's advert source
+            others = tuple((self.view.ifname(fa.interface), fa.address) for v in self.view.config.vrrp
+                           for fa in v.addresses)
+            self.src = await advert_source(self.view, self._addrs, self._hb_if, self.family, others)
+            self._down = {i for i in self.track if not await self._addrs.link_up(i)}
+            self.params()  # an auth_hmac key that cannot be read (missing, world-readable, wrong size)
+        except (OSError, ValueError, RuntimeError) as e:
             await self.close()
             raise RuntimeError(f"VRRP did not start: {e}") from e
-        self.inst = VrrpInstance(vparams, loop.time())
+
+    def begin(self, demux: Demux) -> None:
+        """Start in BACKUP (or FAULT), releasing stale addresses, on `demux`'s socket."""
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        assert self.src is not None
+        self.demux = demux
+        self.inst = VrrpInstance(self.params(), loop.time())
         self.inst.priority = self.effective_priority
         self._announcer = Announcer(self.floating, self._addrs, self._log, self.warn)
-        self._heartbeat = Heartbeat(self._sock, src, self.inst, checksum=cfg.v3_checksum, warn=self.warn,
+        self._heartbeat = Heartbeat(demux.sock, self.src, self.inst, checksum=cfg.v3_checksum, warn=self.warn,
                                     dispatch=lambda actions: self.dispatch(actions), after_batch=self._note_deferred,
                                     on_tick=lambda: setattr(self, "last_tick", time.monotonic()))
         self.notify.start()
         self._tasks = [loop.create_task(self._effects_worker()), loop.create_task(self._track_loop())]
-        loop.add_reader(self._sock.fileno(), self._heartbeat.on_readable)
-        try:
-            self._links.open()
-            self._links_open = True
-        except OSError as e:
-            self._log.warning("vrrp.link_events_unavailable", error=str(e), fallback="poll every advert")
+        demux.add(cfg.router_id, self._heartbeat)
+        if self._links is not None:
+            try:
+                self._links.open()
+                self.links_open = True
+            except OSError as e:
+                self._log.warning("vrrp.link_events_unavailable", error=str(e), fallback="poll every advert")
         self._log.info(
             "vrrp.started", interface=self._hb_if, source=str(self.src), router_id=cfg.router_id,
             version=cfg.version, priority=self.inst.priority, interval=cfg.advert_interval,
-            mode="unicast" if peers else "multicast", track=list(self.track),
+            mode="unicast" if demux.sock.unicast else "multicast", track=list(self.track),
             auth=_auth_summary(self.inst),
         )
-        self.faulty = frozenset(down)
+        self.faulty = frozenset(self._down)
         now = loop.time()
-        self.dispatch(self.inst.fault(now) if down else self.inst.start(now))
+        if self.group is not None:
+            if self.faulty:
+                self.group.fault(self.name, True, "interface_down")
+            if self.group.any_faulty(self.name):  # a member's link is down: start with the group, in FAULT
+                self.dispatch(self.inst.fault(now, "interface_down" if self.faulty else "sync_group"))
+                return
+        self.dispatch(self.inst.fault(now) if self.faulty else self.inst.start(now))
 
     async def stop(self, graceful: bool) -> None:
         """graceful: a MASTER resigns and hands over (make before break, driven by the core's timers);
@@ -172,8 +224,6 @@ class VrrpShell:
             self.dispatch(self.inst.stop(loop.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), 3 * self._interval + RESIGN_EXTRA + 1.0)
-        if self._sock is not None:
-            loop.remove_reader(self._sock.fileno())
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._tasks, tasks = [], self._tasks
@@ -189,13 +239,15 @@ class VrrpShell:
         await self.close()
 
     async def close(self) -> None:
-        self._links.close()
-        self._links_open = False
+        if self._links is not None:
+            self._links.close()
+        self.links_open = False
         if self._announcer is not None:
             self._announcer.close()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self.demux is not None and self.inst is not None:
+            if self.demux.remove(self.inst.params.router_id):
+                self.demux.close()  # the last instance on it
+            self.demux = None
         await self._addrs.close()
 
     def set_priority_decrement(self, n: int) -> None:
@@ -220,36 +272,40 @@ class VrrpShell:
                                                 asyncio.get_running_loop().time()))
 
     def _note_deferred(self) -> None:
-        inst, cfg = self.inst, self.view.config.vrrp
-        if (not self.preempt_hold or self._deferred_said or inst is None or cfg is None or not cfg.preempt
+        inst, cfg = self.inst, self.cfg
+        if (not self.preempt_hold or self._deferred_said or inst is None or not cfg.preempt
                 or inst.state != "BACKUP" or inst.master_priority is None or inst.master_priority >= inst.priority):
             return
         self._deferred_said = True
         self._log.info("vrrp.preempt_deferred", reason=self.preempt_hold, master=str(inst.master_address),
                        master_priority=inst.master_priority, priority=inst.priority)
 
-    def update(self, view: NodeView) -> bool:
-        """Reloaded tunables in place (priority, interval, preemption, tracking, notify, GARP): the state
-        stays and adverts keep their rhythm. False: the identity changed; the caller restarts."""
-        if view.config.vrrp is None or self.inst is None or identity(view) != identity(self.view):
+    def update(self, view: NodeView, group: GroupHooks | bool | None = False) -> bool:
+        """Reloaded tunables in place (priority, interval, preemption, tracking, notify, GARP, sync group):
+        the state stays and adverts keep their rhythm. False: the identity changed; the caller restarts.
+        `group`: the new group hooks (False: unchanged)."""
+        names = {v.name for v in view.config.vrrp}
+        if self.name not in names or self.inst is None or identity(view, self.name) != identity(self.view, self.name):
             return False
-        old, self.view = self.view, view
+        old, old_group, self.view = self.view, self.group, view
+        if group is not False:
+            self.group = group  # type: ignore[assignment]
         try:
             new_params = self.params()
         except ValueError as e:  # a key file gone or unsafe: keep signing with the keys we have
-            self.view = old
+            self.view, self.group = old, old_group
             self._log.error("vrrp.reload", applied=False, reason=str(e), kept="running VRRP settings")
             return True
         try:
             actions = self.inst.reconfigure(new_params, self.effective_priority, asyncio.get_running_loop().time())
         except ValueError as e:
-            self.view = old
+            self.view, self.group = old, old_group
             self._log.info("vrrp.reload", applied=False, reason=str(e))
             return False
-        self.notify.notify = view.config.vrrp.notify
+        self.notify.notify = self.cfg.notify
         self.dispatch(actions)
         self._log.info("vrrp.reload", applied=True, priority=self.effective_priority,
-                       interval=view.config.vrrp.advert_interval, auth=_auth_summary(self.inst))
+                       interval=self.cfg.advert_interval, auth=_auth_summary(self.inst))
         return True
 
     # ------------------------------------------------------------------------------ events in
@@ -257,12 +313,11 @@ class VrrpShell:
     async def _track_loop(self) -> None:
         """The fallback: link events decide at once; this poll catches what they missed (every LINK_POLL
         seconds, or every advert interval when the event socket could not be opened)."""
-        cfg = self.view.config.vrrp
-        assert cfg is not None and self.inst is not None
+        assert self.inst is not None
         while True:
             await asyncio.sleep(self._interval)
             self.last_tick = now = time.monotonic()
-            if self._links_open and now - self._polled < LINK_POLL:
+            if self.links_open and now - self._polled < LINK_POLL:
                 continue
             self._polled, seen = now, self._link_events
             try:
@@ -274,7 +329,7 @@ class VrrpShell:
             if seen == self._link_events:
                 self._set_faulty(down, "poll")
 
-    def _on_link(self, event: LinkEvent | None) -> None:
+    def on_link(self, event: LinkEvent | None) -> None:
         if self.inst is None:
             return
         if event is None:  # events were lost: poll at the next tick
@@ -286,15 +341,26 @@ class VrrpShell:
         down = self.faulty - {event.ifname} if event.up else self.faulty | {event.ifname}
         self._set_faulty(frozenset(down), "event")
 
+    _on_link = on_link
+
     def _set_faulty(self, down: frozenset[str], source: str) -> None:
         assert self.inst is not None
         if down == self.faulty:
             return
         for ifname in sorted(down ^ self.faulty):
             self._log.info("vrrp.track", interface=ifname, up=ifname not in down, source=source)
-        self.faulty = down
+        was, self.faulty = bool(self.faulty), down
+        if self.group is not None:
+            if was != bool(down):
+                self.group.fault(self.name, bool(down), "interface_down" if down else "interface_up")
+            return
         now = asyncio.get_running_loop().time()
         self.dispatch(self.inst.fault(now) if down else self.inst.recover(now))
+
+    def force(self, to: State, reason: str) -> None:
+        """The sync group's verdict; nothing when the instance is already there."""
+        if self.inst is not None and self.inst.state != to:
+            self.dispatch(self.inst.force(to, asyncio.get_running_loop().time(), reason))
 
     # ------------------------------------------------------------------------------ actions out
 
@@ -314,8 +380,8 @@ class VrrpShell:
                 ann.cancel_bursts()
                 self._effects.put_nowait(lambda reason=action.reason: ann.release(reason))
             elif isinstance(action, AnnounceAddresses):
-                garp = self.view.config.vrrp.garp if self.view.config.vrrp else None
-                rounds, gap = (garp.burst if action.burst else 1, garp.burst_interval) if garp else (1, 0.0)
+                garp = self.cfg.garp
+                rounds, gap = (garp.burst if action.burst else 1), garp.burst_interval
                 self._effects.put_nowait(lambda r=rounds, g=gap, why=action.reason: self._if_master(
                     lambda: ann.announce(r, g, why)))
             elif isinstance(action, AdvertDropped):
@@ -330,6 +396,8 @@ class VrrpShell:
                           state=str(action.state), input=str(action.input))
             elif isinstance(action, Handover):
                 self._log.info("vrrp.handover", outcome=action.outcome, waited=round(action.waited, 3))
+            elif isinstance(action, WantMaster) and self.group is not None:
+                self.group.want(self.name, action.want)
         heartbeat.rearm()
 
     def _state_changed(self, change: StateChanged) -> None:
@@ -363,8 +431,7 @@ class VrrpShell:
                           error=f"{type(e).__name__}: {e}")
 
     def snapshot(self) -> dict[str, Any]:
-        cfg = self.view.config.vrrp
-        assert cfg is not None
+        cfg = self.cfg
         snap: dict[str, Any] = self.inst.snapshot() if self.inst is not None else {"state": "INIT", "since": None}
         snap.setdefault("priority", self.effective_priority)
         since = snap.get("since")
@@ -378,6 +445,8 @@ class VrrpShell:
             held=sorted(self._announcer.held) if self._announcer is not None else [],
             failures=dict(self.warn.counts),
         )
+        if self.demux is not None and self.demux.unmatched:
+            snap["unmatched_router_id"] = self.demux.unmatched
         return snap
 
 

@@ -1,0 +1,372 @@
+"""Several VRRP instances in one child (havs.vrrp.instances), two directors in one loop over a fake segment:
+real shells, cores, timers and the demultiplexer; the raw socket, rtnetlink and GARP are fakes (no root).
+Adverts every 50 ms, so each test takes a second or two of real time; bounds are generous."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from havs.core.config import parse_config
+from havs.core.model import NodeView
+from havs.edge.links import LinkEvent
+from havs.edge.vrrp_socket import Received
+from havs.vrrp import instances as instances_mod
+from havs.vrrp import shell as shell_mod
+from havs.vrrp.instances import BoundLog, Instances, rt_priority
+from tests.fakes import ListLog
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+SRC = {("d1", 4): ipaddress.ip_address("10.0.72.1"), ("d2", 4): ipaddress.ip_address("10.0.72.2"),
+       ("d1", 6): ipaddress.ip_address("fe80::1"), ("d2", 6): ipaddress.ip_address("fe80::2")}
+INTERVAL = 0.05
+
+ACTIVE_ACTIVE = """\
+nodes:
+  d1: {priority: 150, interfaces: {hb: eth1, client: eth0}}
+  d2: {priority: 100, interfaces: {hb: eth1, client: eth0}}
+vrrp:
+  - name: A
+    router_id: 51
+    priority: {d1: 200, d2: 100}
+    advert_interval: 0.05
+    interface: hb
+    addresses: [{address: 10.0.0.100/24, interface: client}]
+    garp: {burst: 1, refresh: 0}
+  - name: B
+    router_id: 52
+    priority: {d1: 100, d2: 200}
+    advert_interval: 0.05
+    interface: hb
+    rt_priority: 7
+    addresses: [{address: 10.0.0.101/24, interface: client}]
+    garp: {burst: 1, refresh: 0}
+"""
+
+DUAL_STACK = """\
+nodes:
+  d1: {priority: 200, interfaces: {hb: eth1, client: eth0, six: eth6}}
+  d2: {priority: 100, interfaces: {hb: eth1, client: eth0, six: eth6}}
+vrrp:
+  - name: V4
+    router_id: 51
+    advert_interval: 0.05
+    interface: hb
+    addresses: [{address: 10.0.0.100/24, interface: client}]
+    garp: {burst: 1, refresh: 0}
+  - name: V6
+    router_id: 61
+    advert_interval: 0.05
+    interface: hb
+    addresses: [{address: 'fd00::100/64', interface: six}]
+    garp: {burst: 1, refresh: 0}
+vrrp_sync_groups:
+  - name: G
+    instances: [V4, V6]
+"""
+
+
+class Segment:
+    """One broadcast domain: what a socket sends, every other open socket of its family receives."""
+
+    def __init__(self) -> None:
+        self.sockets: list[FakeSocket] = []
+        self.dead: set[str] = set()  # directors that crashed: they neither send nor receive
+        self.sent: list[tuple[float, str, int]] = []  # (time, director, router id)
+
+
+class FakeSocket:
+    segment: Segment
+
+    def __init__(self, ifname: str, src: IP, *, peers: Any = (), group: Any = None) -> None:
+        self.ifname, self.src, self.peers = ifname, src, tuple(peers)
+        self.director = next(d for (d, _), a in SRC.items() if a == src)
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self.inbox: list[Received] = []
+        self.segment.sockets.append(self)
+
+    unicast = False
+
+    @property
+    def destinations(self) -> tuple[IP, ...]:
+        return (ipaddress.ip_address("224.0.0.18" if self.src.version == 4 else "ff02::12"),)
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def send(self, payload: bytes, dst: IP) -> None:
+        seg = self.segment
+        if self.director in seg.dead:
+            return
+        seg.sent.append((time.monotonic(), self.director, payload[1]))
+        for other in seg.sockets:
+            if other is not self and other.src.version == self.src.version and other.director not in seg.dead:
+                other.inbox.append(Received(payload, self.src, dst, 255))
+                other._w.send(b"x")
+
+    def receive(self, limit: int = 1 << 30) -> list[Received]:
+        with contextlib.suppress(BlockingIOError):
+            self._r.recv(4096)
+        out, self.inbox = self.inbox[:limit], self.inbox[limit:]
+        if self.inbox:
+            self._w.send(b"x")
+        return out
+
+    def close(self) -> None:
+        if self in self.segment.sockets:
+            self.segment.sockets.remove(self)
+        self._r.close()
+        self._w.close()
+
+
+class FakeAddrs:
+    held: ClassVar[dict[str, set[str]]] = {}  # director → "address dev ifname"
+    slow: ClassVar[set[str]] = set()  # addresses whose add takes a second (a stuck netlink)
+
+    def __init__(self) -> None:
+        self.director = ""
+
+    async def open(self) -> FakeAddrs:
+        return self
+
+    async def close(self) -> None:
+        pass
+
+    async def ensure(self, ifname: str, a: Any) -> None:
+        if str(a) in self.slow:
+            await asyncio.sleep(1.0)
+        self.held.setdefault(self.director, set()).add(f"{a} dev {ifname}")
+
+    add = ensure
+
+    async def remove(self, ifname: str, a: Any) -> bool:
+        there = f"{a} dev {ifname}" in self.held.get(self.director, set())
+        self.held.get(self.director, set()).discard(f"{a} dev {ifname}")
+        return there
+
+    async def link_up(self, ifname: str) -> bool:
+        return True
+
+
+class FakeSender:
+    def announce(self, ifname: str, addresses: Any) -> int:
+        return 1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def segment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Segment]:
+    seg = Segment()
+    FakeSocket.segment = seg
+    FakeAddrs.held = {}
+    FakeAddrs.slow = set()
+
+    async def fake_open(self: shell_mod.VrrpShell) -> None:
+        self.src = SRC[self.view.name, self.family]
+        self._addrs.director = self.view.name  # type: ignore[attr-defined]
+        self._down = set()
+
+    monkeypatch.setattr(instances_mod, "VrrpSocket", FakeSocket)
+    monkeypatch.setattr(instances_mod, "interface_exists", lambda name: not name.startswith("nosuch"))
+    monkeypatch.setattr(shell_mod, "Addresses", FakeAddrs)
+    monkeypatch.setattr(shell_mod.VrrpShell, "open", fake_open)
+    monkeypatch.setattr("havs.vrrp.announcer.Garp", FakeSender)
+    monkeypatch.setattr("havs.vrrp.announcer.Ndisc", FakeSender)
+    yield seg
+
+
+def view(text: str, node: str) -> NodeView:
+    cfg = parse_config(text, "havs.yaml")
+    return NodeView(name=node, node=cfg.nodes[node], config=cfg)
+
+
+class Director:
+    def __init__(self, text: str, node: str) -> None:
+        self.log = ListLog()
+        self.changes: list[tuple[str, str, str, str, str]] = []
+        self.vrrp = Instances(view(text, node), log=self.log, on_state=lambda *a: self.changes.append(a))
+
+    def states(self) -> dict[str, str]:
+        return {i["instance"]: i["state"] for i in self.vrrp.snapshot()["instances"]}
+
+
+async def wait_for(what: str, check: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def pair(text: str) -> tuple[Director, Director]:
+    d1, d2 = Director(text, "d1"), Director(text, "d2")
+    await d1.vrrp.start()
+    await d2.vrrp.start()
+    return d1, d2
+
+
+async def test_active_active_share_one_socket_and_a_crash_leaves_both_on_the_survivor(segment: Segment) -> None:
+    d1, d2 = await pair(ACTIVE_ACTIVE)
+    try:
+        assert len(d1.vrrp._demux) == 1 and len(segment.sockets) == 2  # one socket per director, not per instance
+        await wait_for("A on d1, B on d2", lambda: d1.states() == {"A": "MASTER", "B": "BACKUP"}
+                       and d2.states() == {"A": "BACKUP", "B": "MASTER"})
+        await wait_for("addresses", lambda: FakeAddrs.held.get("d1") == {"10.0.0.100/24 dev eth0"}
+                       and FakeAddrs.held.get("d2") == {"10.0.0.101/24 dev eth0"})
+        snap = d1.vrrp.snapshot()
+        assert [(i["instance"], i["group"], i["router_id"], i["priority"]) for i in snap["instances"]] == [
+            ("A", None, 51, 200), ("B", None, 52, 100)]
+        assert snap["groups"] == {} and "unmatched_router_id" not in snap["instances"][0]
+        assert ("A", "BACKUP", "MASTER", "master_down", "") in d1.changes
+        states = [kw for _, ev, kw in d1.log.events if ev == "vrrp.state"]
+        assert {kw["instance"] for kw in states} == {"A", "B"} and all("group" not in kw for kw in states)
+        segment.dead.add("d1")  # kill -9 of the director
+        await wait_for("d2 holds both", lambda: d2.states() == {"A": "MASTER", "B": "MASTER"})
+        await wait_for("both addresses on d2", lambda: FakeAddrs.held["d2"] == {
+            "10.0.0.100/24 dev eth0", "10.0.0.101/24 dev eth0"})
+    finally:
+        await d2.vrrp.stop(graceful=False)
+        await d1.vrrp.stop(graceful=False)
+    assert segment.sockets == []
+
+
+async def test_one_instances_stuck_address_change_does_not_delay_anothers_adverts(segment: Segment) -> None:
+    FakeAddrs.slow = {"10.0.0.100/24"}  # A's takeover on d1 hangs in netlink for a second
+    d1, d2 = await pair(ACTIVE_ACTIVE)
+    try:
+        await wait_for("B master on d2", lambda: d2.states()["B"] == "MASTER")
+        await wait_for("A master on d1", lambda: d1.states()["A"] == "MASTER")
+        t0 = time.monotonic()
+        await asyncio.sleep(1.0)
+        for director, rid in (("d1", 51), ("d2", 52)):
+            sent = [t for t, d, r in segment.sent if d == director and r == rid and t >= t0]
+            gaps = [b - a for a, b in itertools.pairwise(sent)]
+            assert len(sent) >= 15 and max(gaps) < 3 * INTERVAL, (director, max(gaps))
+        assert "10.0.0.100/24 dev eth0" in FakeAddrs.held.get("d1", set())
+    finally:
+        await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))
+
+
+async def test_sync_group_a_members_link_fault_moves_both_families(segment: Segment) -> None:
+    d1, d2 = await pair(DUAL_STACK)
+    try:
+        assert len(d1.vrrp._demux) == 2  # one socket per family
+        await wait_for("d1 master of both", lambda: d1.states() == {"V4": "MASTER", "V6": "MASTER"}
+                       and d2.states() == {"V4": "BACKUP", "V6": "BACKUP"})
+        assert d1.vrrp.snapshot()["groups"] == {"G": "MASTER"}
+        assert [i["group"] for i in d1.vrrp.snapshot()["instances"]] == ["G", "G"]
+        d1.vrrp._on_link(LinkEvent("eth6", 6, up=False))  # the IPv6 instance's link
+        assert d1.states() == {"V4": "FAULT", "V6": "FAULT"} and d1.vrrp.snapshot()["groups"] == {"G": "FAULT"}
+        await wait_for("d2 takes both", lambda: d2.states() == {"V4": "MASTER", "V6": "MASTER"})
+        assert ("V6", "MASTER", "FAULT", "interface_down", "G") in d1.changes
+        assert ("V4", "MASTER", "FAULT", "sync_group", "G") in d1.changes
+        groups = [kw for _, ev, kw in d1.log.events if ev == "vrrp.group"]
+        assert groups[-1] == {"group": "G", "from_": "MASTER", "to": "FAULT", "reason": "interface_down",
+                              "instances": ["V4", "V6"]}
+        states = [kw for _, ev, kw in d1.log.events if ev == "vrrp.state"]
+        assert all(kw["group"] == "G" for kw in states)
+        d1.vrrp._on_link(LinkEvent("eth6", 6, up=True))
+        assert d1.states() == {"V4": "BACKUP", "V6": "BACKUP"}
+        await wait_for("d1 preempts with both", lambda: d1.states() == {"V4": "MASTER", "V6": "MASTER"}
+                       and d2.states() == {"V4": "BACKUP", "V6": "BACKUP"})
+        # a lost quorum on the IPv4 instance's services lowers the whole group: both move to d2
+        d1.vrrp.set_priority_decrement({"V4": 150})
+        assert [i["priority"] for i in d1.vrrp.snapshot()["instances"]] == [50, 50]
+        await wait_for("d2 takes both again", lambda: d2.states() == {"V4": "MASTER", "V6": "MASTER"}
+                       and d1.states() == {"V4": "BACKUP", "V6": "BACKUP"})
+    finally:
+        await asyncio.gather(d1.vrrp.stop(graceful=True), d2.vrrp.stop(graceful=True))
+    assert d2.vrrp.snapshot()["groups"] == {"G": "INIT"}
+
+
+async def test_reload_by_name_leaves_the_unchanged_alone(segment: Segment) -> None:
+    d1, d2 = await pair(ACTIVE_ACTIVE)
+    try:
+        await wait_for("converged", lambda: d1.states() == {"A": "MASTER", "B": "BACKUP"}
+                       and d2.states() == {"A": "BACKUP", "B": "MASTER"})
+        await wait_for("addresses", lambda: "10.0.0.101/24 dev eth0" in FakeAddrs.held.get("d2", set()))
+        a_core = d2.vrrp.shells["A"].inst
+        b_since = d2.vrrp.snapshot()["instances"][1]["since"]
+        head, a, b = ACTIVE_ACTIVE.split("  - name: ")
+        c = """C
+    router_id: 53
+    advert_interval: 0.05
+    interface: hb
+    addresses: [{address: 10.0.0.102/24, interface: client}]
+"""
+        a = a.replace("A\n", "A\n    preempt_delay: 1\n", 1)
+        b = b.replace("priority: {d1: 100, d2: 200}", "priority: {d1: 100, d2: 210}")
+        text = head + "  - name: " + a + "  - name: " + b + "  - name: " + c
+        assert await d2.vrrp.update(view(text, "d2"))
+        assert d2.vrrp.shells["A"].inst is a_core  # reconfigured in place, not restarted
+        snap = {i["instance"]: i for i in d2.vrrp.snapshot()["instances"]}
+        assert list(snap) == ["A", "B", "C"] and snap["B"]["since"] == b_since and snap["B"]["priority"] == 210
+        assert snap["B"]["state"] == "MASTER"
+        # B removed: it hands over and releases its address; A and C keep going
+        assert await d2.vrrp.update(view(head + "  - name: " + a + "  - name: " + c, "d2"))
+        assert [i["instance"] for i in d2.vrrp.snapshot()["instances"]] == ["A", "C"]
+        await wait_for("B released on d2", lambda: "10.0.0.101/24 dev eth0" not in FakeAddrs.held["d2"])
+        assert d2.vrrp.shells["A"].inst is a_core
+    finally:
+        await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))
+
+
+async def test_a_reload_naming_a_missing_interface_changes_nothing(segment: Segment) -> None:
+    d = Director(ACTIVE_ACTIVE, "d1")
+    await d.vrrp.start()
+    try:
+        text = ACTIVE_ACTIVE.replace("client: eth0}", "client: eth0, other: nosuch9}") + """\
+  - name: C
+    router_id: 53
+    interface: hb
+    addresses: [{address: 10.0.0.102/24, interface: other}]
+"""
+        assert not await d.vrrp.update(view(text, "d1"))
+        assert list(d.vrrp.shells) == ["A", "B"]
+        (failed,) = d.log.named("vrrp.reload_failed")
+        assert failed["instance"] == "C" and "nosuch9" in failed["error"]
+    finally:
+        await d.vrrp.stop(graceful=False)
+
+
+async def test_adverts_for_router_ids_nobody_has_are_counted_once(segment: Segment) -> None:
+    d = Director(ACTIVE_ACTIVE, "d1")
+    await d.vrrp.start()
+    try:
+        sock = segment.sockets[0]
+        stranger = FakeSocket("eth1", SRC["d2", 4])
+        from havs.core import wire
+        adv = wire.Advertisement(3, 99, 100, (ipaddress.IPv4Address("10.0.0.9"),), 5)
+        stranger.send(wire.encode(adv, src=SRC["d2", 4], dst=wire.MULTICAST_V4), wire.MULTICAST_V4)
+        await wait_for("counted", lambda: d.vrrp.snapshot()["instances"][0].get("unmatched_router_id") == 1)
+        snap = d.vrrp.snapshot()["instances"]
+        assert all(i["dropped"].get("router_id") is None for i in snap)  # no instance parsed it
+        assert sock.inbox == []
+        stranger.close()
+    finally:
+        await d.vrrp.stop(graceful=False)
+
+
+def test_rt_priority_is_the_highest_any_instance_asks_for() -> None:
+    assert rt_priority(view(ACTIVE_ACTIVE, "d1")) == 7
+
+
+def test_bound_log_adds_the_instance_to_every_event() -> None:
+    log = ListLog()
+    bound = BoundLog(log, instance="A")
+    bound.info("vrrp.state", to="MASTER")
+    bound.fields = {"instance": "A", "group": "G"}
+    bound.error("vrrp.effect_failed", error="x")
+    assert log.events == [("info", "vrrp.state", {"instance": "A", "to": "MASTER"}),
+                          ("error", "vrrp.effect_failed", {"instance": "A", "group": "G", "error": "x"})]
