@@ -328,9 +328,10 @@ class HealthService:
         ev = asyncio.get_running_loop()
         slots = self._slots
         assert slots is not None
-        due = ev.time() + first
+        now = ev.time()
+        due = now + first
         while True:
-            woke = await self._sleep(ev, loop, due)
+            woke = await self._sleep(ev, loop, due, now)
             waited = slots.locked()
             async with slots:  # queued, not timing: the probe's clock starts when it runs
                 started = ev.time() if waited else woke
@@ -355,11 +356,12 @@ class HealthService:
             # the next check counts from when this one was due (no drift), or from an early wake-up
             due = min(due, woke) + loop.health.next_interval(self._rand())
 
-    async def _sleep(self, ev: asyncio.AbstractEventLoop, loop: _Loop, when: float) -> float:
-        """Sleep until `when`, unless `_peer_closed` cuts it short (same cost as `asyncio.sleep`: one
-        future, one timer). Returns the time it woke; how late that was is the loop's lag (`LagWindow`)."""
+    async def _sleep(self, ev: asyncio.AbstractEventLoop, loop: _Loop, when: float, now: float) -> float:
+        """Sleep until `when` (`now`: the clock just read), unless `_peer_closed` cuts it short (same cost
+        as `asyncio.sleep`: one future, one timer; `call_later`, as uvloop's `call_at` reads the clock
+        again). Returns the time it woke; how late that was is the loop's lag (`LagWindow`)."""
         loop.wake = wake = ev.create_future()
-        timer = ev.call_at(when, _wake, wake)
+        timer = ev.call_later(when - now, _wake, wake)
         try:
             await wake
         finally:

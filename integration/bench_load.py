@@ -47,12 +47,15 @@ BASE_PORT = 20000
 IMPLS = ("keepalived", "havs")
 CONVERGE = 60.0
 STRACE_SECONDS = 5.0
+# keepalived's side: delay_loop 1, connect_timeout 1, retry 1 (keepalived_virtual_server)
+CHECK = {"type": "http", "path": "/", "interval": 1, "timeout": 1, "rise": 2, "fall": 2}
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 # ------------------------------------------------------------------------------------------- servers
-def serve(n: int, counter: Path) -> int:
-    """The real servers: n listeners, answer and close, count. Runs in its own process (--serve)."""
+def serve(n: int, counter: Path, host: str = "127.0.0.1") -> int:
+    """The real servers: n listeners on host:BASE_PORT.., answer and close, count. Runs in its own process
+    (--serve; integration/soak.py runs it in a real server's namespace with --serve-host)."""
     import asyncio
 
     from integration.okserver import has_uvloop, use_loop
@@ -72,7 +75,7 @@ def serve(n: int, counter: Path) -> int:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for i in range(n):
-            await loop.create_server(Closer, "127.0.0.1", BASE_PORT + i, backlog=1024, reuse_address=True)
+            await loop.create_server(Closer, host, BASE_PORT + i, backlog=1024, reuse_address=True)
         print("listening", flush=True)
         while True:
             counter.with_suffix(".tmp").write_text(f"{Closer.count} {time.monotonic()}")
@@ -107,13 +110,27 @@ virtual_services:
     port: 80
     scheduler: rr
     forwarding: nat
-    check: {{type: http, path: /, interval: 1, timeout: 1, rise: 2, fall: 2}}
+    check: {json.dumps(CHECK)}
     real_servers:
 {servers}"""
 
 
+def havs_service(n: int, host: str, vip: str, port: int) -> dict[str, object]:
+    """The same service as havs_config's, as a config mapping: n real servers host:BASE_PORT.. (soak.py)."""
+    return {"address": vip, "port": port, "scheduler": "rr", "forwarding": "nat", "check": dict(CHECK),
+            "real_servers": [{"address": host, "port": BASE_PORT + i} for i in range(n)]}
+
+
 def keepalived_config(n: int) -> str:
-    reals = "".join(f"""    real_server 127.0.0.1 {BASE_PORT + i} {{
+    return f"""global_defs {{
+    router_id lab
+}}
+{keepalived_virtual_server(n)}"""
+
+
+def keepalived_virtual_server(n: int, host: str = "127.0.0.1", vip: str = "10.99.0.1", port: int = 80) -> str:
+    """keepalived's virtual_server with n real servers host:BASE_PORT.. checked as havs checks them."""
+    reals = "".join(f"""    real_server {host} {BASE_PORT + i} {{
         weight 1
         HTTP_GET {{
             url {{
@@ -126,10 +143,7 @@ def keepalived_config(n: int) -> str:
         }}
     }}
 """ for i in range(n))
-    return f"""global_defs {{
-    router_id lab
-}}
-virtual_server 10.99.0.1 80 {{
+    return f"""virtual_server {vip} {port} {{
     delay_loop 1
     lb_algo rr
     lb_kind NAT
@@ -349,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--small", type=int, default=2)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-host", default="127.0.0.1", help=argparse.SUPPRESS)
+    parser.add_argument("--counter", type=Path, default=OUT / "count", help=argparse.SUPPRESS)
     parser.add_argument("--inside", action="store_true", help="already inside the lab kernel")
     args = parser.parse_args(argv)
     if args.serve:
-        return serve(args.serve, OUT / "count")
+        return serve(args.serve, args.counter, args.serve_host)
     from integration.lab import in_uml, run_in_uml
 
     if args.inside or in_uml():

@@ -489,9 +489,46 @@ async def test_no_probe_timer_outlives_a_probe(server: Server, no_leaks: Connect
     await probe_http(_probe(server, "/ok"), no_leaks)
     await probe_http(_probe(server, "/slow", timeout=0.1), no_leaks)
     await probe_http(_probe(server, "/garbage"), no_leaks)
+    await probe_http(HttpProbe(LOOPBACK, _free_port()), no_leaks)
+    await probe_tcp(LOOPBACK, server.port)
     scheduled = getattr(loop, "_scheduled", None)  # asyncio's timer heap (uvloop has none to look at)
     if scheduled is not None:
-        assert [h for h in scheduled if not h.cancelled() and "_fail" in repr(h)] == []
+        mine = ("_HttpConnection", "_connect_done")
+        assert [h for h in scheduled if not h.cancelled() and any(m in repr(h) for m in mine)] == []
+
+
+async def test_a_connect_that_never_completes_times_out_alone(no_leaks: ConnectionPool) -> None:
+    """A server whose accept queue is full drops our SYNs: the check's one timer ends the connect with
+    `timeout` at the deadline (HTTP: by cancelling the connect; TCP: its own wait), the task that ran the
+    check is not left cancelled, and no descriptor is left behind."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue (never accepted); later SYNs are dropped
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((LOOPBACK, port))
+        fillers.append(s)
+    await asyncio.sleep(0.05)
+    fds = _open_fds()
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        http = await probe_http(HttpProbe(LOOPBACK, port, timeout=0.3), no_leaks)
+        tcp = await probe_tcp(LOOPBACK, port, timeout=0.3)
+        took = loop.time() - t0
+        assert (http.reason, tcp.reason) == ("timeout", "timeout"), (http, tcp)
+        assert 0.55 <= took < 1.5, took
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        await asyncio.sleep(0)  # a cancellation left pending on this task would be raised here
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+    assert _open_fds() <= fds
 
 
 async def test_an_answer_left_unread_by_a_late_loop_is_read_not_timed_out(no_leaks: ConnectionPool) -> None:

@@ -19,7 +19,7 @@ a bounded prefix of the body. So the probe is a bare `asyncio.Protocol`:
   connection the server closed while idle is retried once on a fresh connection. The pool reports
   such a close as it happens (`on_peer_close`): a dead web process's kernel closes the idle connection
   at once, so its owner can check the server now instead of at the next interval;
-- one timer per check (`loop.call_at`) bounds the whole exchange — connect, TLS handshake, request
+- one timer per check (`loop.call_later`) bounds the whole exchange — connect, TLS handshake, request
   and the complete response — so a server that trickles bytes fails with `timeout`. When it fires, the
   exchange gets two more turns of the loop (`LAST_LOOK_HOPS`) before it fails: an answer that arrived
   before the deadline but is still unread because this director's loop ran late (uvloop runs due timers
@@ -28,7 +28,9 @@ a bounded prefix of the body. So the probe is a bare `asyncio.Protocol`:
   uvloop, libuv's connect with one epoll registration for connect and reads, no per-check socket
   options of ours); a TCP check connects its own socket (`_connect_socket`) and closes it with a reset.
   Neither looks the running loop up per check (`loop=`: a getpid() each on Python 3.11), and each is
-  bounded by a `call_at` timer rather than `asyncio.timeout_at`.
+  bounded by one timer rather than `asyncio.timeout_at`, set with `call_later` from a clock read the
+  probe already made (uvloop reads the clock on every `time()` and timer start: a syscall each where
+  there is no vDSO, as in the UML lab).
 
 Run under uvloop when it is installed (`install_uvloop()`); the daemon decides.
 
@@ -196,7 +198,9 @@ class _HttpConnection(asyncio.Protocol):
         self.alive = True
         self.reusable = True
         self.waiter: asyncio.Future[str | None] | None = None
-        self.timer: asyncio.Handle | None = None
+        self.timer: asyncio.Handle | None = None  # the check's one deadline timer (connect and exchange)
+        self.connecting: asyncio.Task[Any] | None = None  # the task to cancel if the deadline comes mid-connect
+        self.connect_timed_out = False
         self.msg: Any = None
         self.payload: Any = None
         self.body = bytearray()
@@ -269,9 +273,26 @@ class _HttpConnection(asyncio.Protocol):
 
     # -- exchange
 
-    def start(self, request: bytes, deadline: float) -> asyncio.Future[str | None]:
+    def arm(self, delay: float) -> None:
+        """The check's deadline, `delay` seconds from now: one timer for the connect and the exchange
+        (`call_later`: under uvloop each clock read is a syscall where there is no vDSO, as in UML)."""
+        self.timer = self.loop.call_later(delay, self._deadline)
+
+    def _deadline(self) -> None:
+        self.timer = None
+        task = self.connecting
+        if task is not None:  # still connecting: cancel the connect, as asyncio.timeout would
+            self.connect_timed_out = True
+            task.cancel()
+        elif self.waiter is not None:
+            self._expired(self.waiter, LAST_LOOK_HOPS)
+
+    def start(self, request: bytes, delay: float) -> asyncio.Future[str | None]:
+        """Send the request; the future says how the exchange ended (None: a complete answer). The
+        deadline is the one `arm` set for a new connection, else `delay` seconds from now."""
         self.waiter = waiter = self.loop.create_future()
-        self.timer = self.loop.call_at(deadline, self._expired, waiter, LAST_LOOK_HOPS)
+        if self.timer is None:
+            self.arm(delay)
         self.msg = self.payload = None
         self.body.clear()
         self.got_bytes = False
@@ -325,6 +346,9 @@ class _HttpConnection(asyncio.Protocol):
         self.alive = False
         self.reusable = False
         self.pool = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -344,13 +368,13 @@ def _connect_done(fut: asyncio.Future[None], fired: list[bool] | None) -> None:
 
 
 async def _connect_socket(
-    loop: asyncio.AbstractEventLoop, family: int, address: str, port: int, source: str | None, deadline: float
+    loop: asyncio.AbstractEventLoop, family: int, address: str, port: int, source: str | None, delay: float
 ) -> tuple[socket.socket | None, str | None]:
     """A connected non-blocking socket, or (None, reason). Closes the socket on every failure.
 
     The connect is issued here, not by `loop.sock_connect`: uvloop's resolves the (numeric) address through
     libuv's thread pool first (it asks getaddrinfo without a socket type, which skips its own fast path),
-    two thread hand-offs and their futex calls per check. One `call_at` timer bounds it, not
+    two thread hand-offs and their futex calls per check. One timer, `delay` seconds from now, bounds it, not
     `asyncio.timeout_at` (which looks the loop up again: a getpid() per check on Python 3.11)."""
     try:
         # non-blocking from the start: one ioctl less per connect (bench_load counts them)
@@ -366,7 +390,7 @@ async def _connect_socket(
             fd = sock.fileno()
             fired: list[bool] = []
             loop.add_writer(fd, _connect_done, fut, None)
-            timer = loop.call_at(deadline, _connect_done, fut, fired)
+            timer = loop.call_later(delay, _connect_done, fut, fired)
             try:
                 await fut
             finally:
@@ -387,38 +411,35 @@ async def _connect_socket(
     return sock, None
 
 
-def _cancel(task: asyncio.Task[Any], fired: list[bool]) -> None:
-    fired.append(True)
-    task.cancel()
-
-
 async def _open(
-    loop: asyncio.AbstractEventLoop, probe: HttpProbe, deadline: float
+    loop: asyncio.AbstractEventLoop, probe: HttpProbe, delay: float
 ) -> tuple[_HttpConnection | None, str | None]:
     """A new connection to the target, connected by the loop itself (uvloop: libuv's connect, its numeric
-    address fast path, one epoll registration for connect and reads), bounded by one `call_at` timer that
-    cancels this task at the deadline, as `asyncio.timeout_at` does without looking the loop up again."""
+    address fast path, one epoll registration for connect and reads). The connection's deadline timer,
+    `delay` seconds from now, is armed here and also bounds the exchange: it cancels this task if the
+    connect is still pending, as `asyncio.timeout_at` would without looking the loop up again."""
     conn = _HttpConnection(loop, probe.head, probe.max_body)
     task = asyncio.current_task(loop)
     assert task is not None
     cancelling = task.cancelling()
-    fired: list[bool] = []
-    timer = loop.call_at(deadline, _cancel, task, fired)
+    conn.connecting = task
+    conn.arm(delay)
     local = (probe.source_address, 0) if probe.source_address else None
     try:
         if probe.tls:
             await loop.create_connection(
                 lambda: conn, probe.address, probe.port, local_addr=local, family=probe.family,
                 ssl=_tls_context(probe.verify_tls), server_hostname=probe.server_hostname,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+                ssl_handshake_timeout=max(delay, 0.001),
             )
         else:
             await loop.create_connection(lambda: conn, probe.address, probe.port, local_addr=local,
                                          family=probe.family)
     except BaseException as exc:
+        conn.connecting = None
         conn.abort()  # the loop closes its transport on failure; this only marks the protocol dead
         if isinstance(exc, asyncio.CancelledError):
-            if fired and task.uncancel() <= cancelling:
+            if conn.connect_timed_out and task.uncancel() <= cancelling:
                 return None, "timeout"
             raise
         if isinstance(exc, TimeoutError):  # the TLS handshake's own timeout
@@ -428,8 +449,7 @@ async def _open(
         if isinstance(exc, OSError):
             return None, _os_reason(exc)
         raise
-    finally:
-        timer.cancel()
+    conn.connecting = None
     return conn, None
 
 
@@ -441,16 +461,16 @@ async def probe_http(
     if loop is None:
         loop = asyncio.get_running_loop()
     start = loop.time()
-    deadline = start + probe.timeout
+    delay = probe.timeout  # the deadline, from `start`: no clock read between here and the timers
     conn = pool.take(probe.key) if pool is not None else None
     reused = conn is not None
     while True:
         if conn is None:
-            conn, reason = await _open(loop, probe, deadline)
+            conn, reason = await _open(loop, probe, delay)
             if conn is None:
                 return _failed(reason, loop.time() - start)
         try:
-            failure = await conn.start(probe.request, deadline)
+            failure = await conn.start(probe.request, delay)
         except BaseException:
             conn.abort()
             raise
@@ -458,6 +478,7 @@ async def probe_http(
             # the server closed the kept-alive connection while it was idle: one fresh try
             conn.abort()
             conn, reused = None, False
+            delay = start + probe.timeout - loop.time()
             continue
         break
     latency = loop.time() - start
@@ -483,7 +504,7 @@ async def probe_tcp(
     address = str(address)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock, reason = await _connect_socket(
-        loop, family, address, port, str(source_address) if source_address else None, start + timeout
+        loop, family, address, port, str(source_address) if source_address else None, timeout
     )
     latency = loop.time() - start
     if sock is None:
