@@ -81,14 +81,14 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.view.config
         self.log.info("config.loaded", file=self.config_path, node=self.view.name, services=len(cfg.virtual_services),
-                      real_servers=sum(len(vs.real_servers) for vs in cfg.virtual_services), vrrp=cfg.vrrp is not None)
+                      real_servers=sum(len(vs.real_servers) for vs in cfg.virtual_services), vrrp=len(cfg.vrrp))
         self.control.load_drained()
         if cfg.settings.metrics_listen:
             from havs.metrics import serve_metrics  # only when asked for: it starts a thread
 
             self.metrics = serve_metrics(cfg.settings.metrics_listen, self.loop, self.snapshot,  # type: ignore[arg-type]
                                          lambda: self.ipvs.last_actual, self.log, failback=self.vrrp.failback.status)
-        if cfg.vrrp is not None and not self.vrrp.spawn(self.view):
+        if cfg.vrrp and not self.vrrp.spawn(self.view):
             raise StartError
         if needs_ipvs(cfg):
             if not await self._open_ipvs(cfg.settings.initial_health):
@@ -162,7 +162,7 @@ class Daemon:
         desired = await self.ipvs.run_pass(self.health.states() if self.health else {})
         self.bgp.feed(self.view, desired, self.ipvs)
         if desired is not None:
-            self.vrrp.set_decrement(desired.priority_decrement)
+            self.vrrp.set_decrement(desired.priority_decrement)  # per instance
 
     async def _reload(self, force: bool) -> None:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -188,28 +188,34 @@ class Daemon:
             await self._open_ipvs(None)  # servers added by a reload earn their place with `rise` checks
         if self.health is not None:
             self.health.update(view.config.virtual_services)
-        vrrp = await self.vrrp.apply(view) if plan.vrrp_changed else "unchanged"
+        vrrp = await self.vrrp.apply(view, plan.vrrp_instances) if plan.vrrp_changed else "unchanged"
         if plan.resync:
             self._spawn(self.ipvs.sync_connections())
         self.log.info("config.reloaded", file=self.config_path, services=len(view.config.virtual_services),
-                      added=len(plan.added), removed=len(plan.removed), vrrp=vrrp, forced=bool(verdict.reasons))
+                      added=len(plan.added), removed=len(plan.removed), vrrp=vrrp,
+                      vrrp_instances=list(plan.vrrp_instances), forced=bool(verdict.reasons))
         return "running"
 
     def on_health_change(self, change: HealthChanged) -> None:
         self.controller.health_changed(change)
         self.wake.set()
 
-    def _on_vrrp_state(self, from_: str, to: str, reason: str) -> None:
+    def _on_vrrp_state(self, instance: str, from_: str, to: str, reason: str) -> None:
         # any thread: hand over to the main loop, never block the heartbeat
-        self.notifier.notify(f"STATUS=VRRP {to}")
         if self.metrics is not None:
-            self.metrics.vrrp_transitions.labels(to).inc()
+            group = self.controller.vrrp_view.config.group_of(instance)
+            self.metrics.vrrp_transitions.labels(instance, group.name if group else "", to).inc()
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._vrrp_changed, to)
+            self.loop.call_soon_threadsafe(self._vrrp_changed, instance, to)
 
-    def _vrrp_changed(self, to: str) -> None:
-        self.controller.vrrp_changed(to)
-        self._spawn(self.ipvs.sync_connections())
+    def _vrrp_changed(self, instance: str, to: str) -> None:
+        self.controller.vrrp_changed(instance, to)
+        states = self.controller.vrrp_states
+        self.notifier.notify("STATUS=VRRP " + (to if len(states) == 1 else
+                                               ", ".join(f"{name} {state}" for name, state in states.items())))
+        sync = self.controller.sync_instance
+        if sync is not None and sync.name == instance:  # the kernel's sync threads follow that instance only
+            self._spawn(self.ipvs.sync_connections())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -22,6 +22,7 @@ from typing import Any
 from havs.core import ipvs_sync_wire as wire
 from havs.core.catchup import Action, CatchUp, Progress, Released, ReplayLimiter, SendRequest
 from havs.core.controller import Controller
+from havs.core.model import ConnectionSync
 from havs.edge.ipvs_sync import CatchUpSocket, read_conn_table
 
 HOLD_REASON = "catching up on connections"
@@ -49,8 +50,9 @@ class Failback:
     # ---------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        """After the VRRP process started (every director starts as a backup)."""
-        vrrp = self.controller.config.vrrp
+        """After the VRRP process started (every director starts as a backup). The catch-up follows the
+        instance that has `connection_sync` (its preemption is what the kernel's table must be ready for)."""
+        vrrp = self.controller.sync_instance
         sync = vrrp.connection_sync if vrrp is not None else None
         if vrrp is None or sync is None:
             return
@@ -64,12 +66,13 @@ class Failback:
             return
         self.sock = sock
         loop.add_reader(sock.fileno(), self._on_readable)
-        if vrrp.preempt and sync.catchup_deadline > 0 and self.controller.vrrp_state != "MASTER":
+        if vrrp.preempt and sync.catchup_deadline > 0 and self.controller.sync_state != "MASTER":
             now = loop.time()
             self.catchup = CatchUp(now, deadline=sync.catchup_deadline,
                                    first_nonce=int.from_bytes(os.urandom(6), "big") << 16)
             self._hold(HOLD_REASON)
-            self.log.info("sync.catchup_started", interface=ifname, deadline=sync.catchup_deadline)
+            self.log.info("sync.catchup_started", instance=vrrp.name, interface=ifname,
+                          deadline=sync.catchup_deadline)
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -83,9 +86,10 @@ class Failback:
             self.sock.close()
             self.sock = None
 
-    def state_changed(self, to: str) -> None:
-        """On the loop, for every VRRP state change."""
-        if to == "MASTER" and self.catchup is not None:
+    def state_changed(self, instance: str, to: str) -> None:
+        """On the loop, for every VRRP state change: the connection-sync instance's count."""
+        vrrp = self.controller.sync_instance
+        if vrrp is not None and instance == vrrp.name and to == "MASTER" and self.catchup is not None:
             self._act(self.catchup.became_master(asyncio.get_running_loop().time()))
 
     def status(self) -> dict[str, Any]:
@@ -97,6 +101,10 @@ class Failback:
                 "waited": cu.released.waited if cu.released else None,
                 "expected": len(cu.expected) if cu.expected is not None else None, "missing": cu.missing},
         }
+
+    def _sync(self) -> ConnectionSync | None:
+        vrrp = self.controller.sync_instance
+        return vrrp.connection_sync if vrrp is not None else None
 
     # ---------------------------------------------------------------------------- the returning director
 
@@ -138,7 +146,7 @@ class Failback:
         for a in actions:
             if isinstance(a, SendRequest) and self.sock is not None:
                 self._assembly = wire.Assembly(a.nonce)
-                sync = self.controller.config.vrrp.connection_sync if self.controller.config.vrrp else None
+                sync = self._sync()
                 try:
                     self.sock.request(wire.encode_request(wire.Request(a.nonce, sync.sync_id if sync else 0)))
                 except OSError as e:
@@ -188,7 +196,7 @@ class Failback:
 
     def _requested(self, req: wire.Request, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
-        if self.controller.vrrp_state != "MASTER" or not self._limiter.allow(loop.time()):
+        if self.controller.sync_state != "MASTER" or not self._limiter.allow(loop.time()):
             return  # only the master's table is the truth; a burst of requests gets one replay
         task = asyncio.ensure_future(self._replay(req, addr))
         self._replaying.add(task)
@@ -197,7 +205,7 @@ class Failback:
     async def _replay(self, req: wire.Request, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        sync = self.controller.config.vrrp.connection_sync if self.controller.config.vrrp else None
+        sync = self._sync()
         try:
             text = await loop.run_in_executor(None, self._read_table)
             all_conns = wire.parse_proc_conn(text)

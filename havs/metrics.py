@@ -40,6 +40,7 @@ from havs.core.ipvs_table import DestinationKey, IpvsTable, ServiceKey
 from havs.core.status import StatusSnapshot, VrrpStatus
 
 VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT", "RESIGNING")
+VRRP_LABELS = ("instance", "group")  # on every havs_vrrp_* family: which instance, in which sync group ("": none)
 # how a failback catch-up ends (havs.core.catchup.Released): always shown, 0 or 1
 CATCHUP_REASONS = ("caught_up", "deadline", "became_master", "stopped")
 RELOAD_OUTCOMES = ("applied", "forced", "failed", "refused", "error")  # always shown, 0 or not
@@ -96,7 +97,7 @@ class _StateCollector(Collector):
                                  labels=["version", "python"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
-        yield from self._vrrp(snap.vrrp)
+        yield from self._vrrp(snap.vrrp, snap.vrrp_groups)
         reloads = CounterMetricFamily("havs_reloads", "config reloads by outcome", labels=["outcome"])
         for outcome in dict.fromkeys([*RELOAD_OUTCOMES, *snap.reloads]):
             reloads.add_metric([outcome], snap.reloads.get(outcome, 0))
@@ -138,43 +139,59 @@ class _StateCollector(Collector):
         yield from self._ipvs()
 
     @staticmethod
-    def _vrrp(vrrp: VrrpStatus | None) -> Iterator[Any]:
-        vrrp = vrrp or VrrpStatus(state="")
-        state = GaugeMetricFamily("havs_vrrp_state", "1 for the VRRP state this director is in", labels=["state"])
-        for name in VRRP_STATES:
-            state.add_metric([name], 1.0 if vrrp.state == name else 0.0)
-        yield state
-        yield GaugeMetricFamily("havs_vrrp_priority", "effective VRRP priority", value=vrrp.priority or 0)
-        yield CounterMetricFamily("havs_vrrp_adverts_sent", "VRRP adverts sent", value=vrrp.adverts_sent)
-        yield CounterMetricFamily("havs_vrrp_adverts_received", "VRRP adverts received", value=vrrp.adverts_received)
-        dropped = CounterMetricFamily("havs_vrrp_adverts_dropped", "VRRP adverts dropped", labels=["reason"])
-        for reason, n in vrrp.dropped.items():
-            dropped.add_metric([reason], n)
-        yield dropped
-        auth = vrrp.extra.get("auth")
-        if isinstance(auth, Mapping) and isinstance(auth.get("rejected"), Mapping):
-            # auth_hmac's rejects by reason, zeros included (so an alert can rate() them from the start)
-            rejected = CounterMetricFamily("havs_vrrp_auth_rejected", "adverts rejected by auth_hmac",
-                                           labels=["reason"])
-            for reason, n in auth["rejected"].items():
-                rejected.add_metric([str(reason)], n)
-            yield rejected
-        if isinstance(auth, Mapping):
-            info = GaugeMetricFamily("havs_vrrp_auth_info", "auth_hmac in use: its mode, anti-replay and signing key id"
-                                     " (always 1; no sample without auth_hmac)",
-                                     labels=["mode", "anti_replay", "active_key"])
-            info.add_metric([str(auth.get("mode") or ""), str(auth.get("anti_replay") or ""),
-                             str(auth.get("active_key") or "")], 1)
-            yield info
-        held = set(vrrp.held)
-        yield GaugeMetricFamily("havs_vrrp_addresses_held", "floating addresses this director holds now",
-                                value=len(held))
+    def _vrrp(instances: list[VrrpStatus], groups: Mapping[str, str]) -> Iterator[Any]:
+        """Every VRRP family per instance (labels `instance`, `group`: "" when in none); no sample without
+        VRRP."""
+        base = list(VRRP_LABELS)
+        state = GaugeMetricFamily("havs_vrrp_state", "1 for the VRRP state each instance is in",
+                                  labels=[*base, "state"])
+        priority = GaugeMetricFamily("havs_vrrp_priority", "effective VRRP priority", labels=base)
+        sent = CounterMetricFamily("havs_vrrp_adverts_sent", "VRRP adverts sent", labels=base)
+        received = CounterMetricFamily("havs_vrrp_adverts_received", "VRRP adverts received", labels=base)
+        dropped = CounterMetricFamily("havs_vrrp_adverts_dropped", "VRRP adverts dropped", labels=[*base, "reason"])
+        rejected = CounterMetricFamily("havs_vrrp_auth_rejected", "adverts rejected by auth_hmac",
+                                       labels=[*base, "reason"])
+        auth_info = GaugeMetricFamily("havs_vrrp_auth_info", "auth_hmac in use: its mode, anti-replay and signing "
+                                      "key id (always 1; no sample without auth_hmac)",
+                                      labels=[*base, "mode", "anti_replay", "active_key"])
+        held_n = GaugeMetricFamily("havs_vrrp_addresses_held", "floating addresses this director holds now",
+                                   labels=base)
         each = GaugeMetricFamily("havs_vrrp_address_held", "1 when this director holds the floating address",
-                                 labels=["address", "interface"])
-        for entry in vrrp.addresses:
-            address, _, ifname = entry.partition(" dev ")
-            each.add_metric([address, ifname], 1.0 if entry in held else 0.0)
-        yield each
+                                 labels=[*base, "address", "interface"])
+        with_auth = False
+        for vrrp in instances:
+            labels = [vrrp.instance, vrrp.group or ""]
+            for name in VRRP_STATES:
+                state.add_metric([*labels, name], 1.0 if vrrp.state == name else 0.0)
+            priority.add_metric(labels, vrrp.priority or 0)
+            sent.add_metric(labels, vrrp.adverts_sent)
+            received.add_metric(labels, vrrp.adverts_received)
+            for reason, n in vrrp.dropped.items():
+                dropped.add_metric([*labels, reason], n)
+            auth = vrrp.extra.get("auth")
+            if isinstance(auth, Mapping):
+                with_auth = True
+                # auth_hmac's rejects by reason, zeros included (so an alert can rate() them from the start)
+                rejects = auth.get("rejected")
+                for reason, n in (rejects.items() if isinstance(rejects, Mapping) else ()):
+                    rejected.add_metric([*labels, str(reason)], n)
+                auth_info.add_metric([*labels, str(auth.get("mode") or ""), str(auth.get("anti_replay") or ""),
+                                      str(auth.get("active_key") or "")], 1)
+            held = set(vrrp.held)
+            held_n.add_metric(labels, len(held))
+            for entry in vrrp.addresses:
+                address, _, ifname = entry.partition(" dev ")
+                each.add_metric([*labels, address, ifname], 1.0 if entry in held else 0.0)
+        yield from (state, priority, sent, received, dropped)
+        if with_auth:  # no auth families at all on a director without auth_hmac
+            yield from (rejected, auth_info)
+        yield from (held_n, each)
+        group_state = GaugeMetricFamily("havs_vrrp_sync_group_state", "1 for the state each sync group is in",
+                                        labels=["group", "state"])
+        for group, now in groups.items():
+            for name in VRRP_STATES:
+                group_state.add_metric([group, name], 1.0 if now == name else 0.0)
+        yield group_state
 
     @staticmethod
     def _failback_metrics(status: Mapping[str, Any] | None) -> Iterator[Any]:
@@ -317,7 +334,8 @@ class Metrics:
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds…
         self.check_latency = Histogram("havs_check_latency_seconds", "health check latency", ["service", "result"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.vrrp_transitions = Counter("havs_vrrp_transitions", "VRRP state changes", ["to"], registry=self.registry)
+        self.vrrp_transitions = Counter("havs_vrrp_transitions", "VRRP state changes", [*VRRP_LABELS, "to"],
+                                        registry=self.registry)
         self.server: BoundedServer | None = None
 
     def observe_probe(self, key: tuple[str, str], result: ProbeResult) -> None:

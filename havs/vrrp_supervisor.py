@@ -1,8 +1,8 @@
-"""The daemon's hold on its VRRP instance: start it, change it on reload, stop it — and never drop it by
-accident. A reload whose VRRP part cannot be applied keeps the running instance (its addresses stay
-where they are) and says so; the next reload tries again.
+"""The daemon's hold on its VRRP instances: start them, change them on reload, stop them — and never drop
+them by accident. A reload whose VRRP part cannot be applied keeps the running instances (their addresses
+stay where they are) and says so; the next reload tries again.
 
-The instance itself runs in a process of its own (`havs.vrrp.VrrpProcess`); every call to it that can
+Every instance runs in one process of its own (`havs.vrrp.VrrpProcess`); every call to it that can
 block goes through a worker thread so the daemon's loop keeps running probes, passes, status and metrics
 meanwhile. That includes the priority decrement: `VrrpProcess.set_priority_decrement` does not wait for
 the child, but it takes the lock a blocking send on another thread (a reload's update, a restart) holds.
@@ -19,7 +19,8 @@ from havs.core.controller import Controller
 from havs.core.model import NodeView
 from havs.failback import Failback
 
-OnState = Callable[[str, str, str], None]
+OnState = Callable[[str, str, str, str], None]  # (instance, from, to, reason)
+Decrement = dict[str, int]  # instance → priority decrement (a missing instance: 0)
 
 
 class VrrpProcess(Protocol):
@@ -35,7 +36,7 @@ class VrrpProcess(Protocol):
 
     def update(self, view: NodeView) -> bool: ...
 
-    def set_priority_decrement(self, n: int) -> None: ...
+    def set_priority_decrement(self, n: Decrement) -> None: ...
 
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -61,8 +62,8 @@ class VrrpSupervisor:
         self.log, self.log_format, self.on_state = log, log_format, on_state
         self.process: VrrpProcess | None = None
         self.factory = factory  # VrrpProcess(view, log=, log_format=, on_state=)
-        self._decrement = 0  # wanted; `_sent` is (process, decrement) last handed over
-        self._sent: tuple[object, int] | None = None
+        self._decrement: Decrement = {}  # wanted; `_sent` is (process, decrement) last handed over
+        self._sent: tuple[object, Decrement] | None = None
         self._started: object | None = None  # the process whose start succeeded: the child's first
         # message must be Start, so a decrement known earlier (quorum lost at start) waits for it
         self._pushing: asyncio.Task[None] | None = None
@@ -75,11 +76,11 @@ class VrrpSupervisor:
         if hold is not None:
             hold(reason)
 
-    def _state(self, from_: str, to: str, reason: str) -> None:
+    def _state(self, instance: str, from_: str, to: str, reason: str) -> None:
         # any thread (the process's reader): the daemon's callback first, the catch-up on the loop
-        self.on_state(from_, to, reason)
+        self.on_state(instance, from_, to, reason)
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.failback.state_changed, to)
+            self._loop.call_soon_threadsafe(self.failback.state_changed, instance, to)
 
     def _new(self, view: NodeView) -> VrrpProcess:
         return self.factory(view, log=self.log, log_format=self.log_format, on_state=self._state)
@@ -104,9 +105,10 @@ class VrrpSupervisor:
         """The process's latest pushed snapshot: never waits for it."""
         return self.process.snapshot() if self.process is not None else None
 
-    def set_decrement(self, n: int) -> None:
-        """Returns at once; the latest value reaches the started process from a worker thread."""
-        self._decrement = n
+    def set_decrement(self, n: Decrement) -> None:
+        """Per instance; returns at once, the latest values reach the started process from a worker thread.
+        Zeros are left out (a missing instance is 0): nothing lost is nothing sent."""
+        self._decrement = {name: d for name, d in n.items() if d}
         self._kick()
 
     def _kick(self) -> None:
@@ -121,7 +123,7 @@ class VrrpSupervisor:
             try:
                 await in_thread(process.set_priority_decrement, n)
             except Exception as e:  # the next pass tries again
-                self.log.error("vrrp.decrement_failed", error=str(e))
+                self.log.error("vrrp.decrement_failed", decrement=n, error=str(e))
                 return
             self._sent = (process, n)
 
@@ -150,9 +152,10 @@ class VrrpSupervisor:
         except Exception as e:  # the rest of the shutdown must go on
             self.log.error("vrrp.stop_failed", error=str(e))
 
-    async def apply(self, view: NodeView) -> str:
-        """A reload's VRRP part. Tunables change in place (no state change, no advert gap); a new identity
-        needs a new instance. Returns what happened, for the `config.reloaded` event."""
+    async def apply(self, view: NodeView, instances: tuple[str, ...] = ()) -> str:
+        """A reload's VRRP part (`instances`: the ones it adds, removes or changes, for the log). Tunables
+        change in place (no state change, no advert gap); what the process cannot change in place needs a
+        new process. Returns what happened, for the `config.reloaded` event."""
         old, previous = self.process, self.controller.vrrp_view
         if old is not None and await in_thread(old.update, view):
             self.controller.vrrp_view = view
@@ -160,14 +163,16 @@ class VrrpSupervisor:
         missing = [name for name in self.controller.vrrp_interfaces(view) if not interface_exists(name)]
         if missing:  # known before anything is stopped: the running instance stays as it is
             self.log.error("config.vrrp_not_applied", reason="no such interface", interfaces=missing,
-                           kept="running VRRP instance" if old else "no VRRP")
+                           instances=list(instances), kept="running VRRP instances" if old else "no VRRP")
             return "kept running instance"
         if old is not None:
-            self.log.info("config.vrrp_changed", action="restart" if view.config.vrrp else "stop")
+            self.log.info("config.vrrp_changed", action="restart" if view.config.vrrp else "stop",
+                          instances=list(instances))
             await in_thread(old.stop, True)
             self.process = None
         self.controller.vrrp_view = view
-        if view.config.vrrp is None:
+        self.controller.vrrp_restarted(view)  # the old process is gone: no report of it can come after this
+        if not view.config.vrrp:
             return "stopped"
         self.process = await self._start_new(view)
         if self.process is not None:
@@ -175,8 +180,9 @@ class VrrpSupervisor:
             return "restarted"
         self.controller.vrrp_view = previous  # not applied: the next reload tries again
         if old is not None:  # the new one would not start: bring the previous one back rather than none
-            self.log.error("config.vrrp_not_applied", reason="the new VRRP instance did not start",
-                           kept="previous VRRP config, restarted")
+            self.log.error("config.vrrp_not_applied", reason="the new VRRP process did not start",
+                           instances=list(instances), kept="previous VRRP config, restarted")
+            self.controller.vrrp_restarted(previous)
             self.process = await self._start_new(previous)
             self._kick()
         return "kept previous config" if self.process is not None else "unavailable"

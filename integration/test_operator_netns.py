@@ -38,7 +38,9 @@ def test_status_reload_and_metrics_of_a_live_master(fresh: SeedLab) -> None:  # 
         wait_until("control socket", lambda: os.path.exists(sock), 5)
         status = json.loads(subprocess.run([HAVS, "status", "--json", "--socket", sock], capture_output=True,
                                            text=True, check=True).stdout)
-        assert sorted(status["vrrp"]["held"]) == sorted([f"{VIP_CIDR} dev eth0", f"{GW_CIDR} dev eth1"])
+        [vrrp] = status["vrrp"]  # the pair's one instance, unnamed in its config
+        assert vrrp["instance"] == "VI_1" and vrrp["group"] is None
+        assert sorted(vrrp["held"]) == sorted([f"{VIP_CIDR} dev eth0", f"{GW_CIDR} dev eth1"])
         text = subprocess.run([HAVS, "status", "--socket", sock], capture_output=True, text=True, check=True).stdout
         assert f"{VIP_CIDR} dev eth0 (held)" in text
 
@@ -54,10 +56,10 @@ def test_status_reload_and_metrics_of_a_live_master(fresh: SeedLab) -> None:  # 
         metrics = subprocess.run(["ip", "netns", "exec", fresh.ns("lvs1"), str(REPO / ".venv" / "bin" / "python"),
                                   "-c", SCRAPE], capture_output=True, text=True, check=True).stdout
         lines = metrics.splitlines()
-        assert "havs_vrrp_addresses_held 2.0" in lines
+        assert 'havs_vrrp_addresses_held{group="",instance="VI_1"} 2.0' in lines
         assert 'havs_reloads_total{outcome="failed"} 1.0' in lines
         assert 'havs_reloads_total{outcome="applied"} 1.0' in lines
-        assert 'havs_vrrp_state{state="MASTER"} 1.0' in lines
+        assert 'havs_vrrp_state{group="",instance="VI_1",state="MASTER"} 1.0' in lines
         if shutil.which("promtool"):
             check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
             assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check

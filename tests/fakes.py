@@ -103,7 +103,7 @@ class FakeVrrp:
         self.view = view
         self.on_state = on_state
         self.calls: list[str] = []
-        self.decrement = 0
+        self.decrement: dict[str, int] = {}  # instance → decrement, as the daemon last sent it
         self.decrement_delay = 0.0  # seconds set_priority_decrement blocks (a send waiting for the link's lock)
         FakeVrrp.made.append(self)
 
@@ -120,26 +120,30 @@ class FakeVrrp:
     def stop(self, graceful: bool = True) -> None:
         self.calls.append(f"stop graceful={graceful}")
 
-    def set_priority_decrement(self, n: int) -> None:
+    def set_priority_decrement(self, n: dict[str, int]) -> None:
         time.sleep(self.decrement_delay)
         if n != self.decrement:  # as the real one: only a change is sent
-            self.decrement = n
-            self.calls.append(f"decrement {n}")
+            self.decrement = dict(n)
+            self.calls.append(f"decrement {' '.join(f'{k}={v}' for k, v in n.items())}")
 
     def update(self, view: Any) -> bool:
-        """In place unless the identity (router id, interfaces) changes, as the real one does."""
-        old, new = self.view.config.vrrp, view.config.vrrp
-        if old is None or new is None or (old.router_id, old.interface, self.view.node.interfaces) != (
-                new.router_id, new.interface, view.node.interfaces):
+        """In place unless an instance's identity (name, router id, interfaces) changes, as the real one does."""
+        def identity(v: Any) -> Any:
+            return [(i.name, i.router_id, i.interface) for i in v.config.vrrp], v.node.interfaces
+
+        if not self.view.config.vrrp or not view.config.vrrp or identity(self.view) != identity(view):
             return False
         self.view = view
         self.calls.append("update")
         return True
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": "BACKUP", "since": 0.0, "priority": 150, "router_id": self.view.config.vrrp.router_id,
-                "version": 3, "mode": "multicast", "interface": "eth1", "adverts_received": 4,
-                "addresses": ["192.168.0.108/24 dev eth0"], "faulty_interfaces": []}
+        group = self.view.config.group_of
+        return {"instances": [
+            {"instance": v.name, "group": g.name if (g := group(v.name)) else None, "state": "BACKUP", "since": 0.0,
+             "priority": 150, "router_id": v.router_id, "version": 3, "mode": "multicast", "interface": "eth1",
+             "adverts_received": 4, "addresses": ["192.168.0.108/24 dev eth0"], "faulty_interfaces": []}
+            for v in self.view.config.vrrp], "groups": {}}
 
     def alive(self) -> bool:
         return True

@@ -73,7 +73,7 @@ def test_status_reads_like_ipvsadm() -> None:
                            "configured_weight": 1, "health": "down", "last_result": "refused"}]}],
     }
     text = render_status(snap).splitlines()
-    assert text[1].startswith("VRRP MASTER since 12.5s ago — router 51 v3 priority 150")
+    assert text[1].startswith("VRRP MASTER since 12.5s ago — VI_1, router 51 v3 priority 150")
     assert "TCP  192.168.0.108:80      rr" in text
     assert "  -> 192.168.72.128:80            Masq    1      0          7         up     ok           1.2ms" in text
     assert "  -> 192.168.72.129:80            Masq    -/1    -          -         down   refused" in text

@@ -136,7 +136,7 @@ def test_sync_actions_follow_the_latest_vrrp_state() -> None:
     c = Controller(view(SEED.replace("  garp:\n", "  connection_sync: {interface: server, mode: follow}\n  garp:\n")))
     assert c.syncs_connections and not Controller(view()).syncs_connections
     assert c.sync_actions([]) == [SyncAction("start", "backup", "eth1", 0)]  # every director starts as a backup
-    c.vrrp_changed("MASTER")
+    c.vrrp_changed("VI_1", "MASTER")
     assert c.sync_actions([SyncDaemon("backup", "eth1", 0)]) == [
         SyncAction("start", "master", "eth1", 0), SyncAction("stop", "backup", "eth1", 0)]
 
@@ -182,7 +182,8 @@ def test_status_is_typed_carries_scheduler_flags_and_round_trips() -> None:
     assert svc.flags == ("(sh-port)", "persistent 300") and svc.scheduler == "sh"
     assert [(rs.server, rs.forwarding, rs.effective_weight, rs.health) for rs in svc.real_servers] == [
         ("192.168.72.128:80", Forwarding.MASQ, 1, "up"), ("192.168.72.129:80", Forwarding.MASQ, None, "down")]
-    assert snap.vrrp is not None and snap.vrrp.since_ago == 12.0 and snap.vrrp.extra == {"faulty_interfaces": []}
+    [vrrp] = snap.vrrp  # a push of one instance's mapping (a child before several instances): the first instance
+    assert vrrp.instance == "VI_1" and vrrp.since_ago == 12.0 and vrrp.extra == {"faulty_interfaces": []}
     wire = snap.to_dict()
     assert wire["services"][0]["flags"] == ["(sh-port)", "persistent 300"]
     assert wire["services"][0]["real_servers"][0]["forwarding"] == "masq"

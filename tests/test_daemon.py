@@ -61,7 +61,7 @@ async def test_control_requests_name_what_is_wrong(config: Path) -> None:
         "ok": False, "error": "no real server '10.9.9.9' in the config"}
     assert await d.control.handle({"command": "explode"}) == {"ok": False, "error": "unknown command 'explode'"}
     status = (await d.control.handle({"command": "status"}))["status"]
-    assert status["node"] == "lvs1" and status["vrrp"] is None
+    assert status["node"] == "lvs1" and status["vrrp"] == []  # not started: no VRRP process yet
     assert [rs["health"] for rs in status["services"][0]["real_servers"]] == ["unchecked", "unchecked"]
 
 
@@ -218,7 +218,7 @@ async def test_a_reload_whose_vrrp_part_cannot_start_keeps_vrrp_running(env: Pat
     await d.control.handle({"command": "reload"})  # the same file again: VRRP is retried, not forgotten
     await until(lambda: len(log.named("config.reloaded")) == 3)
     assert log.named("config.reloaded")[2]["vrrp"] == "restarted"
-    assert d.vrrp.process is not None and d.vrrp.process.view.config.vrrp.router_id == 52  # type: ignore[attr-defined]
+    assert d.vrrp.process is not None and d.vrrp.process.view.config.vrrp[0].router_id == 52  # type: ignore[attr-defined]
     assert await stop(d, task) == 0
 
 
@@ -230,7 +230,7 @@ async def test_a_failed_vrrp_restart_brings_the_previous_instance_back(env: Path
     class FailsOnce(FakeVrrp):
         def start(self) -> None:
             self.calls.append("start")
-            if self.view.config.vrrp.router_id == 52:
+            if self.view.config.vrrp[0].router_id == 52:
                 raise RuntimeError("interface eth1 has no IPv4 address")
 
     d.vrrp.factory = FailsOnce  # type: ignore[assignment]
@@ -238,7 +238,7 @@ async def test_a_failed_vrrp_restart_brings_the_previous_instance_back(env: Path
     await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))
     assert log.named("config.reloaded")[0]["vrrp"] == "kept previous config"
-    assert d.vrrp.process is not None and d.vrrp.process.view.config.vrrp.router_id == 51  # type: ignore[attr-defined]
+    assert d.vrrp.process is not None and d.vrrp.process.view.config.vrrp[0].router_id == 51  # type: ignore[attr-defined]
     assert await stop(d, task) == 0
 
 
@@ -304,7 +304,8 @@ async def test_status_reaches_havs_status_through_the_control_socket(env: Path,
     assert await asyncio.to_thread(main, ["status", "--json", "--socket", sock]) == 0
     wire = json.loads(capsys.readouterr().out)
     assert StatusSnapshot.from_dict(wire).services == d.snapshot().services
-    assert wire["services"][0]["flags"] == [] and wire["vrrp"]["adverts_received"] == 4
+    assert wire["services"][0]["flags"] == [] and wire["vrrp"][0]["adverts_received"] == 4
+    assert wire["vrrp"][0]["instance"] == "VI_1" and out[1].startswith("VRRP BACKUP since ") and "— VI_1, " in out[1]
     assert await stop(d, task) == 0
 
 
@@ -328,12 +329,12 @@ async def test_sync_threads_end_in_the_latest_vrrp_state_when_changes_come_in_qu
     assert sync_threads(ipvs) == {"backup": ("eth1", 7)}
     ipvs.netlink_delay = 0.02  # each netlink call takes a while: the two runs would interleave
     [vrrp] = FakeVrrp.made
-    await asyncio.to_thread(vrrp.on_state, "BACKUP", "MASTER", "master_down")  # from the link's thread
-    await asyncio.to_thread(vrrp.on_state, "MASTER", "BACKUP", "higher_priority")
+    await asyncio.to_thread(vrrp.on_state, "VI_1", "BACKUP", "MASTER", "master_down")  # from the link's thread
+    await asyncio.to_thread(vrrp.on_state, "VI_1", "MASTER", "BACKUP", "higher_priority")
     await asyncio.sleep(0.3)
     assert sync_threads(ipvs) == {"backup": ("eth1", 7)}
     assert log.named("ipvs.sync_daemon_failed") == []
-    await asyncio.to_thread(vrrp.on_state, "BACKUP", "MASTER", "master_down")
+    await asyncio.to_thread(vrrp.on_state, "VI_1", "BACKUP", "MASTER", "master_down")
     await until(lambda: sync_threads(ipvs) == {"master": ("eth1", 7)})
     assert await stop(d, task) == 0
 
@@ -402,8 +403,8 @@ async def test_a_priority_decrement_known_at_start_reaches_vrrp_only_after_its_s
     await until(lambda: log.named("daemon.ready") or task.done())
     assert not task.done() and log.named("vrrp.unavailable") == []
     [vrrp] = FakeVrrp.made
-    await until(lambda: vrrp.decrement == 50)  # quorum lost: every server is down until `rise` checks
-    assert vrrp.calls == ["spawn", "start", "decrement 50"]
+    await until(lambda: vrrp.decrement == {"VI_1": 50})  # quorum lost: every server is down until `rise` checks
+    assert vrrp.calls == ["spawn", "start", "decrement VI_1=50"]
     assert await stop(d, task) == 0
 
 
@@ -426,7 +427,7 @@ async def test_a_vrrp_send_that_blocks_never_stalls_the_loop(env: Path) -> None:
         await asyncio.sleep(0.01)
         worst = max(worst, loop.time() - t)
     assert status["ok"] and worst < 0.3, f"the loop stalled {worst:.2f}s"
-    await until(lambda: vrrp.decrement == 50)
+    await until(lambda: vrrp.decrement == {"VI_1": 50})
     assert await stop(d, task) == 0
 
 

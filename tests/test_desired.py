@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from two_instances import RS_A, RS_B, RS_FWM, TWO
+
 from havs.core.config import parse_config
 from havs.core.desired import Removals, ServerState, build_desired
 from havs.core.ipvs_table import Destination, DestinationKey, DestinationStats, IpvsTable, ServiceKey
@@ -59,9 +61,43 @@ def test_quorum_lost_brings_in_the_sorry_server_and_lowers_priority() -> None:
         "    quorum: {min_weight: 4, sorry_server: {address: 192.168.72.200, port: 80}, priority_decrement: 60}\n",
     ))
     desired = build_desired(config, {RS1: ServerState(up=False)})
-    assert desired.quorum_lost == ("TCP 192.168.0.108:80",) and desired.priority_decrement == 60
+    assert desired.quorum_lost == ("TCP 192.168.0.108:80",) and desired.priority_decrement == {}  # no VRRP
     assert dests(desired.table) == {"192.168.72.129:8080": ("route", 3), "192.168.72.200:80": ("masq", 1)}
     assert build_desired(config, {}).quorum_lost == ()
+    # its one instance floats another address: the service counts against it
+    quorum = CONFIG.replace("    slow_start: 10\n", "    quorum: {min_weight: 4, priority_decrement: 60}\n")
+    with_vrrp = parse_config(quorum + VRRP)
+    assert build_desired(with_vrrp, {RS1: ServerState(up=False)}).priority_decrement == {"VI_1": 60}
+    assert build_desired(with_vrrp, {}).priority_decrement == {"VI_1": 0}
+
+
+VRRP = """\
+vrrp:
+  router_id: 51
+  interface: client
+  addresses: [{address: 192.168.0.200/24, interface: client}]
+"""
+
+
+def test_a_lost_quorum_lowers_the_instance_floating_the_service_or_every_instance() -> None:
+    config = parse_config(TWO)
+    up = {RS_A: ServerState(up=True), RS_B: ServerState(up=True), RS_FWM: ServerState(up=True)}
+    assert build_desired(config, up).priority_decrement == {"VI_A": 0, "VI_B": 0, "GW": 0}
+    # VIP A's only server down: only VI_A (which floats 192.168.0.108) gives way
+    a_down = {**up, RS_A: ServerState(up=False)}
+    assert build_desired(config, a_down).priority_decrement == {"VI_A": 50, "VI_B": 0, "GW": 0}
+    b_down = {**up, RS_B: ServerState(up=False)}
+    assert build_desired(config, b_down).priority_decrement == {"VI_A": 0, "VI_B": 30, "GW": 0}
+    # a fwmark service floats in no instance: every instance gives way, added to what each has lost
+    all_down = {k: ServerState(up=False) for k in up}
+    assert build_desired(config, all_down).priority_decrement == {"VI_A": 70, "VI_B": 50, "GW": 20}
+    # capped at 254 per instance
+    big = parse_config(TWO.replace("priority_decrement: 50", "priority_decrement: 250"))
+    assert build_desired(big, all_down).priority_decrement == {"VI_A": 254, "VI_B": 50, "GW": 20}
+    # an address no instance floats counts against every instance, as a fwmark does
+    elsewhere = parse_config(TWO.replace("  - address: 192.168.0.109\n", "  - address: 192.168.0.110\n"))
+    assert build_desired(elsewhere, b_down | {(RS_B[0].replace(".109", ".110"), RS_B[1]): ServerState(up=False)}
+                         ).priority_decrement == {"VI_A": 30, "VI_B": 30, "GW": 30}
 
 
 def test_removed_server_drains_then_is_deleted() -> None:

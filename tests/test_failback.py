@@ -193,7 +193,7 @@ class FakeSock:
 def director(net: Net, name: str, state: str, **sync: Any) -> tuple[Failback, list[str], ListLog]:
     v = view(connection_sync={"interface": "server", **sync})
     controller = Controller(v)
-    controller.vrrp_state = state
+    controller.vrrp_changed("VI_1", state)
     holds: list[str] = []
     log = ListLog()
     fb = Failback(controller, log, holds.append,
@@ -272,7 +272,7 @@ async def test_becoming_master_releases_at_once_and_no_hold_without_preempt_or_d
     returner.start()
     net.sockets["lvs1"].fb = returner
     FakeSock(net, "lvs2")
-    returner.state_changed("MASTER")
+    returner.state_changed("VI_1", "MASTER")
     assert holds == ["catching up on connections", ""]
     assert returner.catchup is not None and returner.catchup.released is not None
     assert returner.catchup.released.reason == "became_master"
@@ -328,11 +328,11 @@ async def test_supervisor_holds_at_start_and_a_master_state_from_the_link_thread
     assert sup.spawn(v) and await sup.start()
     net.sockets["lvs1"].fb = sup.failback
     assert procs[0].holds == ["catching up on connections"]
-    thread = threading.Thread(target=procs[0].on_state, args=("BACKUP", "MASTER", "master_down"))
+    thread = threading.Thread(target=procs[0].on_state, args=("VI_1", "BACKUP", "MASTER", "master_down"))
     thread.start()
     thread.join()
     await asyncio.sleep(0.05)
-    assert states == [("BACKUP", "MASTER", "master_down")]
+    assert states == [("VI_1", "BACKUP", "MASTER", "master_down")]
     assert procs[0].holds == ["catching up on connections", ""]
     await sup.stop()
     assert sup.failback.sock is None

@@ -25,6 +25,7 @@ from havs.metrics import MAX_CONNECTIONS, Metrics, _QuietHandler
 VIP = ServiceKey.tcp("192.168.0.108", 80)
 FWM = ServiceKey.mark(42)
 LABELS = 'local_address="192.168.0.108",local_mark="",local_port="80",proto="TCP"'
+VI_1 = 'group="",instance="VI_1"'  # SNAP's VRRP is one mapping, as a daemon before several instances sent it
 SNAP = {
     "vrrp": {"state": "MASTER", "priority": 150, "adverts_sent": 12, "adverts_received": 3,
              "dropped": {"checksum": 2}, "addresses": ["192.168.0.108/24 dev eth0", "192.168.72.130/24 dev eth1"],
@@ -64,14 +65,16 @@ def backend(remote: str, port: str = "80", service: str = LABELS) -> str:
 def test_scrape_shows_state_health_reconciler_ipvs_and_latency() -> None:
     metrics = Metrics(lambda: SNAP, table)
     metrics.observe_probe(("TCP 192.168.0.108:80", "192.168.72.128:80"), ProbeResult(True, "ok", 0.004))
-    metrics.vrrp_transitions.labels("MASTER").inc()
+    metrics.vrrp_transitions.labels("VI_1", "", "MASTER").inc()
     text = scrape(metrics)
     fwm = 'local_address="",local_mark="42",local_port="0",proto="FWM"'
     expected = [
-        'havs_vrrp_state{state="MASTER"} 1.0',
-        'havs_vrrp_state{state="BACKUP"} 0.0',
-        "havs_vrrp_priority 150.0",
-        'havs_vrrp_adverts_dropped_total{reason="checksum"} 2.0',
+        f'havs_vrrp_state{{{VI_1},state="MASTER"}} 1.0',
+        f'havs_vrrp_state{{{VI_1},state="BACKUP"}} 0.0',
+        f"havs_vrrp_priority{{{VI_1}}} 150.0",
+        f"havs_vrrp_adverts_sent_total{{{VI_1}}} 12.0",
+        f"havs_vrrp_adverts_received_total{{{VI_1}}} 3.0",
+        f'havs_vrrp_adverts_dropped_total{{{VI_1},reason="checksum"}} 2.0',
         f"havs_real_server_up{{{backend('192.168.72.129')}}} 0.0",
         f"havs_real_server_weight{{{backend('192.168.72.128')}}} 1.0",
         f"havs_real_server_configured_weight{{{backend('192.168.72.129')}}} 1.0",
@@ -85,15 +88,15 @@ def test_scrape_shows_state_health_reconciler_ipvs_and_latency() -> None:
         f"node_ipvs_backend_weight{{{backend('192.168.72.128')}}} 1.0",
         f"node_ipvs_backend_weight{{{backend('192.168.72.128', '0', fwm)}}} 3.0",
         'havs_check_latency_seconds_bucket{le="0.005",result="ok",service="TCP 192.168.0.108:80"} 1.0',
-        'havs_vrrp_transitions_total{to="MASTER"} 1.0',
-        "havs_vrrp_addresses_held 1.0",
-        'havs_vrrp_address_held{address="192.168.0.108/24",interface="eth0"} 1.0',
-        'havs_vrrp_address_held{address="192.168.72.130/24",interface="eth1"} 0.0',
+        f'havs_vrrp_transitions_total{{{VI_1},to="MASTER"}} 1.0',
+        f"havs_vrrp_addresses_held{{{VI_1}}} 1.0",
+        f'havs_vrrp_address_held{{address="192.168.0.108/24",{VI_1},interface="eth0"}} 1.0',
+        f'havs_vrrp_address_held{{address="192.168.72.130/24",{VI_1},interface="eth1"}} 0.0',
         'havs_reloads_total{outcome="applied"} 2.0',
         'havs_reloads_total{outcome="failed"} 1.0',
         'havs_reloads_total{outcome="refused"} 0.0',
-        'havs_vrrp_auth_rejected_total{reason="bad_mac"} 4.0',
-        'havs_vrrp_auth_rejected_total{reason="replay"} 0.0',
+        f'havs_vrrp_auth_rejected_total{{{VI_1},reason="bad_mac"}} 4.0',
+        f'havs_vrrp_auth_rejected_total{{{VI_1},reason="replay"}} 0.0',
     ]
     missing = [line for line in expected if line not in text]
     assert missing == []
@@ -120,9 +123,9 @@ def test_auth_hmac_info_and_rejects_by_reason() -> None:
     snap = {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": AUTH}}
     text = scrape(Metrics(lambda: snap, table))
     assert samples(text, "havs_vrrp_auth_info") == [
-        'havs_vrrp_auth_info{active_key="2",anti_replay="time",mode="enforce"} 1.0']
+        f'havs_vrrp_auth_info{{active_key="2",anti_replay="time",{VI_1},mode="enforce"}} 1.0']
     assert samples(text, "havs_vrrp_auth_rejected_total") == [  # every reason, zeros included
-        f'havs_vrrp_auth_rejected_total{{reason="{r}"}} {dict(auth_missing=3.0, auth_replay=1.0).get(r, 0.0)}'
+        f'havs_vrrp_auth_rejected_total{{{VI_1},reason="{r}"}} {dict(auth_missing=3.0, auth_replay=1.0).get(r, 0.0)}'
         for r in REASONS]
     without = scrape(Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": None}}, table))
     assert samples(without, "havs_vrrp_auth_") == []
@@ -130,8 +133,9 @@ def test_auth_hmac_info_and_rejects_by_reason() -> None:
 
 def test_a_resigning_master_is_in_the_state_gauge() -> None:
     text = scrape(Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "state": "RESIGNING"}}, table))
-    assert samples(text, "havs_vrrp_state{") == [f'havs_vrrp_state{{state="{s}"}} {1.0 if s == "RESIGNING" else 0.0}'
-                                                 for s in ("INIT", "BACKUP", "MASTER", "FAULT", "RESIGNING")]
+    assert samples(text, "havs_vrrp_state{") == [
+        f'havs_vrrp_state{{{VI_1},state="{s}"}} {1.0 if s == "RESIGNING" else 0.0}'
+        for s in ("INIT", "BACKUP", "MASTER", "FAULT", "RESIGNING")]
 
 
 def test_failback_catch_up_while_holding_then_caught_up() -> None:
@@ -176,7 +180,8 @@ def test_a_server_out_of_ipvs_has_no_weight_sample_and_nothing_is_negative() -> 
 
 def test_no_table_yet_still_scrapes() -> None:
     text = scrape(Metrics(lambda: {}, lambda: None))
-    assert "havs_vrrp_addresses_held 0.0" in text
+    assert "havs_reconcile_passes_total 0.0" in text
+    assert "# TYPE havs_vrrp_addresses_held gauge" in text and samples(text, "havs_vrrp_") == []  # no VRRP: no sample
     assert not [line for line in text if line.startswith("node_ipvs_")]
 
 
@@ -187,8 +192,13 @@ def test_promtool_check_metrics_is_clean() -> None:
     metrics = Metrics(lambda: {**SNAP, "vrrp": {**SNAP["vrrp"], "auth": AUTH}}, table, lambda: CAUGHT_UP)
     metrics.health_counters = lambda: (3, 1)
     metrics.observe_probe(("TCP 192.168.0.108:80", "192.168.72.128:80"), ProbeResult(False, "refused", 0.2))
-    metrics.vrrp_transitions.labels("BACKUP").inc()
+    metrics.vrrp_transitions.labels("VI_1", "", "BACKUP").inc()
     out = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(metrics.registry),
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
+    two = Metrics(lambda: TWO_SNAP, table, lambda: CAUGHT_UP)
+    two.vrrp_transitions.labels("VI_A", "G_A", "MASTER").inc()
+    out = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(two.registry),
                          capture_output=True, timeout=30)
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
 
@@ -225,7 +235,7 @@ def test_two_thousand_half_open_connections_do_not_grow_threads_past_the_cap(mon
     server = metrics.serve(f"127.0.0.1:{port}")
     clients: list[socket.socket] = []
     try:
-        assert "havs_vrrp_priority 150.0" in get(port)
+        assert f"havs_vrrp_priority{{{VI_1}}} 150.0" in get(port)
         base = threading.active_count()
         peak = base
         t0 = time.monotonic()
@@ -248,7 +258,7 @@ def test_two_thousand_half_open_connections_do_not_grow_threads_past_the_cap(mon
         deadline = time.monotonic() + 5
         while True:
             try:
-                assert "havs_vrrp_priority 150.0" in get(port)
+                assert f"havs_vrrp_priority{{{VI_1}}} 150.0" in get(port)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -288,7 +298,7 @@ async def test_serve_metrics_scrapes_the_loops_snapshot_and_says_when_it_cannot_
     assert metrics is not None
     try:
         text = await asyncio.to_thread(get, port)
-        assert "havs_vrrp_addresses_held 1.0" in text.splitlines()
+        assert f"havs_vrrp_addresses_held{{{VI_1}}} 1.0" in text.splitlines()
         assert "havs_failback_catchup_duration_seconds 1.25" in text.splitlines() and on_loop == [True]
         assert serve_metrics(f"127.0.0.1:{port}", asyncio.get_running_loop(), lambda: snap, table, log) is None
         assert log.named("metrics.unavailable")[0]["listen"] == f"127.0.0.1:{port}"
@@ -316,3 +326,41 @@ def test_close_ends_the_connections_in_progress() -> None:
     finally:
         for s in clients:
             s.close()
+
+
+# as the daemon sends it with several instances: one entry per instance, and the sync groups' states
+TWO_SNAP = {**SNAP, "vrrp": [
+    {**SNAP["vrrp"], "instance": "VI_A", "group": "G_A", "auth": AUTH},
+    {"instance": "VI_B", "state": "BACKUP", "priority": 100, "adverts_received": 9, "dropped": {"ttl": 1},
+     "addresses": ["192.168.0.109/24 dev eth0"], "held": []},
+    {"instance": "GW", "group": "G_A", "state": "MASTER", "priority": 150, "adverts_sent": 12,
+     "addresses": ["192.168.72.130/24 dev eth1"], "held": ["192.168.72.130/24 dev eth1"]}],
+    "vrrp_groups": {"G_A": "MASTER"}}
+
+
+def test_every_vrrp_family_is_per_instance_and_group() -> None:
+    metrics = Metrics(lambda: TWO_SNAP, table)
+    metrics.vrrp_transitions.labels("VI_B", "", "BACKUP").inc()
+    metrics.vrrp_transitions.labels("GW", "G_A", "MASTER").inc()
+    text = scrape(metrics)
+    a, b, gw = 'group="G_A",instance="VI_A"', 'group="",instance="VI_B"', 'group="G_A",instance="GW"'
+    assert [line for line in samples(text, "havs_vrrp_state{") if line.endswith(" 1.0")] == [
+        f'havs_vrrp_state{{{a},state="MASTER"}} 1.0', f'havs_vrrp_state{{{b},state="BACKUP"}} 1.0',
+        f'havs_vrrp_state{{{gw},state="MASTER"}} 1.0']
+    assert samples(text, "havs_vrrp_priority") == [
+        f"havs_vrrp_priority{{{a}}} 150.0", f"havs_vrrp_priority{{{b}}} 100.0", f"havs_vrrp_priority{{{gw}}} 150.0"]
+    assert samples(text, "havs_vrrp_addresses_held") == [
+        f"havs_vrrp_addresses_held{{{a}}} 1.0", f"havs_vrrp_addresses_held{{{b}}} 0.0",
+        f"havs_vrrp_addresses_held{{{gw}}} 1.0"]
+    assert f'havs_vrrp_address_held{{address="192.168.0.109/24",{b},interface="eth0"}} 0.0' in text
+    assert f'havs_vrrp_address_held{{address="192.168.72.130/24",{gw},interface="eth1"}} 1.0' in text
+    assert f'havs_vrrp_adverts_dropped_total{{{b},reason="ttl"}} 1.0' in text
+    assert f"havs_vrrp_adverts_received_total{{{b}}} 9.0" in text
+    # auth_hmac on VI_A only: its samples name it, the others have none
+    assert {line.split("{")[1].split("}")[0] for line in samples(text, "havs_vrrp_auth_")} == {
+        *(f'{a},reason="{r}"' for r in REASONS), f'active_key="2",anti_replay="time",{a},mode="enforce"'}
+    assert f'havs_vrrp_transitions_total{{{b},to="BACKUP"}} 1.0' in text
+    assert f'havs_vrrp_transitions_total{{{gw},to="MASTER"}} 1.0' in text
+    assert samples(text, "havs_vrrp_sync_group_state") == [
+        f'havs_vrrp_sync_group_state{{group="G_A",state="{s}"}} {1.0 if s == "MASTER" else 0.0}'
+        for s in ("INIT", "BACKUP", "MASTER", "FAULT", "RESIGNING")]

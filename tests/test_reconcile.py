@@ -131,10 +131,10 @@ async def test_sync_runs_are_serialised_and_plan_for_the_latest_state() -> None:
     await side.sync_connections()
     assert set(ipvs.sync) == {"backup"}
     ipvs.netlink_delay = 0.02
-    c.vrrp_changed("MASTER")
+    c.vrrp_changed("VI_1", "MASTER")
     first = asyncio.ensure_future(side.sync_connections())
     await asyncio.sleep(0.03)  # the first run has planned for MASTER and is stopping the backup thread
-    c.vrrp_changed("BACKUP")
+    c.vrrp_changed("VI_1", "BACKUP")
     await asyncio.gather(first, side.sync_connections())
     assert set(ipvs.sync) == {"backup"} and log.named("ipvs.sync_daemon_failed") == []
 

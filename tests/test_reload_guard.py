@@ -40,7 +40,7 @@ def test_same_config_and_harmless_changes_are_safe() -> None:
 def test_vrrp_removed() -> None:
     no_vrrp = parse_config(SEED_TEXT.split("# One VRRP instance")[0] + SEED_TEXT.split("garp:")[1].split("\n\n", 1)[1],
                            "x.yaml")
-    assert no_vrrp.vrrp is None and no_vrrp.virtual_services == SEED.virtual_services
+    assert no_vrrp.vrrp == [] and no_vrrp.virtual_services == SEED.virtual_services
     assert judge(SEED, no_vrrp, max_removed=0.5) == [
         "removes the vrrp section: VRRP would stop and the floating addresses be released"]
     assert judge(no_vrrp, SEED, max_removed=0.5) == []  # adding VRRP releases nothing
@@ -98,7 +98,7 @@ def effective(config: Config) -> object:
     services = {vs.name: sorted((str(rs.address), vs.real_server_port(rs), rs.weight, vs.real_server_forwarding(rs),
                                  vs.real_server_check(rs)) for rs in vs.real_servers)
                 for vs in config.virtual_services}
-    return config.settings, config.nodes, config.vrrp, services
+    return config.settings, config.nodes, list(enumerate(config.vrrp)), services
 
 
 def test_every_parsing_prefix_of_the_shipped_file_is_dangerous() -> None:

@@ -72,11 +72,11 @@ def test_floating_addresses_say_held_or_absent() -> None:
     vrrp = {"state": "BACKUP", "addresses": ["192.168.0.108/24 dev eth0", "192.168.72.130/24 dev eth1"],
             "held": ["192.168.72.130/24 dev eth1"]}
     snap = status(c, Health({RS1: True, RS2: True}), 5.0, vrrp=vrrp)
-    assert snap.vrrp is not None and snap.vrrp.held == ("192.168.72.130/24 dev eth1",)
+    assert snap.vrrp[0].held == ("192.168.72.130/24 dev eth1",)
     assert StatusSnapshot.from_dict(snap.to_dict()) == snap
     assert "  floating: 192.168.0.108/24 dev eth0 (absent), 192.168.72.130/24 dev eth1 (held)" in \
         render_status(snap).splitlines()
-    assert snap.to_dict()["vrrp"]["held"] == ["192.168.72.130/24 dev eth1"]
+    assert snap.to_dict()["vrrp"][0]["held"] == ["192.168.72.130/24 dev eth1"]
 
 
 def test_a_held_preemption_says_why_in_text_and_json() -> None:
@@ -85,13 +85,13 @@ def test_a_held_preemption_says_why_in_text_and_json() -> None:
     pushed = {"state": "BACKUP", "since": 1.0, "priority": 150, "preempt_hold": "catching up on connections",
               "addresses": ["192.168.0.108/24 dev eth0"], "held": []}
     snap = status(c, Health({RS1: True, RS2: True}), 5.0, vrrp=pushed)
-    assert snap.vrrp is not None and snap.vrrp.preempt_hold == "catching up on connections"
-    assert "preempt_hold" not in snap.vrrp.extra
+    assert snap.vrrp[0].preempt_hold == "catching up on connections"
+    assert "preempt_hold" not in snap.vrrp[0].extra
     lines = render_status(snap).splitlines()
     assert lines[2] == "  preemption held: catching up on connections"
-    assert snap.to_dict()["vrrp"]["preempt_hold"] == "catching up on connections"
+    assert snap.to_dict()["vrrp"][0]["preempt_hold"] == "catching up on connections"
     assert StatusSnapshot.from_dict(snap.to_dict()) == snap
     released = status(c, Health({RS1: True, RS2: True}), 6.0, vrrp={**pushed, "preempt_hold": None})
-    assert released.vrrp is not None and released.vrrp.preempt_hold is None
+    assert released.vrrp[0].preempt_hold is None
     assert "preemption held" not in render_status(released)
-    assert released.to_dict()["vrrp"]["preempt_hold"] is None
+    assert released.to_dict()["vrrp"][0]["preempt_hold"] is None

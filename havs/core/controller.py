@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from havs.core.desired import (
@@ -32,7 +32,7 @@ from havs.core.desired import (
 from havs.core.health import HealthChanged
 from havs.core.ipvs_format import service_flags
 from havs.core.ipvs_table import IpvsTable, SyncDaemon
-from havs.core.model import Config, ConnectionSync, NodeView, VirtualService
+from havs.core.model import Config, ConnectionSync, NodeView, VirtualService, Vrrp
 from havs.core.status import (
     DrainingStatus,
     ReconcilerStatus,
@@ -40,6 +40,7 @@ from havs.core.status import (
     ServiceStatus,
     StatusSnapshot,
     VrrpStatus,
+    parse_push,
 )
 
 SyncState = Literal["master", "backup"]
@@ -133,13 +134,17 @@ def sync_daemon_actions(sync: ConnectionSync | None, ifname: str | None, vrrp_st
 
 @dataclass(frozen=True)
 class ReloadPlan:
-    vrrp_changed: bool  # the VRRP part differs from what the running VRRP instance was made from
+    # the VRRP part differs from what the running VRRP process was made from. One bool, not one per
+    # instance: every instance runs in the one process, which the supervisor updates in place or restarts
+    # as a whole; which instances changed is `vrrp_instances` (said in the reload's event)
+    vrrp_changed: bool
     needs_ipvs: bool  # the new config has services, purges or syncs connections: the IPVS socket must be open
     added: frozenset[RealServerKey]  # servers the running config did not have
     removed: frozenset[RealServerKey]
     resync: bool = False  # connection sync is configured: bring the kernel's sync threads to the new config
     restart_needed: tuple[str, ...] = ()  # changed settings only a restart applies (said, not silently ignored)
     state_dir_moved: bool = False  # the drains must be written where the next start will read them
+    vrrp_instances: tuple[str, ...] = ()  # instances added, removed or changed (new config order, then removed)
 
 
 RESTART_ONLY = ("control_socket", "metrics_listen")
@@ -147,8 +152,23 @@ RESTART_ONLY = ("control_socket", "metrics_listen")
 
 def needs_ipvs(config: Config) -> bool:
     """Connection sync counts: a director whose services come by a later reload still runs sync threads."""
-    return bool(config.virtual_services) or config.settings.purge_unmanaged or (
-        config.vrrp is not None and config.vrrp.connection_sync is not None)
+    return bool(config.virtual_services) or config.settings.purge_unmanaged or sync_instance(config) is not None
+
+
+def sync_instance(config: Config) -> Vrrp | None:
+    """The VRRP instance that runs the connection sync (at most one: the kernel has one sync daemon per role)."""
+    return next((v for v in config.vrrp if v.connection_sync is not None), None)
+
+
+def changed_instances(old: NodeView, new: NodeView) -> tuple[str, ...]:
+    """The VRRP instances a reload from `old` to `new` adds, removes or changes (its settings, its sync
+    group, or this node's identity, which every instance's priority and interfaces come from)."""
+    before = {v.name: v for v in old.config.vrrp}
+    after = {v.name: v for v in new.config.vrrp}
+    node = (old.name, old.node) != (new.name, new.node)
+    names = [*after, *(name for name in before if name not in after)]
+    return tuple(name for name in names if node or before.get(name) != after.get(name)
+                 or old.config.group_of(name) != new.config.group_of(name))
 
 
 def servers_of(config: Config) -> list[RealServerKey]:
@@ -170,7 +190,8 @@ class Controller:
         # the view the running VRRP instance was made from: a reload whose VRRP part could not be applied
         # leaves it behind `view`, and the next reload tries again
         self.vrrp_view = view
-        self.vrrp_state = "BACKUP"  # every director starts as a backup; the VRRP process says what follows
+        # instance → its VRRP state: every director starts as a backup; the VRRP process says what follows
+        self.vrrp_states: dict[str, str] = {v.name: "BACKUP" for v in view.config.vrrp}
         self.reloads: dict[str, int] = {}  # reload outcome (applied, forced, failed, refused, …) → count
 
     @property
@@ -211,25 +232,28 @@ class Controller:
         for key in old_servers - new_servers:
             self.ramp_from.pop(key, None)
         was, now = old.config.settings, new.config.settings
+        instances = changed_instances(self.vrrp_view, new)
+        for v in new.config.vrrp:  # an instance the running process gains starts as a backup there too
+            self.vrrp_states.setdefault(v.name, "BACKUP")
         return ReloadPlan(
-            vrrp_changed=new.config.vrrp != self.vrrp_view.config.vrrp or new.node != self.vrrp_view.node,
+            vrrp_changed=bool(instances) or new.config.vrrp_sync_groups != self.vrrp_view.config.vrrp_sync_groups,
+            vrrp_instances=instances,
             needs_ipvs=needs_ipvs(new.config),
             added=frozenset(new_servers - old_servers),
             removed=frozenset(old_servers - new_servers),
             # always, not only on a change: a sync start that failed earlier is retried here
-            resync=new.config.vrrp is not None and new.config.vrrp.connection_sync is not None,
+            resync=sync_instance(new.config) is not None,
             restart_needed=tuple(k for k in RESTART_ONLY if getattr(was, k) != getattr(now, k)),
             state_dir_moved=was.state_dir != now.state_dir,
         )
 
     def vrrp_interfaces(self, view: NodeView) -> list[str]:
-        """The interfaces `view`'s VRRP part needs (heartbeat, floating addresses, connection sync)."""
-        vrrp = view.config.vrrp
-        if vrrp is None:
-            return []
-        roles = [vrrp.interface, *(fa.interface for fa in vrrp.addresses)]
-        if vrrp.connection_sync is not None:
-            roles.append(vrrp.connection_sync.interface)
+        """The interfaces `view`'s VRRP instances need (heartbeat, floating addresses, connection sync)."""
+        roles: set[str] = set()
+        for v in view.config.vrrp:
+            roles.update([v.interface, *(fa.interface for fa in v.addresses)])
+            if v.connection_sync is not None:
+                roles.add(v.connection_sync.interface)
         return sorted({view.ifname(role) for role in roles})
 
     # -- maintenance
@@ -250,19 +274,58 @@ class Controller:
 
     # -- VRRP state and sync daemons
 
-    def vrrp_changed(self, to: str) -> None:
-        self.vrrp_state = to
+    def vrrp_changed(self, instance: str, to: str) -> None:
+        self.vrrp_states[instance] = to
+
+    def vrrp_restarted(self, view: NodeView) -> None:
+        """A new VRRP process runs `view`'s instances: each starts as a backup (before its first report)."""
+        self.vrrp_states = {v.name: "BACKUP" for v in view.config.vrrp}
+
+    @property
+    def sync_instance(self) -> Vrrp | None:
+        return sync_instance(self.config)
+
+    @property
+    def sync_state(self) -> str:
+        """The state of the instance that has `connection_sync` (the sync threads and failback follow it)."""
+        v = self.sync_instance
+        return self.vrrp_states.get(v.name, "BACKUP") if v is not None else "BACKUP"
 
     @property
     def syncs_connections(self) -> bool:
-        return self.config.vrrp is not None and self.config.vrrp.connection_sync is not None
+        return self.sync_instance is not None
 
     def sync_actions(self, running: Iterable[SyncDaemon]) -> list[SyncAction]:
         """For the latest VRRP state: a run that started before a later state change still ends right."""
-        vrrp = self.config.vrrp
+        vrrp = self.sync_instance
         sync = vrrp.connection_sync if vrrp is not None else None
         ifname = self.view.ifname(sync.interface) if sync is not None else None
-        return sync_daemon_actions(sync, ifname, self.vrrp_state, running)
+        return sync_daemon_actions(sync, ifname, self.sync_state, running)
+
+    def vrrp_status(self, push: Mapping[str, Any] | None, now: float) -> tuple[list[VrrpStatus], dict[str, str]]:
+        """Every instance the running VRRP process was made from, in config order, as it last pushed it (one
+        it has not pushed yet: INIT, with what the config says), and the sync groups' states. None: no VRRP
+        process."""
+        if push is None:
+            return [], {}
+        view = self.vrrp_view
+        cfg = view.config
+        pushed, groups = parse_push(push, now, [v.name for v in cfg.vrrp])
+        by_name = {s.instance: s for s in pushed}
+        out = []
+        for v in cfg.vrrp:
+            group = cfg.group_of(v.name)
+            st = by_name.pop(v.name, None) or VrrpStatus(
+                instance=v.name, priority=v.priority_of(view.name, view.node), router_id=v.router_id,
+                version=v.version, mode="unicast" if v.unicast_peers else "multicast",
+                interface=view.ifname(v.interface),
+                addresses=tuple(f"{fa.address} dev {view.ifname(fa.interface)}" for fa in v.addresses))
+            out.append(st if st.group or group is None else replace(st, group=group.name))
+        out.extend(by_name.values())  # not in the config (yet): still what runs
+        for g in cfg.vrrp_sync_groups:  # a process that says nothing of a group: its members' common state
+            states = {s.state for s in out if s.instance in g.instances}
+            groups.setdefault(g.name, states.pop() if len(states) == 1 else "INIT")
+        return out, groups
 
     # -- status
 
@@ -274,6 +337,7 @@ class Controller:
         """Everything `havs status` shows. `health`: HealthService.snapshot(); `vrrp`: the VRRP process's
         latest pushed snapshot; `actual`: the last dumped kernel table (connection counts)."""
         health = health or {}
+        instances, groups = self.vrrp_status(vrrp, now)
         table = self.desired.table if self.desired else None
         quorum_lost = set(self.desired.quorum_lost) if self.desired else set()
         services = []
@@ -302,7 +366,7 @@ class Controller:
                                           quorum=vs.name not in quorum_lost, real_servers=tuple(servers)))
         return StatusSnapshot(
             version=version, node=self.view.name, pid=pid, uptime=now - started, config_file=config_file,
-            vrrp=VrrpStatus.from_push(vrrp, now) if vrrp is not None else None,
+            vrrp=instances, vrrp_groups=groups,
             services=tuple(services), reconciler=reconciler,
             draining=tuple(DrainingStatus(str(s), str(d), t - now) for s, d, t in draining),
             reloads=dict(self.reloads),

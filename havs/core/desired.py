@@ -5,7 +5,7 @@ Both directors build the same table whatever their VRRP state, so a failover onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -56,7 +56,8 @@ class Desired:
     table: IpvsTable
     managed: frozenset[ServiceKey]  # services whose kernel state havs owns
     quorum_lost: tuple[str, ...] = ()  # services below quorum (their sorry server is in)
-    priority_decrement: int = 0  # how much VRRP priority to give up for lost quorums
+    # VRRP instance → how much priority it gives up for lost quorums (every instance named, 0 included)
+    priority_decrement: dict[str, int] = field(default_factory=dict)
     next_change: float | None = None  # when a slow-start ramp next changes a weight
     # every real server the config declares, in the table or not (health may have taken it out)
     configured: frozenset[tuple[ServiceKey, DestinationKey]] = frozenset()
@@ -99,6 +100,14 @@ def ipvs_destination(vs: VirtualService, rs: RealServer | SorryServer, weight: i
     )
 
 
+def quorum_instances(vs: VirtualService, floating: Mapping[str, str], instances: Iterable[str]) -> list[str]:
+    """The VRRP instances whose priority a lost quorum of `vs` lowers: the one floating its address (giving
+    it up moves the service and nothing else); a fwmark service, or an address no instance floats, cannot
+    say which instance carries its traffic, so every instance gives way."""
+    owner = floating.get(str(vs.address)) if vs.address is not None else None
+    return [owner] if owner is not None else list(instances)
+
+
 def build_desired(
     config: Config,
     health: Mapping[RealServerKey, ServerState] | None = None,
@@ -108,7 +117,8 @@ def build_desired(
     """The table for the config as health and maintenance allow. `havs apply` passes no health: all up."""
     entries: list[tuple[Service, list[Destination]]] = []
     lost: list[str] = []
-    decrement = 0
+    decrement = dict.fromkeys((v.name for v in config.vrrp), 0)
+    floating = config.floating  # floating IP → the instance that floats it
     wake: list[float] = []
     configured: set[tuple[ServiceKey, DestinationKey]] = set()
     for vs in config.virtual_services:
@@ -139,7 +149,8 @@ def build_desired(
         if vs.real_servers and not quorum_met(vs, weights):
             lost.append(vs.name)
             assert vs.quorum is not None
-            decrement += vs.quorum.priority_decrement
+            for name in quorum_instances(vs, floating, decrement):
+                decrement[name] += vs.quorum.priority_decrement
             sorry = vs.quorum.sorry_server
             if sorry is not None:
                 dests = [d for d in dests if d.key != ipvs_destination(vs, sorry, 1).key]
@@ -150,7 +161,7 @@ def build_desired(
         table=table,
         managed=frozenset(table),
         quorum_lost=tuple(lost),
-        priority_decrement=min(decrement, 254),
+        priority_decrement={name: min(n, 254) for name, n in decrement.items()},
         next_change=min(wake) if wake else None,
         configured=frozenset(configured),
     )

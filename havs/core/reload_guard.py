@@ -14,7 +14,7 @@ traffic in the running config (weight > 0) count, in both the share and the "eve
 from __future__ import annotations
 
 from havs.core.health import server_name
-from havs.core.model import Config, Vrrp
+from havs.core.model import Config
 
 
 def _active_servers(config: Config) -> dict[str, set[str]]:
@@ -25,11 +25,34 @@ def _active_servers(config: Config) -> dict[str, set[str]]:
     }
 
 
-def _addresses(vrrp: Vrrp | None) -> dict[str, str]:
-    """floating IP → 'address/len on role' as the config declares it."""
-    if vrrp is None:
-        return {}
-    return {str(fa.address.ip): f"{fa.address} on {fa.interface}" for fa in vrrp.addresses}
+def _addresses(config: Config) -> dict[str, tuple[str, str]]:
+    """floating IP → ('address/len on role' as the config declares it, the instance floating it), across
+    every instance."""
+    return {str(fa.address.ip): (f"{fa.address} on {fa.interface}", v.name) for v in config.vrrp for fa in v.addresses}
+
+
+def _vrrp_reasons(old: Config, new: Config) -> list[str]:
+    """Addresses a reload releases or moves: an instance removed with its addresses (they are released on
+    both directors at once), an address dropped, changed, or moved to another instance (it goes where that
+    instance is MASTER, maybe the other director)."""
+    before, after = _addresses(old), _addresses(new)
+    kept = {v.name for v in new.vrrp}
+    reasons: list[str] = []
+    for v in old.vrrp:
+        released = [before[str(fa.address.ip)][0] for fa in v.addresses if str(fa.address.ip) not in after]
+        if v.name not in kept and released:
+            reasons.append(f"removes VRRP instance {v.name}: its floating addresses would be released "
+                           f"({', '.join(released)})")
+    for ip, (declared, instance) in before.items():
+        if ip not in after:
+            if instance in kept:
+                reasons.append(f"drops floating address {declared}")
+            continue
+        if after[ip][0] != declared:
+            reasons.append(f"changes floating address {declared} to {after[ip][0]}")
+        if after[ip][1] != instance:
+            reasons.append(f"moves floating address {declared} from VRRP instance {instance} to {after[ip][1]}")
+    return reasons
 
 
 def judge(old: Config, new: Config, *, max_removed: float) -> list[str]:
@@ -40,15 +63,10 @@ def judge(old: Config, new: Config, *, max_removed: float) -> list[str]:
     losing one server of two, which is what a copy cut off before the last server looks like.
     """
     reasons: list[str] = []
-    if old.vrrp is not None and new.vrrp is None:
+    if old.vrrp and not new.vrrp:
         reasons.append("removes the vrrp section: VRRP would stop and the floating addresses be released")
     else:
-        before, after = _addresses(old.vrrp), _addresses(new.vrrp)
-        for ip, declared in before.items():
-            if ip not in after:
-                reasons.append(f"drops floating address {declared}")
-            elif after[ip] != declared:
-                reasons.append(f"changes floating address {declared} to {after[ip]}")
+        reasons += _vrrp_reasons(old, new)
 
     before_servers, after_servers = _active_servers(old), _active_servers(new)
     total = sum(len(servers) for servers in before_servers.values())

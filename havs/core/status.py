@@ -7,7 +7,7 @@ older or newer daemon sends (missing keys take defaults, unknown VRRP keys are k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -41,15 +41,19 @@ class ServiceStatus:
     real_servers: tuple[ServerStatus, ...] = ()
 
 
-_VRRP_KNOWN = ("state", "since_ago", "priority", "priority_decrement", "router_id", "version", "mode",
-               "interface", "master", "addresses", "held", "adverts_sent", "adverts_received", "dropped",
+_VRRP_KNOWN = ("instance", "group", "state", "since_ago", "priority", "priority_decrement", "router_id", "version",
+               "mode", "interface", "master", "addresses", "held", "adverts_sent", "adverts_received", "dropped",
                "preempt_hold")
+DEFAULT_INSTANCE = "VI_1"  # what an instance is called when the config (or an older daemon) names none
 
 
 @dataclass(frozen=True)
 class VrrpStatus:
-    """What the VRRP process last pushed; counters and details the renderer does not use stay in `extra`."""
+    """One VRRP instance as the VRRP process last pushed it; counters and details the renderer does not use
+    stay in `extra`."""
 
+    instance: str = DEFAULT_INSTANCE
+    group: str | None = None  # its sync group, if any
     state: str = "INIT"
     since_ago: float | None = None
     priority: int | None = None
@@ -98,6 +102,21 @@ class VrrpStatus:
         return out
 
 
+def parse_push(push: Mapping[str, Any], now: float,
+               names: Sequence[str] = ()) -> tuple[list[VrrpStatus], dict[str, str]]:
+    """The VRRP process's pushed snapshot → its instances and its sync groups' states. The push is
+    `{"instances": [...], "groups": {...}}`; a child from before several instances pushed one instance's
+    mapping. An entry without its `instance` takes the name at its place in `names` (config order)."""
+    entries = [push] if "instances" not in push else [i for i in push.get("instances") or ()
+                                                      if isinstance(i, Mapping)]
+    out = []
+    for i, entry in enumerate(entries):
+        if not entry.get("instance") and i < len(names):
+            entry = {**entry, "instance": names[i]}
+        out.append(VrrpStatus.from_push(entry, now))
+    return out, {str(k): str(v) for k, v in (push.get("groups") or {}).items()}
+
+
 @dataclass(frozen=True)
 class ReconcilerStatus:
     passes: int = 0
@@ -121,15 +140,17 @@ class StatusSnapshot:
     pid: int | None
     uptime: float | None
     config_file: str
-    vrrp: VrrpStatus | None
+    vrrp: list[VrrpStatus] = field(default_factory=list)  # every instance, in config order ([]: VRRP off)
     services: tuple[ServiceStatus, ...] = ()
     reconciler: ReconcilerStatus | None = None
     draining: tuple[DrainingStatus, ...] = ()
     reloads: Mapping[str, int] = field(default_factory=dict)  # reload outcome → count since start
+    vrrp_groups: Mapping[str, str] = field(default_factory=dict)  # sync group → its state
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["vrrp"] = self.vrrp.to_dict() if self.vrrp else None
+        out["vrrp"] = [v.to_dict() for v in self.vrrp]
+        out["vrrp_groups"] = dict(self.vrrp_groups)
         for svc in out["services"]:
             svc["flags"] = list(svc["flags"])
             svc["real_servers"] = list(svc["real_servers"])
@@ -142,12 +163,14 @@ class StatusSnapshot:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StatusSnapshot:
-        vrrp = d.get("vrrp")
+        vrrp = d.get("vrrp") or []
         rec = d.get("reconciler")
         return cls(
             version=str(d.get("version", "?")), node=str(d.get("node", "?")), pid=d.get("pid"),
             uptime=d.get("uptime"), config_file=str(d.get("config_file", "?")),
-            vrrp=VrrpStatus.from_dict(vrrp) if vrrp else None,
+            # a daemon before several instances sent one mapping (or null without VRRP)
+            vrrp=[VrrpStatus.from_dict(v) for v in ([vrrp] if isinstance(vrrp, Mapping) else vrrp)],
+            vrrp_groups={str(k): str(v) for k, v in (d.get("vrrp_groups") or {}).items()},
             services=tuple(_service(s) for s in d.get("services") or ()),
             reconciler=ReconcilerStatus(**_only(ReconcilerStatus, rec)) if rec else None,
             draining=tuple(DrainingStatus(**_only(DrainingStatus, x)) for x in d.get("draining") or ()),
@@ -185,26 +208,34 @@ def _ago(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _vrrp_lines(vrrp: VrrpStatus) -> list[str]:
+    """One instance: its state line, then why preemption is held and where its addresses are."""
+    dec = vrrp.priority_decrement
+    prio_text = f"{vrrp.priority}" + (f" (lowered by {dec}: quorum lost)" if dec else "")
+    lines = [
+        f"VRRP {vrrp.state} since {_ago(vrrp.since_ago)} ago — {vrrp.instance}"
+        + (f" in sync group {vrrp.group}" if vrrp.group else "")
+        + f", router {vrrp.router_id} v{vrrp.version} priority {prio_text}, {vrrp.mode or '?'} on "
+        f"{vrrp.interface or '?'}" + (f", master {vrrp.master}" if vrrp.master else "")
+    ]
+    if vrrp.preempt_hold:
+        lines.append(f"  preemption held: {vrrp.preempt_hold}")
+    if vrrp.addresses:
+        held = set(vrrp.held)
+        lines.append("  floating: " + ", ".join(f"{a} ({'held' if a in held else 'absent'})" for a in vrrp.addresses))
+    return lines
+
+
 def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
     snap = snapshot if isinstance(snapshot, StatusSnapshot) else StatusSnapshot.from_dict(snapshot)
     lines = [f"havs {snap.version} on {snap.node}, pid {'?' if snap.pid is None else snap.pid}, "
              f"up {_ago(snap.uptime)}, config {snap.config_file}"]
-    vrrp = snap.vrrp
-    if vrrp:
-        dec = vrrp.priority_decrement
-        prio_text = f"{vrrp.priority}" + (f" (lowered by {dec}: quorum lost)" if dec else "")
-        lines.append(
-            f"VRRP {vrrp.state} since {_ago(vrrp.since_ago)} ago — router {vrrp.router_id} "
-            f"v{vrrp.version} priority {prio_text}, {vrrp.mode or '?'} on {vrrp.interface or '?'}"
-            + (f", master {vrrp.master}" if vrrp.master else "")
-        )
-        if vrrp.preempt_hold:
-            lines.append(f"  preemption held: {vrrp.preempt_hold}")
-        if vrrp.addresses:
-            held = set(vrrp.held)
-            lines.append("  floating: " + ", ".join(f"{a} ({'held' if a in held else 'absent'})"
-                                                     for a in vrrp.addresses))
-    else:
+    for vrrp in snap.vrrp:
+        lines += _vrrp_lines(vrrp)
+    for group, state in snap.vrrp_groups.items():
+        members = [v.instance for v in snap.vrrp if v.group == group]
+        lines.append(f"sync group {group}: {state} ({', '.join(members)})")
+    if not snap.vrrp:
         lines.append("VRRP off")
     rec = snap.reconciler
     if rec:

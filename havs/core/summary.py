@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from havs.core.bgp import describe
-from havs.core.model import AuthHmac, NodeView, VirtualService
+from havs.core.model import AuthHmac, NodeView, VirtualService, Vrrp
 from havs.core.vocab import Forwarding
 from havs.core.vrrp_auth import default_window
 from havs.core.wire import MULTICAST_V6
@@ -32,27 +32,43 @@ def _auth_line(a: AuthHmac, advert_interval: float) -> str:
     return f"  auth_hmac: {a.mode}, anti_replay {a.anti_replay}{window}, keys {keys}, signing with {a.active_key}"
 
 
+def _instance_lines(view: NodeView, v: Vrrp) -> list[str]:
+    """One VRRP instance as this node runs it: identity and timers, the interfaces it uses, auth, addresses."""
+    group = view.config.group_of(v.name)
+    lines = [
+        f"VRRP {v.name}" + (f" in sync group {group.name}" if group else "") + ": "
+        f"v{v.version} router_id {v.router_id} priority {v.priority_of(view.name, view.node)} "
+        f"advert {v.advert_interval:g}s preempt {'on' if v.preempt else 'off'}"
+        + (f" delay {v.preempt_delay:g}s" if v.preempt and v.preempt_delay else "")
+        + f" heartbeat {view.ifname(v.interface)}"
+        + (f" unicast {', '.join(map(str, v.unicast_peers))}" if v.unicast_peers
+           else f" multicast {MULTICAST_V6 if v.family == 6 else '224.0.0.18'}")
+    ]
+    roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
+    if v.connection_sync is not None:
+        roles.add(v.connection_sync.interface)
+    lines.append("  interfaces: " + ", ".join(f"{role}={name}" for role, name in view.node.interfaces.items()
+                                              if role in roles))
+    if v.auth_hmac is not None:
+        lines.append(_auth_line(v.auth_hmac, v.advert_interval))
+    for fa in v.addresses:
+        lines.append(f"  floating {fa.address} on {view.ifname(fa.interface)} ({fa.interface})")
+    sync = v.connection_sync
+    if sync is not None:
+        lines.append(f"  connection_sync on {view.ifname(sync.interface)} sync_id {sync.sync_id}, mode {sync.mode}")
+    return lines
+
+
 def config_summary(view: NodeView, file: str) -> str:
     cfg = view.config
-    node = view.node
     lines = [f"{file}: OK — node {view.name}"]
-    if cfg.vrrp:
-        v = cfg.vrrp
-        ifaces = ", ".join(f"{role}={name}" for role, name in node.interfaces.items())
-        lines.append(
-            f"VRRP v{v.version} router_id {v.router_id} priority {node.priority} advert {v.advert_interval:g}s "
-            f"preempt {'on' if v.preempt else 'off'}"
-            + (f" delay {v.preempt_delay:g}s" if v.preempt and v.preempt_delay else "")
-            + f" heartbeat {view.ifname(v.interface)}"
-            + (f" unicast {', '.join(map(str, v.unicast_peers))}" if v.unicast_peers
-               else f" multicast {MULTICAST_V6 if v.addresses[0].address.version == 6 else '224.0.0.18'}")
-        )
-        lines.append(f"  interfaces: {ifaces}")
-        if v.auth_hmac is not None:
-            lines.append(_auth_line(v.auth_hmac, v.advert_interval))
-        for fa in v.addresses:
-            lines.append(f"  floating {fa.address} on {view.ifname(fa.interface)} ({fa.interface})")
-    else:
+    for v in cfg.vrrp:
+        lines += _instance_lines(view, v)
+    for g in cfg.vrrp_sync_groups:
+        notify = [state for state in ("master", "backup", "fault", "stop") if getattr(g.notify, state)]
+        lines.append(f"sync group {g.name}: {', '.join(g.instances)}"
+                     + (f" (notify on {', '.join(notify)})" if notify else ""))
+    if not cfg.vrrp:
         lines.append("VRRP: off (this director owns no floating addresses)")
     lines += describe(view)
     lines.append(f"{len(cfg.virtual_services)} virtual service(s):")
