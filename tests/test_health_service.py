@@ -513,3 +513,20 @@ async def test_a_large_cold_start_spreads_first_checks_beyond_the_fast_interval(
         assert n / FIRST_ROUND_RATE == 0.5
     finally:
         await hs.stop()
+
+
+def test_settings_health_max_in_flight() -> None:
+    """`settings.health_max_in_flight` is the bound the service applies: same default, bad values refused
+    with the key named."""
+    import inspect
+
+    from pydantic import ValidationError
+
+    from havs.core.model import Settings
+
+    default = inspect.signature(HealthService).parameters["max_in_flight"].default
+    assert Settings().health_max_in_flight == default == 256
+    assert Settings(health_max_in_flight=1).health_max_in_flight == 1
+    for bad in (0, -5, 100001):
+        with pytest.raises(ValidationError, match="health_max_in_flight"):
+            Settings(health_max_in_flight=bad)
