@@ -81,7 +81,8 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.view.config
         self.log.info("config.loaded", file=self.config_path, node=self.view.name, services=len(cfg.virtual_services),
-                      real_servers=sum(len(vs.real_servers) for vs in cfg.virtual_services), vrrp=len(cfg.vrrp))
+                      real_servers=sum(len(vs.real_servers) for vs in cfg.virtual_services),
+                      vrrp=[v.name for v in cfg.vrrp])
         self.control.load_drained()
         if cfg.settings.metrics_listen:
             from havs.metrics import serve_metrics  # only when asked for: it starts a thread

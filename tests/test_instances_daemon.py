@@ -92,6 +92,19 @@ def test_status_before_the_first_push_shows_every_configured_instance_as_init() 
     assert off.vrrp == [] and "VRRP off" in render_status(off).splitlines()
 
 
+def test_a_vrrp_process_that_does_not_answer_says_so_once_for_all_its_instances() -> None:
+    c = Controller(view())
+    error = "the VRRP process does not answer"
+    pushed = {**push(*(entry(n, "UNKNOWN", error=error) for n in ("VI_A", "VI_B", "GW")), groups={"G_A": "UNKNOWN"}),
+              "restarts": 2, "error": error}  # as havs.vrrp.VrrpProcess.snapshot() says it
+    snap = c.status(now=100.0, version="1", pid=1, started=0.0, config_file="havs.yaml", vrrp=pushed)
+    assert [v.state for v in snap.vrrp] == ["UNKNOWN"] * 3 and snap.vrrp_process == {"restarts": 2, "error": error}
+    assert StatusSnapshot.from_dict(snap.to_dict()) == snap
+    lines = render_status(snap).splitlines()
+    assert lines[4:7] == ["sync group G_A: UNKNOWN (VI_A, GW)", f"VRRP process: {error}",
+                          "VRRP process restarted 2 time(s) (died unasked)"]
+
+
 def test_a_push_from_a_child_before_several_instances_is_its_first_instance() -> None:
     c = Controller(view())
     snap = c.status(now=5.0, version="1", pid=1, started=0.0, config_file="havs.yaml",
@@ -195,6 +208,7 @@ async def test_the_daemon_with_two_instances_and_a_group(env: Path) -> None:
     log = ListLog()
     d, task = start(write(env, TWO), log)
     await until(lambda: log.named("daemon.ready"))
+    assert log.named("config.loaded")[0]["vrrp"] == ["VI_A", "VI_B", "GW"]
     [vrrp] = FakeVrrp.made
     ipvs = FakeIpvs.instances[0]
     assert sync_threads(ipvs) == {"backup": ("eth1", 7)}

@@ -41,6 +41,7 @@ from havs.core.status import (
     StatusSnapshot,
     VrrpStatus,
     parse_push,
+    push_process,
 )
 
 SyncState = Literal["master", "backup"]
@@ -366,7 +367,7 @@ class Controller:
                                           quorum=vs.name not in quorum_lost, real_servers=tuple(servers)))
         return StatusSnapshot(
             version=version, node=self.view.name, pid=pid, uptime=now - started, config_file=config_file,
-            vrrp=instances, vrrp_groups=groups,
+            vrrp=instances, vrrp_groups=groups, vrrp_process=push_process(vrrp),
             services=tuple(services), reconciler=reconciler,
             draining=tuple(DrainingStatus(str(s), str(d), t - now) for s, d, t in draining),
             reloads=dict(self.reloads),

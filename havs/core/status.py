@@ -117,6 +117,13 @@ def parse_push(push: Mapping[str, Any], now: float,
     return out, {str(k): str(v) for k, v in (push.get("groups") or {}).items()}
 
 
+def push_process(push: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a push says of the VRRP process itself (`restarts`, `error`), beside its instances."""
+    if push is None or "instances" not in push:
+        return {}  # an older child's single mapping keeps these among its instance's details (`extra`)
+    return {k: v for k, v in push.items() if k not in ("instances", "groups")}
+
+
 @dataclass(frozen=True)
 class ReconcilerStatus:
     passes: int = 0
@@ -146,11 +153,13 @@ class StatusSnapshot:
     draining: tuple[DrainingStatus, ...] = ()
     reloads: Mapping[str, int] = field(default_factory=dict)  # reload outcome → count since start
     vrrp_groups: Mapping[str, str] = field(default_factory=dict)  # sync group → its state
+    vrrp_process: Mapping[str, Any] = field(default_factory=dict)  # the VRRP process: restarts, error
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["vrrp"] = [v.to_dict() for v in self.vrrp]
         out["vrrp_groups"] = dict(self.vrrp_groups)
+        out["vrrp_process"] = dict(self.vrrp_process)
         for svc in out["services"]:
             svc["flags"] = list(svc["flags"])
             svc["real_servers"] = list(svc["real_servers"])
@@ -171,6 +180,7 @@ class StatusSnapshot:
             # a daemon before several instances sent one mapping (or null without VRRP)
             vrrp=[VrrpStatus.from_dict(v) for v in ([vrrp] if isinstance(vrrp, Mapping) else vrrp)],
             vrrp_groups={str(k): str(v) for k, v in (d.get("vrrp_groups") or {}).items()},
+            vrrp_process=dict(d.get("vrrp_process") or {}),
             services=tuple(_service(s) for s in d.get("services") or ()),
             reconciler=ReconcilerStatus(**_only(ReconcilerStatus, rec)) if rec else None,
             draining=tuple(DrainingStatus(**_only(DrainingStatus, x)) for x in d.get("draining") or ()),
@@ -237,6 +247,10 @@ def render_status(snapshot: StatusSnapshot | Mapping[str, Any]) -> str:
         lines.append(f"sync group {group}: {state} ({', '.join(members)})")
     if not snap.vrrp:
         lines.append("VRRP off")
+    if snap.vrrp_process.get("error"):
+        lines.append(f"VRRP process: {snap.vrrp_process['error']}")
+    if snap.vrrp_process.get("restarts"):
+        lines.append(f"VRRP process restarted {snap.vrrp_process['restarts']} time(s) (died unasked)")
     rec = snap.reconciler
     if rec:
         failed_passes = f", {rec.pass_failures} failed passes" if rec.pass_failures else ""
