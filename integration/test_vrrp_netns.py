@@ -463,7 +463,7 @@ def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
     view = select_node(parse_config(text), "lvs1", "")
     log = _Log()
     states: list[str] = []
-    vrrp = VrrpProcess(view, log=log, on_state=lambda f, t, r: states.append(t))
+    vrrp = VrrpProcess(view, log=log, on_state=lambda i, f, t, r: states.append(f"{i} {t}"))
     # The child is forked from a thread inside the namespace that lives as long as the test: the child's
     # PR_SET_PDEATHSIG fires when the thread that forked it ends.
     started, done = threading.Event(), threading.Event()
@@ -492,15 +492,16 @@ def test_busy_main_thread_does_not_delay_adverts(fresh: SeedLab) -> None:
         assert [e["to"] for e in pair.events("lvs2", "vrrp.state")] == ["BACKUP"]
         assert pair.holds("lvs2") == (False, False)
         t0 = time.monotonic()
-        snap = vrrp.snapshot()
+        (snap,) = vrrp.snapshot()["instances"]
         assert time.monotonic() - t0 < 0.01
+        assert snap["instance"] == "VI_1" and snap["group"] is None
         assert snap["state"] == "MASTER" and snap["adverts_sent"] >= 25
         assert snap["held"] == ["192.168.0.108/24 dev eth0", "192.168.72.130/24 dev eth1"]
-        assert states == ["BACKUP", "MASTER"]
+        assert states == ["VI_1 BACKUP", "VI_1 MASTER"]
         assert vrrp.alive()
     finally:
         vrrp.stop(graceful=True)
         done.set()
         pair.stop_all()
     assert pair.holds("lvs1") == (False, False) and vrrp.restarts == 0
-    assert states[-2:] == ["RESIGNING", "INIT"]
+    assert states[-2:] == ["VI_1 RESIGNING", "VI_1 INIT"]
