@@ -353,8 +353,10 @@ class HealthService:
                 self._lag.record(now, late)
                 lag = max(late, self._lag.worst(started, now))
             self._observe(loop, result, now, lag=lag)
-            # the next check counts from when this one was due (no drift), or from an early wake-up
-            due = min(due, woke) + loop.health.next_interval(self._rand())
+            # the next check counts from when this one was due (no drift), or from an early wake-up; never
+            # from the past: a director that fell behind (checks queued on a busy CPU) does not pile up a
+            # backlog, and its timers' lateness stays the loop's own lag, not the backlog's age
+            due = max(min(due, woke) + loop.health.next_interval(self._rand()), now)
 
     async def _sleep(self, ev: asyncio.AbstractEventLoop, loop: _Loop, when: float, now: float) -> float:
         """Sleep until `when` (`now`: the clock just read), unless `_peer_closed` cuts it short (same cost

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from havs.core.health import HealthChanged
+from havs.core.health import HealthChanged, ProbeResult
 from havs.core.model import VirtualService
 from havs.health_service import HealthService
 
@@ -530,3 +530,27 @@ def test_settings_health_max_in_flight() -> None:
     for bad in (0, -5, 100001):
         with pytest.raises(ValidationError, match="health_max_in_flight"):
             Settings(health_max_in_flight=bad)
+
+
+async def test_a_check_slower_than_its_interval_piles_up_no_backlog(backend: Backend) -> None:
+    """Checks that take longer than their interval (a busy director) are not scheduled in the past: the next
+    one is due when the last ended, so the timers' lateness stays the loop's own (small) lag instead of the
+    growing age of a backlog, which would make every timeout look like overload."""
+    check = {"type": "tcp", "interval": 0.05, "timeout": 0.05, "rise": 1, "fall": 1, "jitter": 0}
+    hs = HealthService([service(backend.port, check=check)], log=Log(), on_change=lambda _c: None)
+    hs.start()
+    try:
+        key = ("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")
+        ends: list[float] = []
+
+        async def slow() -> ProbeResult:
+            await asyncio.sleep(0.15)  # three intervals per check
+            ends.append(asyncio.get_running_loop().time())
+            return ProbeResult(True, "ok", 0.15)
+
+        hs._loops[key].probe = slow
+        await until(lambda: len(ends) >= 8, timeout=5.0)
+        now = asyncio.get_running_loop().time()
+        assert hs._lag.worst(now - 1.0, now) < 0.05, hs._lag.worst(now - 1.0, now)
+    finally:
+        await hs.stop()
