@@ -40,7 +40,7 @@ def test_process_sends_the_hold_once_started_never_before() -> None:
     assert protocol.decode(theirs.recv(1 << 16)) == HoldPreemption("catching up")
     proc.hold_preemption("")
     assert protocol.decode(theirs.recv(1 << 16)) == HoldPreemption("")
-    proc.set_priority_decrement(5)  # the decrement still goes on its own
+    proc.set_priority_decrement({"VI_1": 5})  # the decrement still goes on its own
     assert theirs.recv(1 << 16).count(b"\n") == 1
     ours.close()
     theirs.close()
