@@ -1,7 +1,8 @@
 """Several VRRP instances in one VRRP child, two directors in network namespaces on the host kernel (root).
 
-Each director runs the daemon's handle on its VRRP child (`havs.vrrp.VrrpProcess`, the real child process,
-real raw sockets, rtnetlink, GARP and NA) in its namespace of the dual-stack seed topology, without IPVS:
+Each director runs the daemon's handle on its VRRP child (`integration.vrrp_parent`: `havs.vrrp.VrrpProcess`,
+the real child process, real raw sockets, rtnetlink, GARP and NA) in its namespace of the dual-stack seed
+topology, without IPVS:
 - active/active: instance A (VIP and gateway) prefers lvs1, instance B (a second VIP) prefers lvs2 by
   per-node priorities; a crash of lvs1 (kill -9: its VRRP child dies with it) leaves both on lvs2;
 - a sync group of an IPv4 instance (heartbeat and VIP on the client LAN) and an IPv6 instance (heartbeat
@@ -16,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,24 +34,6 @@ if os.geteuid() != 0:
 
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL = 0.1
-PARENT = textwrap.dedent("""\
-    import signal, sys, time
-    from havs.core.config import parse_config, select_node
-    from havs.log import setup_logging
-    from havs.vrrp import VrrpProcess
-    view = select_node(parse_config(open(sys.argv[1]).read(), sys.argv[1]), sys.argv[2], "")
-    vrrp = VrrpProcess(view, log=setup_logging("json", node=sys.argv[2]))
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    try:
-        vrrp.start()
-    except RuntimeError as e:
-        print("START FAILED:", e, flush=True)
-        sys.exit(3)
-    while not stop:
-        time.sleep(0.05)
-    vrrp.stop(graceful=True)
-""")
 
 NODES = """\
 nodes:
@@ -115,8 +97,8 @@ class Directors:
 
     def start(self, node: str) -> None:
         self.logs[node] = self.lab.workdir / f"instances-{node}-{time.time_ns()}.log"
-        self.procs[node] = self.lab.popen(node, [sys.executable, "-c", PARENT, str(self.config), node],
-                                          self.logs[node], cwd=str(REPO))
+        self.procs[node] = self.lab.popen(node, [sys.executable, "-m", "integration.vrrp_parent", str(self.config),
+                                                 node], self.logs[node], cwd=str(REPO))
 
     def crash(self, node: str) -> float:
         """kill -9 of the director's process group: the daemon's stand-in and its VRRP child."""
