@@ -202,3 +202,14 @@ def test_decrement_waits_for_a_started_child_and_never_blocks() -> None:
     assert proc._sent_decrement == {"VI_1": 30}  # a zero is the default: not sent
     ours.close()
     theirs.close()
+
+
+async def test_hooks_are_told_their_instance_and_group(tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    script = f"import os; open({str(out)!r},'a').write(os.environ['HAVS_INSTANCE']+' '+os.environ['HAVS_GROUP']+'\\n')"
+    runner = NotifyRunner(Notify(master=[sys.executable, "-c", script]), ListLog(), "lvs1",
+                          {"HAVS_INSTANCE": "VIP6", "HAVS_GROUP": "G"})
+    runner.start()
+    runner.submit("MASTER", "master_down")
+    await runner.stop(wait=True)
+    assert out.read_text() == "VIP6 G\n"

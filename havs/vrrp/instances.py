@@ -140,7 +140,7 @@ class Instances:
                 self.groups[g.name] = VrrpGroup(g.name, g.instances, now, states, faulty)
             runner = self._group_notify.get(g.name)
             if runner is None:
-                runner = NotifyRunner(g.notify, self._log, view.name, {"HAVS_GROUP": g.name})
+                runner = NotifyRunner(g.notify, BoundLog(self._log, group=g.name), view.name, {"HAVS_GROUP": g.name})
                 self._group_notify[g.name] = runner
                 runner.start()
             runner.notify = g.notify

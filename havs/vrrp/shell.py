@@ -41,7 +41,6 @@ from havs.core.vrrp import (
 )
 from havs.edge.addresses import Addresses
 from havs.edge.links import LinkEvent, LinkWatcher
-from havs.edge.vrrp_socket import VrrpSocket
 from havs.vrrp.announcer import Announcer, RateLimitedLog
 from havs.vrrp.auth_keys import auth_params
 from havs.vrrp.heartbeat import Demux, Heartbeat, advert_source
@@ -154,16 +153,6 @@ class VrrpShell:
         )
 
     # ------------------------------------------------------------------------------ start, stop
-
-    async def start(self) -> None:
-        """On its own socket: open, then begin. RuntimeError if it cannot start."""
-        await self.open()
-        try:
-            demux = Demux(VrrpSocket(self._hb_if, self.src, peers=self._peers()))  # type: ignore[arg-type]
-        except (OSError, ValueError) as e:
-            await self.close()
-            raise RuntimeError(f"VRRP did not start: {e}") from e
-        self.begin(demux)
 
     async def open(self) -> None:
         """The rtnetlink socket, the advert source, the links' state, the keys. RuntimeError if not."""
