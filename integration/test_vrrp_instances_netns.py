@@ -5,6 +5,7 @@ the real child process, real raw sockets, rtnetlink, GARP and NA) in its namespa
 topology, without IPVS:
 - active/active: instance A (VIP and gateway) prefers lvs1, instance B (a second VIP) prefers lvs2 by
   per-node priorities; a crash of lvs1 (kill -9: its VRRP child dies with it) leaves both on lvs2;
+- a reload removing B on lvs1 (lvs2 down): B's address is released, A runs on untouched;
 - a sync group of an IPv4 instance (heartbeat and VIP on the client LAN) and an IPv6 instance (heartbeat
   and gateway on the server LAN): the IPv6 instance's link going down on lvs1 moves both to lvs2, though
   the IPv4 instance's own link is fine, and both come back together when it is up again.
@@ -117,6 +118,11 @@ class Directors:
         return [(str(e["instance"]), str(e["to"]), str(e["reason"]), e.get("group"))  # type: ignore[misc]
                 for e in log_events(self.logs[node], "vrrp.state")]
 
+    def reload(self, node: str, config: str) -> None:
+        self.config.write_text(config)
+        self.procs[node].send_signal(signal.SIGHUP)  # the parent re-reads the file and updates its child
+        wait_until(f"{node} updated", lambda: "UPDATED True" in self.logs[node].read_text(), 10)
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -124,6 +130,25 @@ class Directors:
                 proc.wait(5)
         for node, path in self.logs.items():  # pytest shows this only when the test failed
             print(f"--- {node} log ---\n{path.read_text()[-5000:]}")
+
+
+def test_instances_reload_removes_one_and_leaves_the_other_untouched(fresh: SeedLab) -> None:
+    d = Directors(fresh, ACTIVE_ACTIVE)
+    try:
+        d.start("lvs1")  # alone: MASTER of both
+        wait_until("lvs1 holds A and B", lambda: d.holds("lvs1", "A") and d.holds("lvs1", "B"), 10)
+        before = d.states("lvs1")
+        d.reload("lvs1", ACTIVE_ACTIVE[:ACTIVE_ACTIVE.index("  - name: B")])
+        wait_until("B released", lambda: d.holds_none("lvs1", "B"), 5)
+        time.sleep(5 * INTERVAL)
+        assert d.holds("lvs1", "A")
+        after = d.states("lvs1")[len(before):]
+        # B resigned (no peer: it waited for one, then let go); A never moved
+        assert after == [("B", "RESIGNING", "shutdown", None), ("B", "INIT", "shutdown", None)]
+        handover = log_events(d.logs["lvs1"], "vrrp.handover")
+        assert [(e["instance"], e["outcome"]) for e in handover] == [("B", "no peer heard")]
+    finally:
+        d.stop_all()
 
 
 @pytest.fixture(scope="module")
