@@ -213,6 +213,8 @@ async def test_the_daemon_with_two_instances_and_a_group(env: Path) -> None:
     ipvs = FakeIpvs.instances[0]
     assert sync_threads(ipvs) == {"backup": ("eth1", 7)}
     d.metrics = Metrics(d.snapshot, lambda: None)  # as serve_metrics would make it (without the HTTP server)
+    told: list[str] = []
+    d.notifier.notify = lambda *lines: told.extend(lines)  # type: ignore[method-assign]
     # lvs2's VIP comes here (VI_B MASTER): the sync threads follow VI_A only, so nothing moves
     await asyncio.to_thread(vrrp.on_state, "VI_B", "BACKUP", "MASTER", "master_down")
     await until(lambda: d.controller.vrrp_states["VI_B"] == "MASTER")
@@ -221,6 +223,7 @@ async def test_the_daemon_with_two_instances_and_a_group(env: Path) -> None:
     await asyncio.to_thread(vrrp.on_state, "VI_A", "BACKUP", "MASTER", "master_down")
     await until(lambda: sync_threads(ipvs) == {"master": ("eth1", 7)})
     await asyncio.to_thread(vrrp.on_state, "GW", "BACKUP", "MASTER", "sync_group")
+    await until(lambda: told and told[-1] == "STATUS=VRRP VI_A MASTER, VI_B MASTER, GW MASTER")  # systemctl status
     text = generate_latest(d.metrics.registry).decode()
     assert 'havs_vrrp_transitions_total{group="",instance="VI_B",to="MASTER"} 1.0' in text
     assert 'havs_vrrp_transitions_total{group="G_A",instance="GW",to="MASTER"} 1.0' in text
