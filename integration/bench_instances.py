@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from integration.adverts import AdvertCapture, AdvertSender, Gaps
-from integration.benchlib import poll, raise_fd_limit
+from integration.benchlib import poll, proc_cpu, raise_fd_limit
 from integration.topology import SeedLab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +103,16 @@ def churn(lab: SeedLab, advert: float, stop: threading.Event) -> list[tuple[floa
     return windows
 
 
+def vrrp_child(parent: int) -> int | None:
+    """The VRRP child's pid: the one child of the `vrrp_parent` process."""
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return None
+    return kids[0] if kids else None
+
+
 def measure(capture: AdvertCapture, n: int, t0: float, t1: float, excluded: dict[int, list[tuple[float, float]]],
             ) -> dict[int, Gaps]:
     time.sleep(0.3)  # adverts stamped before t1 may still be on their way to the capture thread
@@ -144,32 +154,39 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"lvs1 never advertised every instance; log:\n{log.read_text()[-3000:]}", file=sys.stderr)
                 return 1
             time.sleep(1.0)
-            t0 = time.monotonic()
+            child = vrrp_child(parent.pid) or parent.pid
+
+            def cpu_since(c0: float, t0: float) -> str:
+                return f"VRRP child CPU {(proc_cpu(child) - c0) / (time.monotonic() - t0) * 100:.1f}%"
+
+            t0, c0 = time.monotonic(), proc_cpu(child)
             time.sleep(args.seconds)
-            rows.append(("idle", measure(capture, n, t0, time.monotonic(), {}), ""))
+            idle_cpu = cpu_since(c0, t0)
+            rows.append(("idle", measure(capture, n, t0, time.monotonic(), {}), idle_cpu))
 
             load = Load(args.checks, args.seconds)
             time.sleep(2.5)  # bench_health's warm-up
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), proc_cpu(child)
             time.sleep(args.seconds)
-            t1 = time.monotonic()
-            rows.append(("checks", measure(capture, n, t0, t1, {}), load.result()))
+            t1, used = time.monotonic(), cpu_since(c0, t0)
+            rows.append(("checks", measure(capture, n, t0, t1, {}), f"{used}; {load.result()}"))
 
             load = Load(args.checks, args.seconds)
             time.sleep(2.5)
             hooks0 = len(notify.read_text().splitlines()) if notify.exists() else 0
             stop, windows = threading.Event(), []
             flapper = threading.Thread(target=lambda: windows.extend(churn(lab, advert, stop)), daemon=True)
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), proc_cpu(child)
             flapper.start()
             time.sleep(args.seconds)
             stop.set()
             flapper.join(5)
-            t1 = time.monotonic()
+            t1, used = time.monotonic(), cpu_since(c0, t0)
             time.sleep(0.5)  # the last hook (0.3 s) finishes
             hooks = (len(notify.read_text().splitlines()) if notify.exists() else 0) - hooks0
             rows.append(("churn", measure(capture, n, t0, t1, {0: [(t0, t1)]}),
-                         f"{load.result()}; instance 1 knocked back {len(windows)} times, {hooks} master hooks run"))
+                         f"{used}; {load.result()}; instance 1 knocked back {len(windows)} times, "
+                         f"{hooks} master hooks run"))
         finally:
             capture.close()
             os.killpg(parent.pid, signal.SIGKILL)
