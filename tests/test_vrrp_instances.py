@@ -253,7 +253,8 @@ async def test_one_instances_stuck_address_change_does_not_delay_anothers_advert
             sent = [t for t, d, r in segment.sent if d == director and r == rid and t >= t0]
             gaps = [b - a for a, b in itertools.pairwise(sent)]
             assert len(sent) >= 15 and max(gaps) < 3 * INTERVAL, (director, max(gaps))
-        assert "10.0.0.100/24 dev eth0" in FakeAddrs.held.get("d1", set())
+        await wait_for("A's address, once its netlink is unstuck",
+                       lambda: "10.0.0.100/24 dev eth0" in FakeAddrs.held.get("d1", set()))
     finally:
         await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))
 

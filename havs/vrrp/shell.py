@@ -387,7 +387,8 @@ class VrrpShell:
                 self._log.info("vrrp.handover", outcome=action.outcome, waited=round(action.waited, 3))
             elif isinstance(action, WantMaster) and self.group is not None:
                 self.group.want(self.name, action.want)
-        heartbeat.rearm()
+        if self.demux is not None:  # closed: a late group verdict must not arm a timer again
+            heartbeat.rearm()
 
     def _state_changed(self, change: StateChanged) -> None:
         peer = {} if change.peer is None else {"peer": str(change.peer), "peer_priority": change.peer_priority}
