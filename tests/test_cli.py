@@ -117,3 +117,37 @@ def test_check_names_the_ipv6_vrrp_group(tmp_path: Path, capsys: pytest.CaptureF
                     .replace("192.168.72.130/24 ", "'fd00::1/64' ", 1))
     assert main(["check", "-c", str(path), "--node", "lvs2", "--offline"]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(" heartbeat eth1 multicast ff02::12")
+
+
+def test_run_uses_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`havs run` runs the daemon on uvloop (a dependency): its health checks cost much less CPU there."""
+    import asyncio
+    import signal
+
+    import uvloop
+
+    import havs.daemon
+    import havs.log
+    import havs.startup
+
+    seen: list[object] = []
+
+    class FakeDaemon:
+        def __init__(self, *_args: object) -> None:
+            pass
+
+        async def run(self) -> int:
+            seen.append(asyncio.get_running_loop())
+            return 0
+
+    monkeypatch.setattr(havs.daemon, "Daemon", FakeDaemon)
+    monkeypatch.setattr(havs.startup, "raise_open_files_limit", lambda: None)
+    monkeypatch.setattr(havs.log, "setup_logging", lambda *_a, **_k: None)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert main(["run", "-c", str(REPO / "etc/havs.yaml"), "--node", "lvs1"]) == 0
+    finally:
+        asyncio.set_event_loop_policy(None)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert len(seen) == 1 and isinstance(seen[0], uvloop.Loop)
