@@ -159,6 +159,7 @@ class VrrpSupervisor:
         old, previous = self.process, self.controller.vrrp_view
         if old is not None and await in_thread(old.update, view):
             self.controller.vrrp_view = view
+            self.controller.vrrp_updated(view)
             return "updated"
         missing = [name for name in self.controller.vrrp_interfaces(view) if not interface_exists(name)]
         if missing:  # known before anything is stopped: the running instance stays as it is

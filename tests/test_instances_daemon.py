@@ -136,7 +136,9 @@ def test_reload_plan_names_the_instances_that_changed() -> None:
         "{name: G_A, instances: [VI_A, GW]}", "{name: G_A, instances: [VI_A, GW], notify: {master: [/bin/true]}}")
     plan = c.reload(view(text), {})
     assert plan.vrrp_instances == ("VI_A", "VI_C", "GW", "VI_B")
-    assert c.vrrp_states == {"VI_A": "BACKUP", "VI_B": "BACKUP", "GW": "BACKUP", "VI_C": "BACKUP"}
+    c.vrrp_changed("VI_A", "MASTER")
+    c.vrrp_updated(view(text))  # taken in place: VI_A keeps its state, VI_C starts as a backup, VI_B is gone
+    assert c.vrrp_states == {"VI_A": "MASTER", "VI_C": "BACKUP", "GW": "BACKUP"}
     # another node's view (its priorities, its interfaces): every instance
     c.vrrp_view = c.view
     assert c.reload(view(text, "lvs2"), {}).vrrp_instances == ("VI_A", "VI_C", "GW")
@@ -236,13 +238,21 @@ async def test_the_daemon_with_two_instances_and_a_group(env: Path) -> None:
     assert vrrp.calls[-1] == "decrement VI_B=30"
     status = (await d.control.handle({"command": "status"}))["status"]
     assert [(v["instance"], v["group"]) for v in status["vrrp"]] == [("VI_A", "G_A"), ("VI_B", None), ("GW", "G_A")]
-    # a reload that changes VI_B's identity restarts the process: the log names the instance
-    write(env, TWO.replace("router_id: 52", "router_id: 62"))
+    # a tunable of VI_A is taken in place: every instance keeps its state
+    tuned = TWO.replace("advert_interval: 0.1", "advert_interval: 0.2", 1)
+    write(env, tuned)
     await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))
+    assert [(e["vrrp"], e["vrrp_instances"]) for e in log.named("config.reloaded")] == [("updated", ["VI_A"])]
+    assert d.controller.vrrp_states == {"VI_A": "MASTER", "VI_B": "MASTER", "GW": "MASTER"}
+    assert vrrp.calls[-1] == "update"
+    # a reload that changes VI_B's identity restarts the process: the log names the instance
+    write(env, tuned.replace("router_id: 52", "router_id: 62"))
+    await d.control.handle({"command": "reload"})
+    await until(lambda: len(log.named("config.reloaded")) == 2)
     assert log.named("config.vrrp_changed") == [{"action": "restart", "instances": ["VI_B"]}]
-    assert log.named("config.reloaded")[0]["vrrp"] == "restarted"
-    assert log.named("config.reloaded")[0]["vrrp_instances"] == ["VI_B"]
+    assert log.named("config.reloaded")[1]["vrrp"] == "restarted"
+    assert log.named("config.reloaded")[1]["vrrp_instances"] == ["VI_B"]
     # the new process starts every instance as a backup: so do the sync threads
     assert d.controller.vrrp_states == {"VI_A": "BACKUP", "VI_B": "BACKUP", "GW": "BACKUP"}
     await until(lambda: sync_threads(ipvs) == {"backup": ("eth1", 7)})

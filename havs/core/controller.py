@@ -234,8 +234,6 @@ class Controller:
             self.ramp_from.pop(key, None)
         was, now = old.config.settings, new.config.settings
         instances = changed_instances(self.vrrp_view, new)
-        for v in new.config.vrrp:  # an instance the running process gains starts as a backup there too
-            self.vrrp_states.setdefault(v.name, "BACKUP")
         return ReloadPlan(
             vrrp_changed=bool(instances) or new.config.vrrp_sync_groups != self.vrrp_view.config.vrrp_sync_groups,
             vrrp_instances=instances,
@@ -281,6 +279,11 @@ class Controller:
     def vrrp_restarted(self, view: NodeView) -> None:
         """A new VRRP process runs `view`'s instances: each starts as a backup (before its first report)."""
         self.vrrp_states = {v.name: "BACKUP" for v in view.config.vrrp}
+
+    def vrrp_updated(self, view: NodeView) -> None:
+        """The running process took `view` in place: its instances keep their states, one it gained starts as
+        a backup, one it dropped is forgotten."""
+        self.vrrp_states = {v.name: self.vrrp_states.get(v.name, "BACKUP") for v in view.config.vrrp}
 
     @property
     def sync_instance(self) -> Vrrp | None:
