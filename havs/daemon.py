@@ -135,7 +135,8 @@ class Daemon:
         services = self.view.config.virtual_services if initial is not None else []
         self.health = HealthService(services, log=self.log, on_change=self.on_health_change,
                                     on_agent_weight=lambda _change: self.wake.set(), initial=initial or "down",  # type: ignore[arg-type]
-                                    on_result=self.metrics.observe_probe if self.metrics else None)
+                                    on_result=self.metrics.observe_probe if self.metrics else None,
+                                    max_in_flight=self.view.config.settings.health_max_in_flight)
         self.health.start()
         if self.metrics is not None:
             self.metrics.health_counters = lambda: (self.health.overload_checks, self.health.inconclusive_checks)  # type: ignore[union-attr]

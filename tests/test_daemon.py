@@ -242,6 +242,23 @@ async def test_a_failed_vrrp_restart_brings_the_previous_instance_back(env: Path
     assert await stop(d, task) == 0
 
 
+async def test_the_health_checks_get_their_concurrency_bound_from_the_settings(env: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class Health(FakeHealth):
+        def __init__(self, services: Any, **kw: Any) -> None:
+            made.append(kw)
+            super().__init__(services, **kw)
+
+    monkeypatch.setattr(havs.daemon, "HealthService", Health)
+    log = ListLog()
+    d, task = start(write(env, SEED.replace("  state_dir:", "  health_max_in_flight: 40\n  state_dir:")), log)
+    await until(lambda: log.named("daemon.ready"))
+    assert [kw["max_in_flight"] for kw in made] == [40]
+    assert await stop(d, task) == 0
+
+
 async def test_services_added_by_reload_to_a_daemon_started_without_any_are_applied(env: Path) -> None:
     log = ListLog()
     seed = (REPO / "etc/havs.yaml").read_text()
