@@ -148,7 +148,7 @@ class ReloadPlan:
     vrrp_instances: tuple[str, ...] = ()  # instances added, removed or changed (new config order, then removed)
 
 
-RESTART_ONLY = ("control_socket", "metrics_listen")
+RESTART_ONLY = ("control_socket", "metrics_listen", "health_max_in_flight")
 
 
 def needs_ipvs(config: Config) -> bool:
