@@ -267,7 +267,7 @@ def dropped(lab: SeedLab, pair: Pair, node: str) -> dict[str, int]:
     sock = lab.workdir / "run" / f"{pair.config.stem}-{node}.sock"
     out = subprocess.run([str(keepalived24.REPO / ".venv" / "bin" / "havs"), "status", "--json", "--socket", str(sock)],
                          capture_output=True, text=True, timeout=10, check=True).stdout
-    return dict(json.loads(out)["vrrp"]["dropped"])
+    return dict(json.loads(out)["vrrp"][0]["dropped"])
 
 
 def _ip(src: str, payload: bytes) -> bytes:

@@ -255,7 +255,7 @@ def test_status_and_maintenance_through_the_control_socket(lab: SeedLab, configs
     text = lab.exec("lvs1", [havs, "status", "--socket", sock]).stdout
     assert "VRRP MASTER" in text and "  -> 192.168.72.128:80            Masq    1" in text
     snap = json.loads(lab.exec("lvs1", [havs, "status", "--socket", sock, "--json"]).stdout)
-    assert snap["vrrp"]["state"] == "MASTER" and snap["node"] == "lvs1"
+    assert snap["vrrp"][0]["state"] == "MASTER" and snap["node"] == "lvs1"
     lab.exec("lvs1", [havs, "drain", "192.168.72.128", "--socket", sock])
     drained = "-> 192.168.72.128:80            Masq    0"
     wait_until("drained to weight 0", lambda: drained in ipvsadm(lab, "lvs1", "-Ln"), 5)
