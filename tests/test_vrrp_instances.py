@@ -371,3 +371,35 @@ def test_bound_log_adds_the_instance_to_every_event() -> None:
     bound.error("vrrp.effect_failed", error="x")
     assert log.events == [("info", "vrrp.state", {"instance": "A", "to": "MASTER"}),
                           ("error", "vrrp.effect_failed", {"instance": "A", "group": "G", "error": "x"})]
+
+
+async def test_group_notify_hook_runs_on_the_groups_changes(segment: Segment, tmp_path: Any) -> None:
+    out = tmp_path / "group"
+    hook = f"echo $HAVS_GROUP $HAVS_STATE $HAVS_INSTANCE. >> {out}"
+    text = DUAL_STACK + f"    notify: {{master: [/bin/sh, -c, '{hook}'], fault: [/bin/sh, -c, '{hook}']}}\n"
+    d = Director(text, "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("both MASTER alone", lambda: d.states() == {"V4": "MASTER", "V6": "MASTER"})
+        d.vrrp._on_link(LinkEvent("eth1", 1, up=False))  # both members' heartbeat link
+        await wait_for("hooks ran", lambda: out.exists() and len(out.read_text().splitlines()) == 2)
+        assert out.read_text().splitlines() == ["G MASTER .", "G FAULT ."]  # once per group change, no instance
+    finally:
+        await d.vrrp.stop(graceful=False)
+
+
+async def test_a_reload_that_groups_running_instances_keeps_their_states(segment: Segment) -> None:
+    d = Director(ACTIVE_ACTIVE, "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("both MASTER alone", lambda: d.states() == {"A": "MASTER", "B": "MASTER"})
+        a_core = d.vrrp.shells["A"].inst
+        assert await d.vrrp.update(view(ACTIVE_ACTIVE + "vrrp_sync_groups: [{name: G, instances: [A, B]}]\n", "d1"))
+        assert d.vrrp.shells["A"].inst is a_core and a_core is not None and a_core.params.sync_group
+        assert d.vrrp.snapshot()["groups"] == {"G": "MASTER"} and d.states() == {"A": "MASTER", "B": "MASTER"}
+        d.vrrp.shells["B"].on_link(LinkEvent("eth1", 1, up=False))  # B's alone: the group takes A along
+        assert d.states() == {"A": "FAULT", "B": "FAULT"}
+        assert d.changes[-2:] == [("A", "MASTER", "FAULT", "sync_group", "G"),
+                                  ("B", "MASTER", "FAULT", "interface_down", "G")]
+    finally:
+        await d.vrrp.stop(graceful=False)
