@@ -19,6 +19,7 @@ from integration.seed import GATEWAY, GATEWAY6, REAL_SERVERS, REAL_SERVERS6, VIP
 from integration.topology import SeedLab, wait_until
 
 DIRECTORS = ("lvs1", "lvs2")
+ROLES = {"client": "eth0", "server": "eth1"}  # interface roles → the lab's interfaces (both directors)
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,18 @@ class Pair:
         found = [e["to"] for e in self.events(node, "vrrp.state") if e.get("instance", instance) == instance]
         return str(found[-1]) if found else None
 
+    def _have(self, node: str) -> set[tuple[str, str]]:
+        """(interface, CIDR) of every address on ``node``, both families: one `ip` process (slow in UML)."""
+        return {(str(i["ifname"]), f"{a['local']}/{a['prefixlen']}")
+                for i in self.lab.ip_json(node, "addr", "show") for a in i.get("addr_info", [])}
+
     def holds(self, node: str, inst: Instance) -> bool:
         """``node`` has every floating address of ``inst``."""
-        ifname = {"client": "eth0", "server": "eth1"}
-        have = {r: set(self.lab.addresses(node, ifname[r], 4) + self.lab.addresses(node, ifname[r], 6))
-                for r in ifname}
-        return all(cidr in have[role] for cidr, role in inst.addresses)
+        have = self._have(node)
+        return all((ROLES[role], cidr) in have for cidr, role in inst.addresses)
 
     def holds_none(self, node: str, inst: Instance) -> bool:
-        ifname = {"client": "eth0", "server": "eth1"}
-        have = set().union(*(self.lab.addresses(node, i, f) for i in ifname.values() for f in (4, 6)))
+        have = {cidr for _, cidr in self._have(node)}
         return not any(cidr in have for cidr, _ in inst.addresses)
 
     def ipvs(self, node: str) -> str:
