@@ -22,6 +22,10 @@ links down) right after lvs2 heard an IPv4 advert from lvs1. Per family, from th
 entry for the VIP and rs1's for the gateway show lvs2's MACs, from ``ip monitor neigh``), the client's
 longest outage and failed requests. Logs stay in integration/out/bench_failover6.
 
+An IPv6 address added ``nodad`` is usable at once, but the kernel announces it (RTM_NEWADDR, what ``ip
+monitor`` prints) only from its DAD work item, which a busy UML CPU may run tens of ms later: the IPv6
+takeover may trail the address's use, and the neighbours column (NA heard) can be the earlier one.
+
 Exit status: 0 with the table; 2 if the lab itself broke (partial table still printed).
 """
 
@@ -284,7 +288,8 @@ def report(results: Sequence[Result], adverts: Sequence[float], impls: Sequence[
         "takeover = until the family's VIP and gateway are both on lvs2 (ip monitor address); "
         "both = the later family; advert->both = that minus lvs1's last IPv4 advert heard",
         "neighbours = until the client's entry for the VIP and rs1's for the gateway show lvs2's MACs "
-        "(ARP for IPv4, unsolicited NA for IPv6)",
+        "(ARP for IPv4, unsolicited NA for IPv6); IPv6 takeover comes from the kernel's deferred RTM_NEWADDR "
+        "(DAD work, even nodad) and may trail the address's first use",
         "cells: median [min-max] over rounds",
         "",
     ]
