@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from integration.adverts import AdvertCapture
+from integration.bench_failover import havs_timeline
 from integration.benchlib import LabBroken, cell, keepalived_real_servers, poll, ratio
 from integration.client import ClientLoop
 from integration.dualstack import FAMILY4, FAMILY6, SERVICE4, SERVICE6, write_configs
@@ -133,6 +134,7 @@ class Result:
     requests: dict[str, int] = field(default_factory=dict)
     after_advert: float | None = None  # both families on lvs2, minus lvs1's last IPv4 advert heard
     setup: str = ""
+    timeline: str = ""  # havs: lvs2's first MASTER, address take and GARP burst logged, after the crash
     note: str = ""
 
     @property
@@ -167,7 +169,7 @@ class Bench:
         return all(f"{ip}:80" in out for ip in REAL_SERVERS.values()) and all(
             f"[{ip}]:80" in out for ip in REAL_SERVERS6.values())
 
-    def start(self, impl: str, interval: float, node: str, tag: str) -> None:
+    def start(self, impl: str, interval: float, node: str, tag: str) -> Path:
         log = OUT / f"{tag}-{node}.log"
         if impl == "havs":
             self.lab.start_havs(node, OUT / f"havs-{interval:g}" / f"havs-{node}.yaml",  # type: ignore
@@ -177,6 +179,7 @@ class Bench:
             argv = ["keepalived", "-n", "-l", "-D", "-G", "-f", str(OUT / f"keepalived-{interval:g}-{node}.conf"),
                     "-p", f"{pid}.pid", "-r", f"{pid}-vrrp.pid", "-c", f"{pid}-check.pid"]
             self.lab.start_daemon(node, argv, log)  # type: ignore[attr-defined]
+        return log
 
     def run(self, impl: str, interval: float, rnd: int) -> Result:
         from integration.topology import TopologyError
@@ -193,8 +196,7 @@ class Bench:
         clients: dict[str, ClientLoop] = {}
         t_start = time.monotonic()
         try:
-            for node in PRIORITY:
-                self.start(impl, interval, node, f"{impl}-{interval:g}-r{rnd}")
+            logs = {node: self.start(impl, interval, node, f"{impl}-{interval:g}-r{rnd}") for node in PRIORITY}
             mdi = 3 * interval + 1
 
             def elected() -> bool:
@@ -229,7 +231,7 @@ class Bench:
                          f"clients steady +{time.monotonic() - t_ipvs:.1f}s")
             if sniff.next_advert(LVS1_HEARTBEAT, 2 * interval + 1) is None:
                 res.note += "no advert from lvs1 heard before the crash; "
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             lab.crash("lvs1")  # type: ignore[attr-defined]
             # Event-driven on the monitor; `ip addr` only every 0.25 s as the fallback (UML has one CPU).
             ticks = [0]
@@ -264,6 +266,8 @@ class Bench:
                         neigh["rs1"].neighbour(gw.split("/")[0], macs["rs1"], t0)]
                 if seen[0] is not None and seen[1] is not None:
                     res.neigh[family] = max(seen[0], seen[1]) - t0
+            if impl == "havs":
+                res.timeline = havs_timeline(logs["lvs2"], wall0)
             return res
         finally:
             for c in clients.values():
@@ -365,8 +369,8 @@ def inside(rounds: int, adverts: Sequence[float], budget: float, impls: Sequence
                     figures = "; ".join(
                         f"{f} takeover {r.takeover.get(f, float('nan')):.3f}s failed {r.failures.get(f, '-')}"
                         for f in FAMILIES)
-                    print(f"  round {rnd} {impl:<10} {interval:g}s: {figures} ({per_run[-1]:.1f}s) {r.note}",
-                          flush=True)
+                    print(f"  round {rnd} {impl:<10} {interval:g}s: {figures} ({per_run[-1]:.1f}s) {r.note}"
+                          + (f"\n      lvs2 log: {r.timeline}" if r.timeline else ""), flush=True)
     except (LabBroken, TopologyError, subprocess.SubprocessError, OSError) as e:
         broke = f"{type(e).__name__}: {e}"
         print(f"lab broke: {broke}", flush=True)
