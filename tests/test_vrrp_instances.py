@@ -134,6 +134,7 @@ class FakeAddrs:
 
     def __init__(self) -> None:
         self.director = ""
+        self.listed: list[str] = []  # interfaces whose addresses were read
 
     async def open(self) -> FakeAddrs:
         return self
@@ -146,7 +147,10 @@ class FakeAddrs:
             await asyncio.sleep(1.0)
         self.held.setdefault(self.director, set()).add(f"{a} dev {ifname}")
 
-    add = ensure
+    async def list(self, ifname: str, family: int) -> list[tuple[Any, bool]]:
+        self.listed.append(ifname)
+        return [(ipaddress.ip_interface(h.split(" dev ")[0]), True) for h in self.held.get(self.director, set())
+                if h.endswith(f" dev {ifname}")]
 
     async def remove(self, ifname: str, a: Any) -> bool:
         there = f"{a} dev {ifname}" in self.held.get(self.director, set())

@@ -118,7 +118,10 @@ class FailingAddresses:
     async def remove(self, ifname: str, address: object) -> bool:
         return ifname == "eth1"
 
-    async def add(self, ifname: str, address: object) -> bool:
+    async def list(self, ifname: str, family: int) -> list[object]:
+        return []  # nothing there: a MASTER's check puts them back
+
+    async def ensure(self, ifname: str, address: object) -> None:
         raise OSError(105, "No buffer space available")
 
 
@@ -213,3 +216,46 @@ async def test_hooks_are_told_their_instance_and_group(tmp_path: Path) -> None:
     runner.submit("MASTER", "master_down")
     await runner.stop(wait=True)
     assert out.read_text() == "VIP6 G\n"
+
+
+class CountingAddresses:
+    def __init__(self) -> None:
+        self.there: set[str] = set()
+        self.lists = 0
+
+    async def list(self, ifname: str, family: int) -> list[tuple[Any, bool]]:
+        import ipaddress
+
+        self.lists += 1
+        return [(ipaddress.ip_interface(a), True) for a in self.there]
+
+    async def ensure(self, ifname: str, address: object) -> None:
+        self.there.add(str(address))
+
+    async def remove(self, ifname: str, address: object) -> bool:
+        there = str(address) in self.there
+        self.there.discard(str(address))
+        return there
+
+
+async def test_masters_of_several_instances_share_one_read_of_an_interface() -> None:
+    from havs.core.model import FloatingAddress
+    from havs.vrrp.announcer import AddressCache
+
+    log, addrs, cache = ListLog(), CountingAddresses(), AddressCache(ttl=60.0)
+    a, b = (Announcer((("eth0", FloatingAddress.model_validate({"address": ip, "interface": "c"}).address),),
+                      addrs, log, RateLimitedLog(log), cache)  # type: ignore[arg-type]
+            for ip in ("10.0.0.1/24", "10.0.0.2/24"))
+    await a.take()
+    await b.take()
+    await a.reassert()
+    await b.reassert()
+    assert addrs.lists == 1  # one dump served both checks
+    addrs.there.discard("10.0.0.1/24")  # someone removes a's address: seen once the read is due again
+    await a.reassert()
+    assert "10.0.0.1/24" not in addrs.there
+    cache.ttl = 0.0
+    await a.reassert()
+    assert "10.0.0.1/24" in addrs.there and addrs.lists == 2
+    assert [kw["addresses"] for ev, kw in log.events if ev == "vrrp.addresses" and kw["action"] == "readd"] == [
+        ["10.0.0.1/24 dev eth0"]]

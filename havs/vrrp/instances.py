@@ -30,6 +30,7 @@ from havs.core.model import NodeView, SyncGroup
 from havs.core.vrrp_group import Force, GroupAction, GroupChanged, VrrpGroup
 from havs.edge.links import LinkEvent, LinkWatcher
 from havs.edge.vrrp_socket import VrrpSocket
+from havs.vrrp.announcer import AddressCache
 from havs.vrrp.auth_keys import auth_params
 from havs.vrrp.heartbeat import Demux
 from havs.vrrp.notify import NotifyRunner
@@ -104,6 +105,8 @@ class Instances:
         self.decrements: dict[str, int] = {}
         self.preempt_hold = ""
         self._background: set[asyncio.Task[None]] = set()  # stops of removed instances, restarts of replaced
+        # every MASTER checks its addresses once an interval: one read of an interface serves them all
+        self.addresses = AddressCache(ttl=0.9 * min(v.advert_interval for v in view.config.vrrp))
 
     @staticmethod
     def now() -> float:
@@ -117,7 +120,8 @@ class Instances:
         log.fields = {"instance": name, **({"group": group.name} if group else {})}
         return VrrpShell(view, log=log, name=name, on_state=partial(self._state, name), on_change=self._on_change,
                          group=self._hooks_of(group), links=False,
-                         notify_env={"HAVS_INSTANCE": name, "HAVS_GROUP": group.name if group else ""})
+                         notify_env={"HAVS_INSTANCE": name, "HAVS_GROUP": group.name if group else ""},
+                         address_cache=self.addresses)
 
     def _hooks_of(self, group: SyncGroup | None) -> _Hooks | None:
         if group is None:
@@ -315,6 +319,7 @@ class Instances:
                 self._log.error("vrrp.reload_failed", instance=name, error=why)
                 return False
         self.view = view
+        self.addresses.ttl = 0.9 * min(v.advert_interval for v in view.config.vrrp)
         self._sync_groups(view)
         for name in removed:
             self._log.info("vrrp.instance_removed", instance=name)

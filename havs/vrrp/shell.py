@@ -41,7 +41,7 @@ from havs.core.vrrp import (
 )
 from havs.edge.addresses import Addresses
 from havs.edge.links import LinkEvent, LinkWatcher
-from havs.vrrp.announcer import Announcer, RateLimitedLog
+from havs.vrrp.announcer import AddressCache, Announcer, RateLimitedLog
 from havs.vrrp.auth_keys import auth_params
 from havs.vrrp.heartbeat import Demux, Heartbeat, advert_source
 from havs.vrrp.notify import NotifyRunner
@@ -71,9 +71,11 @@ def identity(view: NodeView, name: str | None = None) -> tuple[object, ...]:
 class VrrpShell:
     def __init__(self, view: NodeView, *, log: Any, name: str | None = None, on_state: OnState | None = None,
                  on_change: Callable[[], None] | None = None, group: GroupHooks | None = None,
-                 links: bool = True, notify_env: dict[str, str] | None = None) -> None:
+                 links: bool = True, notify_env: dict[str, str] | None = None,
+                 address_cache: AddressCache | None = None) -> None:
         """`name`: the instance (default the first); `links`: watch link events here (else the caller feeds
-        `on_link`, one watcher for every instance)."""
+        `on_link`, one watcher for every instance); `address_cache`: what the interfaces hold, shared by
+        every instance's MASTER checks."""
         if not view.config.vrrp:
             raise ValueError(f"node {view.name}: the config has no vrrp section")
         self.name = name if name is not None else view.config.vrrp[0].name
@@ -108,6 +110,7 @@ class VrrpShell:
         self._link_events = 0  # a poll that started before an event must not undo it
         self._polled = 0.0
         self._down: set[str] = set()  # links found down by `open`
+        self._address_cache = address_cache
 
     @property
     def cfg(self) -> Vrrp:
@@ -176,7 +179,7 @@ class VrrpShell:
         self.demux = demux
         self.inst = VrrpInstance(self.params(), loop.time())
         self.inst.priority = self.effective_priority
-        self._announcer = Announcer(self.floating, self._addrs, self._log, self.warn)
+        self._announcer = Announcer(self.floating, self._addrs, self._log, self.warn, self._address_cache)
         self._heartbeat = Heartbeat(demux.sock, self.src, self.inst, checksum=cfg.v3_checksum, warn=self.warn,
                                     dispatch=lambda actions: self.dispatch(actions), after_batch=self._note_deferred,
                                     on_tick=lambda: setattr(self, "last_tick", time.monotonic()))
