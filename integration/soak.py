@@ -16,8 +16,9 @@ seed topology (integration/topology.py):
 * keepalived, the same pair: bench_failover's ``vrrp_instance`` (both addresses, heartbeat on eth1, both
   links tracked) at the same interval, its seed ``virtual_server`` and bench_load's 500-server one.
 
-Per implementation: convergence (lvs1 MASTER with both addresses, lvs2 BACKUP with none, every real server in
-both directors' IPVS, at most 180 s), then the soak. Counted after convergence: VRRP transitions on BOTH
+Per implementation: convergence (lvs1 MASTER with both addresses, lvs2 BACKUP with none, 95 % of the real
+servers in both directors' IPVS, and no VRRP transition for 10 s; at most 300 s; state changes until then
+are counted too: flaps at start-up), then the soak. Counted after convergence: VRRP transitions on BOTH
 directors (havs ``vrrp.state`` events, keepalived ``Entering ... STATE`` lines) — each one is a false
 takeover or a flap, since nothing is failed on purpose —, adverts heard from lvs2 (a backup that speaks
 took over), healthy servers removed, and havs's ``health.overload`` lines. The master's adverts are captured
@@ -61,7 +62,8 @@ RS1 = "192.168.72.128"
 RS2 = "192.168.72.129"  # the capture listens here, on the server LAN
 SOURCE = {"lvs1": "192.168.72.131", "lvs2": "192.168.72.132"}  # eth1: where each director's adverts come from
 LOAD_PORT = 8080
-CONVERGE = 180.0
+CONVERGE = 300.0
+HOLD = 10.0  # convergence: elected with no VRRP transition for this long
 TICK = 10.0
 
 
@@ -98,6 +100,7 @@ class Figures:
     minutes: float = 0.0
     converged: float | None = None
     transitions: dict[str, list[str]] = field(default_factory=dict)  # node -> what happened after convergence
+    startup_transitions: dict[str, int] = field(default_factory=dict)  # node -> state changes until convergence
     backup_adverts: int = 0
     gaps: list[float] = field(default_factory=list)
     worst_at: float = 0.0  # seconds into the soak
@@ -148,7 +151,10 @@ def report(figs: list[Figures], servers: int, advert: float) -> str:
         return f"{v * 1000:.1f}"
 
     row("soak after convergence, min", lambda f: f"{f.minutes:.1f}")
-    row("converged (both elected, all servers in IPVS), s", lambda f: f"{f.converged:.1f}" if f.converged else "never")
+    row("converged (elected and stable 10 s, >= 95% of servers in IPVS), s",
+        lambda f: f"{f.converged:.1f}" if f.converged else "never")
+    row("VRRP transitions until convergence, lvs1 / lvs2 (no flap: 2 / 1)",
+        lambda f: " / ".join(str(f.startup_transitions.get(n, "-")) for n in ("lvs1", "lvs2")))
     row("VRRP transitions after convergence, lvs1 / lvs2",
         lambda f: " / ".join(str(len(f.transitions.get(n, []))) for n in ("lvs1", "lvs2")), "0 / 0")
     row("adverts heard from the backup (lvs2)", lambda f: str(f.backup_adverts), "0")
@@ -229,23 +235,38 @@ class Soak:
         try:
             logs = {n: self.start(impl, n) for n in ("lvs1", "lvs2")}
             t0 = time.monotonic()
-            want = self.servers + 2  # the seed's two web servers and the load's
+            # every real server in IPVS is not required: a lab CPU this busy may time a few out at any moment
+            want = int(0.95 * (self.servers + 2))
+            held_since: float | None = None
+            held_count = -1
+            last_print = t0
             while True:
-                if time.monotonic() - t0 > CONVERGE:
+                now = time.monotonic()
+                counts = (self.ipvs_servers("lvs1"), self.ipvs_servers("lvs2"))
+                changes = sum(len(transitions(impl, _tail(p, 0))) for p in logs.values())
+                if now - t0 > CONVERGE:
                     fig.note = f"no convergence in {CONVERGE:.0f} s (lvs1 {self.holds('lvs1')}, lvs2 state " \
-                               f"{self.state(impl, logs['lvs2'])}, IPVS {self.ipvs_servers('lvs1')}/" \
-                               f"{self.ipvs_servers('lvs2')} of {want})"
+                               f"{self.state(impl, logs['lvs2'])}, IPVS {counts[0]}/{counts[1]} of " \
+                               f"{self.servers + 2}, {changes} VRRP transitions)"
                     return fig
                 for node in logs:
                     proc = lab.havs_proc(node)
                     if proc is None or proc.poll() is not None:
                         fig.note = f"{impl} on {node} exited: {logs[node]}"
                         return fig
-                if (self.holds("lvs1") == (True, True) and self.holds("lvs2") == (False, False)
-                        and self.state(impl, logs["lvs1"]) == "MASTER" and self.state(impl, logs["lvs2"]) == "BACKUP"
-                        and self.ipvs_servers("lvs1") >= want and self.ipvs_servers("lvs2") >= want):
+                elected = (self.holds("lvs1") == (True, True) and self.holds("lvs2") == (False, False)
+                           and self.state(impl, logs["lvs1"]) == "MASTER"
+                           and self.state(impl, logs["lvs2"]) == "BACKUP" and min(counts) >= want)
+                if not elected or changes != held_count:
+                    held_since, held_count = (now, changes) if elected else (None, -1)
+                elif now - held_since >= HOLD:  # elected, and no VRRP transition for HOLD seconds
                     break
+                if now - last_print >= 20:
+                    last_print = now
+                    print(f"    converging +{now - t0:.0f}s: IPVS {counts[0]}/{counts[1]}, {changes} VRRP "
+                          f"transitions so far, elected {elected}", flush=True)
                 time.sleep(1.0)
+            fig.startup_transitions = {n: len(transitions(impl, _tail(p, 0))) for n, p in logs.items()}
             fig.converged = time.monotonic() - t0
             time.sleep(2.0)  # past the last start-up line
             offsets = {n: p.stat().st_size for n, p in logs.items()}
