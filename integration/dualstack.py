@@ -117,8 +117,12 @@ class Pair:
 
     def holds(self, node: str, inst: Instance) -> bool:
         """``node`` has every floating address of ``inst``."""
+        return bool(self.holding(node, [inst]))
+
+    def holding(self, node: str, instances: Sequence[Instance]) -> list[str]:
+        """The names of those ``instances`` whose every floating address is on ``node`` (one look)."""
         have = self._have(node)
-        return all((ROLES[role], cidr) in have for cidr, role in inst.addresses)
+        return [i.name for i in instances if all((ROLES[role], cidr) in have for cidr, role in i.addresses)]
 
     def holds_none(self, node: str, inst: Instance) -> bool:
         have = {cidr for _, cidr in self._have(node)}

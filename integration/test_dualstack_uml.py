@@ -64,7 +64,7 @@ def test_dual_stack_crash_moves_both_families_and_every_neighbour_cache(
 
         def taken() -> bool:
             at = c4.now() - crash
-            took.update({i.name: at for i in (FAMILY4, FAMILY6) if i.name not in took and pair.holds("lvs2", i)})
+            took.update({name: at for name in pair.holding("lvs2", [FAMILY4, FAMILY6]) if name not in took})
             return len(took) == 2
 
         wait_until("lvs2 holds VI_4 and VI_6", taken, 10, 0.01)
@@ -85,6 +85,7 @@ def test_dual_stack_crash_moves_both_families_and_every_neighbour_cache(
     for name, st in stats.items():
         assert st.longest_outage < 2.0 and st.failures <= 20, (name, st)
     assert pair.state("lvs2", "VI_4") == pair.state("lvs2", "VI_6") == "MASTER"
+    assert [(e["group"], e["to"]) for e in pair.events("lvs2", "vrrp.group")][-1] == ("SG_1", "MASTER")
     assert not pair.events("lvs2", "vrrp.advert_dropped")
     table = pair.ipvs("lvs2")
     assert "[fd72::128]:80" in table and "192.168.72.128:80" in table
