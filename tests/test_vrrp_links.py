@@ -49,14 +49,14 @@ def shell(interval: float = 1.0) -> tuple[VrrpShell, Inst, Log]:
 
 async def test_events_for_tracked_links_fault_and_recover_at_once() -> None:
     s, inst, log = shell()
-    s._on_link(LinkEvent("eth9", 9, False))  # not tracked
-    s._on_link(LinkEvent("eth0", 2, False))
-    s._on_link(LinkEvent("eth1", 3, False))
-    s._on_link(LinkEvent("eth0", 2, True))
-    s._on_link(LinkEvent("eth0", 2, True))  # no change: nothing
-    s._on_link(LinkEvent("eth1", 3, False, deleted=True))
+    s.on_link(LinkEvent("eth9", 9, False))  # not tracked
+    s.on_link(LinkEvent("eth0", 2, False))
+    s.on_link(LinkEvent("eth1", 3, False))
+    s.on_link(LinkEvent("eth0", 2, True))
+    s.on_link(LinkEvent("eth0", 2, True))  # no change: nothing
+    s.on_link(LinkEvent("eth1", 3, False, deleted=True))
     assert s.faulty == frozenset({"eth1"})
-    s._on_link(LinkEvent("eth1", 3, True))
+    s.on_link(LinkEvent("eth1", 3, True))
     assert inst.calls == ["fault", "fault", "fault", "recover"] and s.faulty == frozenset()
     tracks = [kw for ev, kw in log.events if ev == "vrrp.track"]
     assert tracks[0] == {"interface": "eth0", "up": False, "source": "event"}
@@ -78,7 +78,7 @@ async def test_a_poll_that_started_before_an_event_does_not_undo_it() -> None:
     task = asyncio.ensure_future(s._track_loop())
     try:
         await asyncio.wait_for(polled.wait(), 2)  # the first tick polls (nothing polled yet)
-        s._on_link(LinkEvent("eth0", 2, False))  # the link goes down while the poll runs
+        s.on_link(LinkEvent("eth0", 2, False))  # the link goes down while the poll runs
         release.set()
         await asyncio.sleep(0.05)
         assert s.faulty == frozenset({"eth0"}) and inst.calls == ["fault"]
@@ -89,5 +89,5 @@ async def test_a_poll_that_started_before_an_event_does_not_undo_it() -> None:
 async def test_lost_events_make_the_next_tick_poll() -> None:
     s, _, _ = shell()
     s._polled = 1e12
-    s._on_link(None)
+    s.on_link(None)
     assert s._polled == 0.0

@@ -333,8 +333,6 @@ class VrrpShell:
         down = self.faulty - {event.ifname} if event.up else self.faulty | {event.ifname}
         self._set_faulty(frozenset(down), "event")
 
-    _on_link = on_link
-
     def _set_faulty(self, down: frozenset[str], source: str) -> None:
         assert self.inst is not None
         if down == self.faulty:
