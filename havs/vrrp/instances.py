@@ -60,16 +60,27 @@ class _Hooks:
     def fault(self, name: str, faulty: bool, reason: str) -> None:
         group = self.owner.groups.get(self.name)
         if group is not None:
-            self.owner.apply(group, group.fault(name, faulty, self.owner.now(), reason))
+            self.owner.apply(group, group.fault(name, faulty, _now(), reason))
 
     def want(self, name: str, want: bool) -> None:
         group = self.owner.groups.get(self.name)
         if group is not None:
-            self.owner.apply(group, group.want_master(name, want, self.owner.now()))
+            self.owner.apply(group, group.want_master(name, want, _now()))
 
     def any_faulty(self, name: str) -> bool:
         group = self.owner.groups.get(self.name)
         return group is not None and group.any_faulty
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _why(view: NodeView, name: str, e: Exception) -> str:
+    """A start failure, naming the instance when there are several."""
+    text = str(e).removeprefix("VRRP did not start: ")
+    return f"VRRP did not start: {text}" if len(view.config.vrrp) == 1 else \
+        f"VRRP did not start: instance {name}: {text}"
 
 
 def interface_exists(ifname: str) -> bool:
@@ -108,10 +119,6 @@ class Instances:
         # every MASTER checks its addresses once an interval: one read of an interface serves them all
         self.addresses = AddressCache(ttl=0.9 * min(v.advert_interval for v in view.config.vrrp))
 
-    @staticmethod
-    def now() -> float:
-        return asyncio.get_running_loop().time()
-
     # ----------------------------------------------------------------------------------- building
 
     def _shell(self, view: NodeView, name: str) -> VrrpShell:
@@ -131,7 +138,7 @@ class Instances:
     def _sync_groups(self, view: NodeView) -> None:
         """Groups of `view`: one whose members are unchanged keeps its state; a new or changed one starts
         from its members' states as they are (and their faults)."""
-        now = self.now()
+        now = _now()
         old = self.groups
         self.groups = {}
         for g in view.config.vrrp_sync_groups:
@@ -169,7 +176,7 @@ class Instances:
                     opened.append(shell)
                     self._demux_for(shell)
                 except (OSError, ValueError, RuntimeError) as e:
-                    raise RuntimeError(self._why(shell.name, e)) from e
+                    raise RuntimeError(_why(self.view, shell.name, e)) from e
         except RuntimeError:
             for shell in opened:
                 await shell.close()
@@ -178,11 +185,6 @@ class Instances:
                     demux.close()
                     del self._demux[key]
             raise
-
-    def _why(self, name: str, e: Exception) -> str:
-        text = str(e).removeprefix("VRRP did not start: ")
-        return f"VRRP did not start: {text}" if len(self.view.config.vrrp) == 1 else \
-            f"VRRP did not start: instance {name}: {text}"
 
     def _begin(self, shell: VrrpShell) -> None:
         shell.links_open = self._links_open
@@ -234,7 +236,7 @@ class Instances:
             self._on_state(name, from_, to, reason, group.name if group else "")
         core = self.groups.get(group.name) if group else None
         if core is not None:
-            self.apply(core, core.state_changed(name, from_, to, self.now(), reason))
+            self.apply(core, core.state_changed(name, from_, to, _now(), reason))
 
     def apply(self, group: VrrpGroup, actions: list[GroupAction]) -> None:
         for action in actions:
