@@ -371,11 +371,6 @@ class Config(Strict):
         return None
 
     @property
-    def vrrp_one(self) -> Vrrp | None:
-        """TODO(instances): the first instance, for code not yet made multi-instance; goes away."""
-        return self.vrrp[0] if self.vrrp else None
-
-    @property
     def floating(self) -> dict[str, str]:
         """Every floating address (its IP as text) → the name of the instance that floats it."""
         return {str(fa.address.ip): v.name for v in self.vrrp for fa in v.addresses}
