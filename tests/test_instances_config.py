@@ -167,3 +167,18 @@ def test_semantic_problems_name_the_instance_index() -> None:
     text = TWO.replace("192.168.0.109/24", "0.0.0.0/24")
     assert any(p.startswith("f.yaml:20: vrrp[1].addresses[0].address: 0.0.0.0 is the unspecified address")
                for p in problems(text)), problems(text)
+
+
+@pytest.mark.parametrize(("notify", "want"), [
+    ("{master: [notify.sh]}", "f.yaml:22: vrrp_sync_groups[0].notify.master[0]: 'notify.sh' must be an absolute path"),
+    ("{backup: []}", "f.yaml:22: vrrp_sync_groups[0].notify.backup: is an empty command"),
+])
+def test_a_sync_groups_notify_hooks_are_checked_as_an_instances(notify: str, want: str) -> None:
+    # havs check's host checks skip a relative or empty command as "already an error of the file": it must be
+    text = DUAL + f"    notify: {notify}\n"
+    found = problems(text)
+    assert any(p.startswith(want) for p in found), found
+    # and with another mistake in the file (partial validation), still named
+    found = problems(text.replace("router_id: 51\n    interface: server\n    addresses:\n      - {address: 192",
+                                  "router_id: 500\n    interface: server\n    addresses:\n      - {address: 192", 1))
+    assert any(p.startswith(want) for p in found) and any("router_id: must be 1..255" in p for p in found), found

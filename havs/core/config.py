@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from havs.core.model import Config, Node, NodeView, Problem, Settings, VirtualService, Vrrp
+from havs.core.model import Config, Node, NodeView, Problem, Settings, SyncGroup, VirtualService, Vrrp
 from havs.core.semantics import semantic_problems
 from havs.errors import ConfigError, ConfigProblem
 
@@ -294,7 +294,7 @@ def _parse(text: str, file: str) -> LoadedConfig:
     elif written <= PARTIAL_MAX_NODES:
         parts = _valid_parts(data)
     else:  # a huge file that failed: its schema errors now, not a second validation's worth of waiting
-        parts = (None, {}, [], [])
+        parts = (None, {}, [], [], [])
     for path, message in semantic_problems(*parts):
         if not any(path_str(path[:n]) in said for n in range(1, len(path) + 1)):
             problems.append(ConfigProblem(file, builder.line_of(path), path_str(path), message))
@@ -318,7 +318,8 @@ def _located(e: ValidationError, prefix: Path, builder: _Builder, said: set[str]
     return out
 
 
-Parts = tuple[Settings | None, dict[str, Node], list[tuple[int, Vrrp]], list[tuple[int, VirtualService]]]
+Parts = tuple[Settings | None, dict[str, Node], list[tuple[int, Vrrp]], list[tuple[int, VirtualService]],
+              list[tuple[int, SyncGroup]]]
 
 
 PARTIAL_ROUNDS = 4
@@ -344,7 +345,8 @@ def _drop(data: Any, loc: Path, missing: bool) -> bool:
 
 
 def _parts(config: Config) -> Parts:
-    return config.settings, dict(config.nodes), list(enumerate(config.vrrp)), list(enumerate(config.virtual_services))
+    return (config.settings, dict(config.nodes), list(enumerate(config.vrrp)),
+            list(enumerate(config.virtual_services)), list(enumerate(config.vrrp_sync_groups)))
 
 
 def _valid_parts(data: dict[str, Any]) -> Parts:
@@ -374,7 +376,10 @@ def _valid_parts(data: dict[str, Any]) -> Parts:
     raw_services = data.get("virtual_services")
     services = [(i, vs) for i, v in enumerate(raw_services) if (vs := valid(VirtualService, v)) is not None] \
         if isinstance(raw_services, list) else []
-    return settings, nodes, vrrp, services
+    raw_groups = data.get("vrrp_sync_groups")
+    groups = [(i, g) for i, x in enumerate(raw_groups) if (g := valid(SyncGroup, x)) is not None] \
+        if isinstance(raw_groups, list) else []
+    return settings, nodes, vrrp, services, groups
 
 
 def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:

@@ -12,7 +12,7 @@ import ipaddress
 import posixpath
 from collections.abc import Iterator, Sequence
 
-from havs.core.model import IPAddress, Node, Settings, VirtualService, Vrrp
+from havs.core.model import IPAddress, Node, Notify, Settings, SyncGroup, VirtualService, Vrrp
 
 Path = tuple[str | int, ...]
 Found = tuple[Path, str]
@@ -24,14 +24,17 @@ def semantic_problems(
     nodes: dict[str, Node],
     vrrp: Sequence[tuple[int, Vrrp]],
     services: Sequence[tuple[int, VirtualService]],
+    groups: Sequence[tuple[int, SyncGroup]] = (),
 ) -> list[Found]:
-    """`vrrp`: (index in the file, instance) for each instance that validated on its own."""
+    """`vrrp`, `groups`: (index in the file, item) for each instance or sync group that validated on its own."""
     found: list[Found] = []
     if settings is not None:
         found += _settings(settings)
     found += _nodes(nodes)
     for i, v in vrrp:
         found += _vrrp(i, v)
+    for i, g in groups:
+        found += _notify(("vrrp_sync_groups", i, "notify"), g.notify)
     families = {v.family for _, v in vrrp}
     if len(families) == 1:  # unicast_src is one address: it can only serve instances of its family
         family = families.pop()
@@ -128,11 +131,17 @@ def _vrrp(n: int, v: Vrrp) -> Iterator[Found]:
         elif peer.version != family:
             yield ("vrrp", n, "unicast_peers", i), (f"{peer} is IPv{peer.version}, the floating addresses IPv{family}: "
                                                  "adverts go over the family of the addresses they carry")
+    yield from _notify(("vrrp", n, "notify"), v.notify)
+
+
+def _notify(base: Path, notify: Notify) -> Iterator[Found]:
+    """An instance's or a sync group's hooks: each an absolute program (`havs check`'s host checks then
+    look for it on disk, and skip what is already an error here)."""
     for hook in ("master", "backup", "fault", "stop"):
-        argv = getattr(v.notify, hook)
+        argv = getattr(notify, hook)
         if argv is None:
             continue
-        where = ("vrrp", n, "notify", hook)
+        where = (*base, hook)
         if not argv:
             yield where, "is an empty command; leave the key out to run nothing"
         elif not argv[0].startswith("/"):
