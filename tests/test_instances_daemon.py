@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fakes import FakeHealth, FakeIpvs, FakeVrrp, ListLog
 from prometheus_client import generate_latest
 from test_daemon import env, start, stop, sync_threads, until, write
@@ -308,3 +309,31 @@ async def test_failback_follows_the_connection_sync_instance_only() -> None:
     assert len(fb._replaying) == 1
     await asyncio.gather(*fb._replaying)
     await fb.stop()
+
+
+async def test_an_added_instance_tracking_a_missing_interface_keeps_every_running_instance(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the VRRP process refuses to add an instance whose tracked interface does not exist (as one whose
+    # heartbeat interface does not): restarting it would release every instance's addresses for nothing
+    import havs.vrrp_supervisor
+
+    log = ListLog()
+    d, task = start(write(env, TWO), log)
+    await until(lambda: log.named("daemon.ready"))
+    [vrrp] = FakeVrrp.made
+    monkeypatch.setattr(havs.vrrp_supervisor, "interface_exists", lambda name: name != "eth9")
+    nodes = "{client: eth0, server: eth1}"
+    added = TWO.replace(nodes, "{client: eth0, server: eth1, uplink: eth9}").replace("vrrp_sync_groups:", """\
+  - name: VI_C
+    router_id: 54
+    interface: server
+    track_interfaces: [uplink]
+    addresses: [{address: 192.168.0.110/24, interface: client}]
+vrrp_sync_groups:""")
+    write(env, added)
+    await d.control.handle({"command": "reload"})
+    await until(lambda: log.named("config.reloaded"))
+    assert log.named("config.reloaded")[0]["vrrp"] == "kept running instance"
+    assert log.named("config.vrrp_not_applied")[0]["interfaces"] == ["eth9"]
+    assert d.vrrp.process is vrrp and FakeVrrp.made == [vrrp] and not any(c.startswith("stop") for c in vrrp.calls)
+    assert await stop(d, task) == 0

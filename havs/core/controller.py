@@ -247,10 +247,12 @@ class Controller:
         )
 
     def vrrp_interfaces(self, view: NodeView) -> list[str]:
-        """The interfaces `view`'s VRRP instances need (heartbeat, floating addresses, connection sync)."""
+        """The interfaces `view`'s VRRP instances need (heartbeat, floating addresses, tracked, connection
+        sync): the VRRP process refuses to add an instance when one is missing, so the supervisor checks
+        them before it would restart every instance for it."""
         roles: set[str] = set()
         for v in view.config.vrrp:
-            roles.update([v.interface, *(fa.interface for fa in v.addresses)])
+            roles.update([v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces])
             if v.connection_sync is not None:
                 roles.add(v.connection_sync.interface)
         return sorted({view.ifname(role) for role in roles})
