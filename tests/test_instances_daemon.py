@@ -140,6 +140,15 @@ def test_reload_plan_names_the_instances_that_changed() -> None:
     c.vrrp_changed("VI_A", "MASTER")
     c.vrrp_updated(view(text))  # taken in place: VI_A keeps its state, VI_C starts as a backup, VI_B is gone
     assert c.vrrp_states == {"VI_A": "MASTER", "VI_C": "BACKUP", "GW": "BACKUP"}
+    # VI_B hands over after the process answered the update: its last reports do not bring it back
+    c.vrrp_changed("VI_B", "RESIGNING")
+    c.vrrp_changed("VI_B", "INIT")
+    assert c.vrrp_states == {"VI_A": "MASTER", "VI_C": "BACKUP", "GW": "BACKUP"}
+    c.vrrp_updated(view())  # a later reload brings VI_B back: its reports count again, VI_C's last ones do not
+    c.vrrp_changed("VI_B", "MASTER")
+    c.vrrp_changed("VI_C", "INIT")
+    assert c.vrrp_states == {"VI_A": "MASTER", "VI_B": "MASTER", "GW": "BACKUP"}
+    c.vrrp_updated(view(text))
     # another node's view (its priorities, its interfaces): every instance
     c.vrrp_view = c.view
     assert c.reload(view(text, "lvs2"), {}).vrrp_instances == ("VI_A", "VI_C", "GW")

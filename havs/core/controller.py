@@ -193,6 +193,9 @@ class Controller:
         self.vrrp_view = view
         # instance → its VRRP state: every director starts as a backup; the VRRP process says what follows
         self.vrrp_states: dict[str, str] = {v.name: "BACKUP" for v in view.config.vrrp}
+        # instances a reload took out of the running process: it hands them over after it answered the
+        # update, so their last reports (RESIGNING, INIT) come after it and must not bring them back
+        self._dropped: set[str] = set()
         self.reloads: dict[str, int] = {}  # reload outcome (applied, forced, failed, refused, …) → count
 
     @property
@@ -276,15 +279,19 @@ class Controller:
     # -- VRRP state and sync daemons
 
     def vrrp_changed(self, instance: str, to: str) -> None:
-        self.vrrp_states[instance] = to
+        if instance not in self._dropped:
+            self.vrrp_states[instance] = to
 
     def vrrp_restarted(self, view: NodeView) -> None:
         """A new VRRP process runs `view`'s instances: each starts as a backup (before its first report)."""
         self.vrrp_states = {v.name: "BACKUP" for v in view.config.vrrp}
+        self._dropped = set()  # the old process is gone: nothing of it reports any more
 
     def vrrp_updated(self, view: NodeView) -> None:
         """The running process took `view` in place: its instances keep their states, one it gained starts as
-        a backup, one it dropped is forgotten."""
+        a backup, one it dropped is forgotten (and its handover's reports ignored)."""
+        names = {v.name for v in view.config.vrrp}
+        self._dropped = (self._dropped | self.vrrp_states.keys()) - names
         self.vrrp_states = {v.name: self.vrrp_states.get(v.name, "BACKUP") for v in view.config.vrrp}
 
     @property
