@@ -182,3 +182,20 @@ def test_a_sync_groups_notify_hooks_are_checked_as_an_instances(notify: str, wan
     found = problems(text.replace("router_id: 51\n    interface: server\n    addresses:\n      - {address: 192",
                                   "router_id: 500\n    interface: server\n    addresses:\n      - {address: 192", 1))
     assert any(p.startswith(want) for p in found) and any("router_id: must be 1..255" in p for p in found), found
+
+
+def test_every_cross_instance_mistake_is_named_at_once_beside_the_files_other_mistakes() -> None:
+    # havs check names every problem in one run: a duplicate address, a reused router id, an unknown group
+    # member and a typo elsewhere, together (the model alone stops at the first)
+    text = (TWO.replace("192.168.0.109/24", "192.168.0.108/24").replace("router_id: 52", "router_id: 51")
+            + "vrrp_sync_groups: [{name: G, instances: [VI_A, VI_X]}]\nsettings: {reconcile_interval: -1}\n")
+    found = problems(text)
+    for want in ("f.yaml:16: vrrp[1].router_id: router id 51 is already used by instance VI_A",
+                 "f.yaml:20: vrrp[1].addresses[0]: 192.168.0.108 is already an address of instance VI_A",
+                 "f.yaml:21: vrrp_sync_groups[0].instances[1]: no VRRP instance is called VI_X",
+                 "f.yaml:22: settings.reconcile_interval:"):
+        assert sum(p.startswith(want) for p in found) == 1, (want, found)
+    # an instance left out for its own mistake is no unknown group member; a node left out is no unknown node
+    text = TWO.replace("router_id: 52", "router_id: 500").replace("lvs2:\n    priority: 100", "lvs2:\n    priority: 0")
+    found = problems(text + "vrrp_sync_groups: [{name: G, instances: [VI_A, VI_B]}]\n")
+    assert [p.split(": ")[0] for p in found] == ["f.yaml:6", "f.yaml:16"], found

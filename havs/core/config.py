@@ -17,7 +17,17 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from havs.core.model import Config, Node, NodeView, Problem, Settings, SyncGroup, VirtualService, Vrrp
+from havs.core.model import (
+    Config,
+    Node,
+    NodeView,
+    Problem,
+    Settings,
+    SyncGroup,
+    VirtualService,
+    Vrrp,
+    instance_problems,
+)
 from havs.core.semantics import semantic_problems
 from havs.errors import ConfigError, ConfigProblem
 
@@ -295,7 +305,11 @@ def _parse(text: str, file: str) -> LoadedConfig:
         parts = _valid_parts(data)
     else:  # a huge file that failed: its schema errors now, not a second validation's worth of waiting
         parts = (None, {}, [], [], [])
-    for path, message in semantic_problems(*parts):
+    found = semantic_problems(*parts)
+    if config is None:  # across instances: the model named the first problem it met, if it got that far
+        found += instance_problems(parts[1], parts[2], parts[4], node_names=_declared(data.get("nodes")),
+                                   instance_names=_declared(data.get("vrrp")))
+    for path, message in found:
         if not any(path_str(path[:n]) in said for n in range(1, len(path) + 1)):
             problems.append(ConfigProblem(file, builder.line_of(path), path_str(path), message))
     if problems or config is None:
@@ -342,6 +356,16 @@ def _drop(data: Any, loc: Path, missing: bool) -> bool:
         return False
     del holder[0][holder[1]]
     return True
+
+
+def _declared(raw: Any) -> set[str]:
+    """The node names (a mapping) or instance names (a list of mappings; VI_1 by default) a file declares,
+    valid or not."""
+    if isinstance(raw, dict):
+        return {str(k) for k in raw}
+    if isinstance(raw, list):
+        return {str(x.get("name", "VI_1")) for x in raw if isinstance(x, dict)}
+    return set()
 
 
 def _parts(config: Config) -> Parts:

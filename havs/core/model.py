@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -377,61 +378,74 @@ class Config(Strict):
 
 
 def _instance_checks(config: Config) -> None:
-    """Across VRRP instances and nodes: names, router ids, addresses, groups, priorities, interfaces."""
+    for where, message in instance_problems(config.nodes, list(enumerate(config.vrrp)),
+                                            list(enumerate(config.vrrp_sync_groups))):
+        raise Problem(where, message)  # the model names the first; the loader reports them all
+
+
+def instance_problems(nodes: Mapping[str, Node], vrrp: Sequence[tuple[int, Vrrp]],
+                      groups: Sequence[tuple[int, SyncGroup]], *, node_names: Collection[str] | None = None,
+                      instance_names: Collection[str] | None = None) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Across VRRP instances and nodes: names, router ids, addresses, groups, priorities, interfaces.
+    `vrrp`, `groups`: (index in the file, item). A file that failed validation passes the parts that are
+    valid on their own, and every node and instance name it declares (`node_names`, `instance_names`), so
+    that one left out for its own mistake is not also called unknown."""
+    node_names = set(nodes) if node_names is None else set(node_names)
     names: dict[str, int] = {}
     owner: dict[str, str] = {}  # floating IP → instance name
     router_ids: dict[tuple[str, str, int, int], str] = {}  # (node, ifname, family, router id) → instance
-    for i, v in enumerate(config.vrrp):
+    for i, v in vrrp:
         if v.name in names:
-            raise Problem(("vrrp", i, "name"), f"instance {v.name} is declared twice (also vrrp[{names[v.name]}])")
-        names[v.name] = i
+            yield ("vrrp", i, "name"), f"instance {v.name} is declared twice (also vrrp[{names[v.name]}])"
+        names.setdefault(v.name, i)
         for j, fa in enumerate(v.addresses):
             ip = str(fa.address.ip)
             if ip in owner:
-                raise Problem(("vrrp", i, "addresses", j), f"{ip} is already an address of instance {owner[ip]}: "
-                                                           "an address floats in exactly one instance")
-            owner[ip] = v.name
+                yield ("vrrp", i, "addresses", j), (f"{ip} is already an address of instance {owner[ip]}: "
+                                                    "an address floats in exactly one instance")
+            owner.setdefault(ip, v.name)
         if v.priority is not None:
-            missing = sorted(config.nodes.keys() - v.priority.keys())
-            unknown = sorted(v.priority.keys() - config.nodes.keys())
+            missing = sorted(node_names - v.priority.keys())
+            unknown = sorted(v.priority.keys() - node_names)
             if unknown:
-                raise Problem(("vrrp", i, "priority", unknown[0]), f"{unknown[0]} is not a node")
-            if missing:
-                raise Problem(("vrrp", i, "priority"), f"no priority for node(s) {', '.join(missing)}: "
-                                                       "a per-node priority map names every node")
+                yield ("vrrp", i, "priority", unknown[0]), f"{unknown[0]} is not a node"
+            elif missing:
+                yield ("vrrp", i, "priority"), (f"no priority for node(s) {', '.join(missing)}: "
+                                                "a per-node priority map names every node")
         roles = {v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces}
         if v.connection_sync is not None:
             roles.add(v.connection_sync.interface)
-        for name, node in config.nodes.items():
+        for name, node in nodes.items():
             missing = sorted(roles - node.interfaces.keys())
             if missing:
-                which = f"vrrp instance {v.name}" if len(config.vrrp) > 1 else "vrrp"
-                raise Problem(("nodes", name, "interfaces"),
-                              f"no interface for role(s) {', '.join(missing)} used by {which}")
+                which = f"vrrp instance {v.name}" if len(vrrp) > 1 else "vrrp"
+                yield ("nodes", name, "interfaces"), f"no interface for role(s) {', '.join(missing)} used by {which}"
+                break  # the first node says it; the others most likely miss the same role
             key = (name, node.interfaces[v.interface], v.family, v.router_id)
             if key in router_ids:
-                raise Problem(("vrrp", i, "router_id"), f"router id {v.router_id} is already used by instance "
-                                                        f"{router_ids[key]} on {key[1]} (IPv{v.family}) of node "
-                                                        f"{name}: one router id per interface and family")
+                yield ("vrrp", i, "router_id"), (f"router id {v.router_id} is already used by instance "
+                                                 f"{router_ids[key]} on {key[1]} (IPv{v.family}) of node "
+                                                 f"{name}: one router id per interface and family")
+                break  # once per instance, not once per node
             router_ids[key] = v.name
-    synced = [i for i, v in enumerate(config.vrrp) if v.connection_sync is not None]
-    if len(synced) > 1:
-        raise Problem(("vrrp", synced[1], "connection_sync"), "connection_sync on one instance only (the kernel "
-                      f"runs one sync daemon per role; it is on instance {config.vrrp[synced[0]].name})")
+    synced = [(i, v) for i, v in vrrp if v.connection_sync is not None]
+    for i, _ in synced[1:]:
+        yield ("vrrp", i, "connection_sync"), ("connection_sync on one instance only (the kernel runs one sync "
+                                               f"daemon per role; it is on instance {synced[0][1].name})")
+    known = set(names) if instance_names is None else set(instance_names)
     grouped: dict[str, str] = {}
     gnames: set[str] = set()
-    for g_i, g in enumerate(config.vrrp_sync_groups):
+    for g_i, g in groups:
         if g.name in gnames:
-            raise Problem(("vrrp_sync_groups", g_i, "name"), f"sync group {g.name} is declared twice")
+            yield ("vrrp_sync_groups", g_i, "name"), f"sync group {g.name} is declared twice"
         gnames.add(g.name)
         for m_i, member in enumerate(g.instances):
             where: tuple[str | int, ...] = ("vrrp_sync_groups", g_i, "instances", m_i)
-            if member not in names:
-                raise Problem(where, f"no VRRP instance is called {member}")
-            if member in grouped:
-                raise Problem(where, f"{member} is already in sync group {grouped[member]}: an instance is "
-                                     "in at most one group")
-            grouped[member] = g.name
+            if member not in known:
+                yield where, f"no VRRP instance is called {member}"
+            elif member in grouped:
+                yield where, f"{member} is already in sync group {grouped[member]}: an instance is in at most one group"
+            grouped.setdefault(member, g.name)
 
 
 def _bgp_checks(config: Config) -> None:
