@@ -7,7 +7,7 @@ from dataclasses import replace
 from two_instances import RS_A, RS_B, RS_FWM, TWO
 
 from havs.core.config import parse_config
-from havs.core.desired import Removals, ServerState, build_desired
+from havs.core.desired import RealServerKey, Removals, ServerState, build_desired
 from havs.core.ipvs_table import Destination, DestinationKey, DestinationStats, IpvsTable, ServiceKey
 
 CONFIG = """\
@@ -144,3 +144,40 @@ def test_service_removed_by_reload_drains_then_goes() -> None:
     step = removals.apply(new, zeroed, 1.0, 300)
     assert VIP in step.managed and VIP not in step.table  # empty: the diff deletes the service
     assert VIP not in removals.apply(new, IpvsTable(), 2.0, 300).managed
+
+
+def test_a_bgp_announced_service_lowers_no_vrrp_instance() -> None:
+    # its VIP is on every director and its failover is the BGP withdrawal (core/bgp.servable): a lost quorum
+    # must not move the VRRP instances' addresses (a NAT VIP, the gateway) to the peer
+    text = """\
+nodes:
+  d1: {priority: 150, interfaces: {up: eth0}, router_id: 10.1.0.11}
+  d2: {priority: 100, interfaces: {up: eth0}, router_id: 10.1.0.12}
+bgp:
+  asn: 65001
+  neighbors: [{address: 10.1.0.1, asn: 65000}]
+vrrp:
+  router_id: 51
+  interface: up
+  addresses: [{address: 10.1.0.100/24, interface: up}]
+virtual_services:
+  - address: 203.0.113.10
+    port: 80
+    scheduler: mh
+    forwarding: dr
+    on_down: inhibit
+    announce: bgp
+    quorum: {min_weight: 1, priority_decrement: 50}
+    real_servers: [{address: 10.2.0.21}]
+  - address: 10.1.0.100
+    port: 80
+    scheduler: rr
+    quorum: {min_weight: 1, priority_decrement: 30}
+    real_servers: [{address: 10.2.0.22}]
+"""
+    config = parse_config(text)
+    bgp_rs, vrrp_rs = (RealServerKey.of(vs, vs.real_servers[0]) for vs in config.virtual_services)
+    down = build_desired(config, {bgp_rs: ServerState(up=False), vrrp_rs: ServerState(up=True)})
+    assert down.quorum_lost == ("TCP 203.0.113.10:80",) and down.priority_decrement == {"VI_1": 0}
+    both = build_desired(config, {bgp_rs: ServerState(up=False), vrrp_rs: ServerState(up=False)})
+    assert both.priority_decrement == {"VI_1": 30}

@@ -103,7 +103,11 @@ def ipvs_destination(vs: VirtualService, rs: RealServer | SorryServer, weight: i
 def quorum_instances(vs: VirtualService, floating: Mapping[str, str], instances: Iterable[str]) -> list[str]:
     """The VRRP instances whose priority a lost quorum of `vs` lowers: the one floating its address (giving
     it up moves the service and nothing else); a fwmark service, or an address no instance floats, cannot
-    say which instance carries its traffic, so every instance gives way."""
+    say which instance carries its traffic, so every instance gives way. An `announce: bgp` service lowers
+    none: every director serves its VIP, and its failover is this director's BGP withdrawal, not a VRRP
+    instance moving unrelated addresses (and the gateway) to the peer."""
+    if vs.announce == "bgp":
+        return []
     owner = floating.get(str(vs.address)) if vs.address is not None else None
     return [owner] if owner is not None else list(instances)
 
