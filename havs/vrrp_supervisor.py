@@ -153,9 +153,10 @@ class VrrpSupervisor:
             self.log.error("vrrp.stop_failed", error=str(e))
 
     async def apply(self, view: NodeView, instances: tuple[str, ...] = ()) -> str:
-        """A reload's VRRP part (`instances`: the ones it adds, removes or changes, for the log). Tunables
-        change in place (no state change, no advert gap); what the process cannot change in place needs a
-        new process. Returns what happened, for the `config.reloaded` event."""
+        """A reload's VRRP part (`instances`: the ones it adds, removes or changes, for the log). The process
+        takes it in place, instance by instance (an unchanged one keeps its state and adverts); a new process
+        only when there is none, or the running one does not answer. Returns what happened, for the
+        `config.reloaded` event."""
         old, previous = self.process, self.controller.vrrp_view
         if old is not None and await in_thread(old.update, view):
             self.controller.vrrp_view = view
@@ -165,6 +166,14 @@ class VrrpSupervisor:
         if missing:  # known before anything is stopped: the running instance stays as it is
             self.log.error("config.vrrp_not_applied", reason="no such interface", interfaces=missing,
                            instances=list(instances), kept="running VRRP instances" if old else "no VRRP")
+            return "kept running instance"
+        if old is not None and view.config.vrrp and old.alive():
+            # it answered: it changes every instance in place, identities too, and refuses only an instance
+            # it could not start (vrrp.reload_failed says why). A new process would refuse the same at its
+            # start, after every instance had handed its addresses to the peer: keep it; the next reload
+            # tries again. Only a process that does not answer is restarted.
+            self.log.error("config.vrrp_not_applied", reason="the VRRP process could not apply it (see "
+                           "vrrp.reload_failed)", instances=list(instances), kept="running VRRP instances")
             return "kept running instance"
         if old is not None:
             self.log.info("config.vrrp_changed", action="restart" if view.config.vrrp else "stop",

@@ -98,6 +98,8 @@ class FakeVrrp:
 
     made: ClassVar[list[FakeVrrp]] = []
     start_error: ClassVar[BaseException | None] = None
+    refuses: ClassVar[bool] = False  # it answers an update "not applied" (an instance it could not start)
+    answers: ClassVar[bool] = True  # False: it neither answers an update nor pushes snapshots (alive() False)
 
     def __init__(self, view: Any, *, log: Any, log_format: str = "json", on_state: Any = None) -> None:
         self.view = view
@@ -127,11 +129,16 @@ class FakeVrrp:
             self.calls.append(f"decrement {' '.join(f'{k}={v}' for k, v in n.items())}")
 
     def update(self, view: Any) -> bool:
-        """In place unless an instance's identity (name, router id, interfaces) changes, as the real one does."""
-        def identity(v: Any) -> Any:
-            return [(i.name, i.router_id, i.interface) for i in v.config.vrrp], v.node.interfaces
+        """As the real one (protocol 2): every change in place by instance name, identities too (an instance
+        with a new router id or interface is handed over and restarted inside the process); it refuses a
+        view without VRRP, and an instance whose interfaces do not exist (`interface_exists`, as the daemon's
+        tests patch it) or that it is told it cannot start (`refuses`)."""
+        import havs.vrrp_supervisor as supervisor
 
-        if not self.view.config.vrrp or not view.config.vrrp or identity(self.view) != identity(view):
+        interfaces = {view.ifname(r) for v in view.config.vrrp
+                      for r in (v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces)}
+        if not FakeVrrp.answers or not self.view.config.vrrp or not view.config.vrrp or FakeVrrp.refuses or \
+                not all(supervisor.interface_exists(name) for name in interfaces):
             return False
         self.view = view
         self.calls.append("update")
@@ -146,7 +153,7 @@ class FakeVrrp:
             for v in self.view.config.vrrp], "groups": {}}
 
     def alive(self) -> bool:
-        return True
+        return FakeVrrp.answers
 
 
 class _Health:

@@ -85,6 +85,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     FakeIpvs.instances.clear()
     FakeVrrp.made.clear()
     FakeVrrp.start_error = None
+    FakeVrrp.refuses, FakeVrrp.answers = False, True
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setattr(havs.daemon, "IpvsSocket", FakeIpvs)
     monkeypatch.setattr(havs.daemon, "HealthService", FakeHealth)
@@ -209,12 +210,14 @@ async def test_a_reload_whose_vrrp_part_cannot_start_keeps_vrrp_running(env: Pat
     await until(lambda: log.named("config.reloaded"))
     assert log.named("config.vrrp_not_applied")[0]["interfaces"] == ["eth7"]
     assert d.vrrp.process is running and running.calls == ["spawn", "start"]  # untouched: addresses kept
+    # a process that does not answer is restarted; here no new one starts
+    FakeVrrp.answers = False
     FakeVrrp.start_error = RuntimeError("cannot bind the VRRP socket")
     write(env, (REPO / "etc/havs.yaml").read_text().replace("router_id: 51", "router_id: 52"))
     await d.control.handle({"command": "reload"})
     await until(lambda: len(log.named("config.reloaded")) == 2)
     assert log.named("config.reloaded")[1]["vrrp"] == "unavailable"  # previous one restarted: it failed too
-    FakeVrrp.start_error = None
+    FakeVrrp.start_error, FakeVrrp.answers = None, True
     await d.control.handle({"command": "reload"})  # the same file again: VRRP is retried, not forgotten
     await until(lambda: len(log.named("config.reloaded")) == 3)
     assert log.named("config.reloaded")[2]["vrrp"] == "restarted"
@@ -234,6 +237,7 @@ async def test_a_failed_vrrp_restart_brings_the_previous_instance_back(env: Path
                 raise RuntimeError("interface eth1 has no IPv4 address")
 
     d.vrrp.factory = FailsOnce  # type: ignore[assignment]
+    FakeVrrp.answers = False  # the running process does not answer the update: it is restarted
     write(env, (REPO / "etc/havs.yaml").read_text().replace("router_id: 51", "router_id: 52"))
     await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))

@@ -256,13 +256,30 @@ async def test_the_daemon_with_two_instances_and_a_group(env: Path) -> None:
     assert [(e["vrrp"], e["vrrp_instances"]) for e in log.named("config.reloaded")] == [("updated", ["VI_A"])]
     assert d.controller.vrrp_states == {"VI_A": "MASTER", "VI_B": "MASTER", "GW": "MASTER"}
     assert vrrp.calls[-1] == "update"
-    # a reload that changes VI_B's identity restarts the process: the log names the instance
+    # a new identity for VI_B is taken in place too (the process hands VI_B over and restarts it alone)
     write(env, tuned.replace("router_id: 52", "router_id: 62"))
     await d.control.handle({"command": "reload"})
     await until(lambda: len(log.named("config.reloaded")) == 2)
+    assert [(e["vrrp"], e["vrrp_instances"]) for e in log.named("config.reloaded")][1] == ("updated", ["VI_B"])
+    assert d.vrrp.process is vrrp and not log.named("config.vrrp_changed")
+    # a process that refuses an instance it cannot start keeps running: no instance hands its addresses over
+    # for a new process that would refuse the same; the next reload tries again
+    FakeVrrp.refuses = True
+    write(env, tuned.replace("router_id: 52", "router_id: 72"))
+    await d.control.handle({"command": "reload"})
+    await until(lambda: len(log.named("config.reloaded")) == 3)
+    assert log.named("config.reloaded")[2]["vrrp"] == "kept running instance"
+    assert log.named("config.vrrp_not_applied")[0]["kept"] == "running VRRP instances"
+    assert d.vrrp.process is vrrp and FakeVrrp.made == [vrrp] and not any(c.startswith("stop") for c in vrrp.calls)
+    assert d.controller.vrrp_view.config.instance("VI_B").router_id == 62  # behind: the next reload retries
+    # one that does not answer is restarted: the log names the instances that changed
+    FakeVrrp.refuses, FakeVrrp.answers = False, False
+    await d.control.handle({"command": "reload"})
+    await until(lambda: len(log.named("config.reloaded")) == 4)
     assert log.named("config.vrrp_changed") == [{"action": "restart", "instances": ["VI_B"]}]
-    assert log.named("config.reloaded")[1]["vrrp"] == "restarted"
-    assert log.named("config.reloaded")[1]["vrrp_instances"] == ["VI_B"]
+    assert log.named("config.reloaded")[3]["vrrp"] == "restarted"
+    assert log.named("config.reloaded")[3]["vrrp_instances"] == ["VI_B"]
+    FakeVrrp.answers = True
     # the new process starts every instance as a backup: so do the sync threads
     assert d.controller.vrrp_states == {"VI_A": "BACKUP", "VI_B": "BACKUP", "GW": "BACKUP"}
     await until(lambda: sync_threads(ipvs) == {"backup": ("eth1", 7)})
