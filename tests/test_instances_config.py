@@ -199,3 +199,41 @@ def test_every_cross_instance_mistake_is_named_at_once_beside_the_files_other_mi
     text = TWO.replace("router_id: 52", "router_id: 500").replace("lvs2:\n    priority: 100", "lvs2:\n    priority: 0")
     found = problems(text + "vrrp_sync_groups: [{name: G, instances: [VI_A, VI_B]}]\n")
     assert [p.split(": ")[0] for p in found] == ["f.yaml:6", "f.yaml:16"], found
+
+
+GROUPED = TWO + """\
+vrrp_sync_groups:
+  - name: G_AB
+    instances: [VI_A, VI_B]
+"""
+
+
+def test_sync_group_members_that_prefer_different_nodes_are_refused() -> None:
+    # VI_A prefers lvs1, VI_B lvs2, both preempting: the group would pull both ways (no failback either way,
+    # both directors stepping down together at start)
+    assert problems(GROUPED) == [
+        "f.yaml:23: vrrp_sync_groups[0].instances: VI_A and VI_B prefer different nodes (VI_A: lvs1 150, lvs2 100; "
+        "VI_B: lvs1 100, lvs2 150): a sync group moves all its members together (keepalived's vrrp_sync_group), "
+        "so they must prefer the same node: give them the same per-node priority order"]
+    # a tie on one member while the other prefers a node is a disagreement too (the tie goes by address)
+    found = problems(GROUPED.replace("{lvs1: 100, lvs2: 150}", "{lvs1: 120, lvs2: 120}"))
+    assert len(found) == 1 and found[0].startswith("f.yaml:23: vrrp_sync_groups[0].instances: VI_A and VI_B"), found
+    # named with the file's other mistakes too (partial validation)
+    found = problems(GROUPED.replace("router_id: 52", "router_id: 500"))
+    assert any(p.startswith("f.yaml:16: vrrp[1].router_id: must be 1..255") for p in found), found
+    assert not any("prefer different nodes" in p for p in found), found  # VI_B left out for its own mistake
+    found = problems(GROUPED + "settings: {reconcile_interval: -1}\n")
+    assert any(p.startswith("f.yaml:23: vrrp_sync_groups[0].instances: VI_A and VI_B prefer different nodes")
+               for p in found), found
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("{lvs1: 100, lvs2: 150}", "{lvs1: 150, lvs2: 100}"),  # the same priorities on every node
+    ("{lvs1: 100, lvs2: 150}", "{lvs1: 120, lvs2: 20}"),  # other values, the same order
+    ("    priority: {lvs1: 100, lvs2: 150}\n", ""),  # the nodes' own priorities: lvs1 150, lvs2 100
+])
+def test_sync_group_members_that_prefer_the_same_node_are_accepted(old: str, new: str) -> None:
+    assert old in GROUPED
+    cfg = parse_config(GROUPED.replace(old, new, 1))
+    group = cfg.group_of("VI_B")
+    assert group is not None and group.instances == ["VI_A", "VI_B"]

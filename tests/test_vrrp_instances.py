@@ -393,12 +393,14 @@ async def test_group_notify_hook_runs_on_the_groups_changes(segment: Segment, tm
 
 
 async def test_a_reload_that_groups_running_instances_keeps_their_states(segment: Segment) -> None:
-    d = Director(ACTIVE_ACTIVE, "d1")
+    # members of a group prefer the same node (the model refuses A on d1 with B on d2 in one group)
+    agreeing = ACTIVE_ACTIVE.replace("priority: {d1: 100, d2: 200}", "priority: {d1: 200, d2: 100}")
+    d = Director(agreeing, "d1")
     await d.vrrp.start()
     try:
         await wait_for("both MASTER alone", lambda: d.states() == {"A": "MASTER", "B": "MASTER"})
         a_core = d.vrrp.shells["A"].inst
-        assert await d.vrrp.update(view(ACTIVE_ACTIVE + "vrrp_sync_groups: [{name: G, instances: [A, B]}]\n", "d1"))
+        assert await d.vrrp.update(view(agreeing + "vrrp_sync_groups: [{name: G, instances: [A, B]}]\n", "d1"))
         assert d.vrrp.shells["A"].inst is a_core and a_core is not None and a_core.params.sync_group
         assert d.vrrp.snapshot()["groups"] == {"G": "MASTER"} and d.states() == {"A": "MASTER", "B": "MASTER"}
         d.vrrp.shells["B"].on_link(LinkEvent("eth1", 1, up=False))  # B's alone: the group takes A along

@@ -392,12 +392,14 @@ def instance_problems(nodes: Mapping[str, Node], vrrp: Sequence[tuple[int, Vrrp]
     that one left out for its own mistake is not also called unknown."""
     node_names = set(nodes) if node_names is None else set(node_names)
     names: dict[str, int] = {}
+    found: dict[str, Vrrp] = {}  # the first instance of each name
     owner: dict[str, str] = {}  # floating IP → instance name
     router_ids: dict[tuple[str, str, int, int], str] = {}  # (node, ifname, family, router id) → instance
     for i, v in vrrp:
         if v.name in names:
             yield ("vrrp", i, "name"), f"instance {v.name} is declared twice (also vrrp[{names[v.name]}])"
         names.setdefault(v.name, i)
+        found.setdefault(v.name, v)
         for j, fa in enumerate(v.addresses):
             ip = str(fa.address.ip)
             if ip in owner:
@@ -446,6 +448,29 @@ def instance_problems(nodes: Mapping[str, Node], vrrp: Sequence[tuple[int, Vrrp]
             elif member in grouped:
                 yield where, f"{member} is already in sync group {grouped[member]}: an instance is in at most one group"
             grouped.setdefault(member, g.name)
+        members = [found[m] for m in dict.fromkeys(g.instances) if m in found]
+        if (why := _preference_conflict(nodes, members)) is not None:
+            yield ("vrrp_sync_groups", g_i, "instances"), why
+
+
+def _preference_conflict(nodes: Mapping[str, Node], members: Sequence[Vrrp]) -> str | None:
+    """Why a sync group's members cannot agree on their master, or None. The group moves them together, so
+    members preferring different nodes (both preempting) would pull the group back and forth: failback is
+    lost both ways and both directors can step down at once. Ties count: at equal priorities the higher
+    address wins, which need not be the node another member prefers."""
+    def order(v: Vrrp) -> tuple[int, ...]:
+        prio = [v.priority_of(name, node) for name, node in nodes.items()]
+        return tuple((a > b) - (a < b) for i, a in enumerate(prio) for b in prio[i + 1:])
+
+    def shown(v: Vrrp) -> str:
+        return f"{v.name}: " + ", ".join(f"{name} {v.priority_of(name, node)}" for name, node in nodes.items())
+
+    for v in members[1:]:
+        if order(v) != order(members[0]):
+            return (f"{members[0].name} and {v.name} prefer different nodes ({shown(members[0])}; {shown(v)}): "
+                    "a sync group moves all its members together (keepalived's vrrp_sync_group), so they must "
+                    "prefer the same node: give them the same per-node priority order")
+    return None
 
 
 def _bgp_checks(config: Config) -> None:
