@@ -81,12 +81,17 @@ class Segment:
         self.sockets: list[FakeSocket] = []
         self.dead: set[str] = set()  # directors that crashed: they neither send nor receive
         self.sent: list[tuple[float, str, int]] = []  # (time, director, router id)
+        self.broken: set[str] = set()  # interfaces whose raw socket cannot be opened
+        self.opened: list[Any] = []  # every shell opened, in order
+        self.closed: list[Any] = []  # every shell closed
 
 
 class FakeSocket:
     segment: Segment
 
     def __init__(self, ifname: str, src: IP, *, peers: Any = (), group: Any = None) -> None:
+        if ifname in self.segment.broken:
+            raise OSError(1, f"cannot open a VRRP socket on {ifname}")
         self.ifname, self.src, self.peers = ifname, src, tuple(peers)
         self.director = next(d for (d, _), a in SRC.items() if a == src)
         self._r, self._w = socket.socketpair()
@@ -158,7 +163,7 @@ class FakeAddrs:
         return there
 
     async def link_up(self, ifname: str) -> bool:
-        return True
+        return not ifname.startswith("nosuch")  # as the real one: a missing interface is down
 
 
 class FakeSender:
@@ -179,12 +184,20 @@ def segment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Segment]:
     async def fake_open(self: shell_mod.VrrpShell) -> None:
         self.src = SRC[self.view.name, self.family]
         self._addrs.director = self.view.name  # type: ignore[attr-defined]
-        self._down = set()
+        self._down = {i for i in self.track if i.startswith("nosuch")}  # a missing interface is down (link_up)
+        seg.opened.append(self)
+
+    real_close = shell_mod.VrrpShell.close
+
+    async def fake_close(self: shell_mod.VrrpShell) -> None:
+        seg.closed.append(self)
+        await real_close(self)
 
     monkeypatch.setattr(instances_mod, "VrrpSocket", FakeSocket)
     monkeypatch.setattr(instances_mod, "interface_exists", lambda name: not name.startswith("nosuch"))
     monkeypatch.setattr(shell_mod, "Addresses", FakeAddrs)
     monkeypatch.setattr(shell_mod.VrrpShell, "open", fake_open)
+    monkeypatch.setattr(shell_mod.VrrpShell, "close", fake_close)
     monkeypatch.setattr("havs.vrrp.announcer.Garp", FakeSender)
     monkeypatch.setattr("havs.vrrp.announcer.Ndisc", FakeSender)
     yield seg
@@ -334,8 +347,8 @@ async def test_a_reload_naming_a_missing_interface_changes_nothing(segment: Segm
         text = ACTIVE_ACTIVE.replace("client: eth0}", "client: eth0, other: nosuch9}") + """\
   - name: C
     router_id: 53
-    interface: hb
-    addresses: [{address: 10.0.0.102/24, interface: other}]
+    interface: other
+    addresses: [{address: 10.0.0.102/24, interface: client}]
 """
         assert not await d.vrrp.update(view(text, "d1"))
         assert list(d.vrrp.shells) == ["A", "B"]
@@ -409,3 +422,71 @@ async def test_a_reload_that_groups_running_instances_keeps_their_states(segment
                                   ("B", "MASTER", "FAULT", "interface_down", "G")]
     finally:
         await d.vrrp.stop(graceful=False)
+
+
+THREE = ACTIVE_ACTIVE + """\
+  - name: D
+    router_id: 54
+    priority: {d1: 200, d2: 100}
+    advert_interval: 0.05
+    interface: hb
+    addresses: [{address: 10.0.0.103/24, interface: client}]
+    garp: {burst: 1, refresh: 0}
+"""
+
+
+async def test_a_reload_whose_added_instance_cannot_open_its_socket_leaves_every_instance_as_it_was(
+        segment: Segment) -> None:
+    d = Director(THREE.replace("hb: eth1, client: eth0}", "hb: eth1, client: eth0, hb2: eth7}"), "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("all MASTER alone", lambda: d.states() == {"A": "MASTER", "B": "MASTER", "D": "MASTER"})
+        held = {"10.0.0.100/24 dev eth0", "10.0.0.101/24 dev eth0", "10.0.0.103/24 dev eth0"}
+        await wait_for("addresses", lambda: FakeAddrs.held.get("d1") == held)
+        before = {n: (s, s.inst, s.inst.state if s.inst else None, s.inst.priority if s.inst else None)
+                  for n, s in d.vrrp.shells.items()}
+        sockets, demux, opened = list(segment.sockets), dict(d.vrrp._demux), len(segment.opened)
+        segment.broken = {"eth7"}
+        # in one reload: A's priority changes (in place), B gets a new router id (replaced), D is removed, the
+        # group is new, and C is added on an interface whose raw socket cannot be opened (it comes last)
+        text = (THREE.replace("hb: eth1, client: eth0}", "hb: eth1, client: eth0, hb2: eth7}")
+                .replace("priority: {d1: 200, d2: 100}\n    advert_interval: 0.05\n    interface: hb\n    "
+                         "addresses: [{address: 10.0.0.100", "priority: {d1: 180, d2: 100}\n    advert_interval: "
+                         "0.05\n    interface: hb\n    addresses: [{address: 10.0.0.100")
+                .replace("router_id: 52", "router_id: 55"))
+        head, _d = text.split("  - name: D\n")
+        text = head + """\
+  - name: C
+    router_id: 53
+    advert_interval: 0.05
+    interface: hb2
+    addresses: [{address: 10.0.0.102/24, interface: client}]
+vrrp_sync_groups: [{name: G, instances: [A, C]}]
+"""
+        new = view(text, "d1")
+        assert new.config.instance("A").priority == {"d1": 180, "d2": 100}
+        assert not await d.vrrp.update(new)
+        (failed,) = d.log.named("vrrp.reload_failed")
+        assert failed["instance"] == "C" and "eth7" in failed["error"]
+        # B's new shell was opened first (config order), then closed again with C's
+        assert [s.name for s in segment.opened[opened:]] == ["B", "C"]
+        assert all(s in segment.closed for s in segment.opened[opened:])
+        await asyncio.sleep(5 * INTERVAL)  # a removal's or a replacement's handover would have run by now
+        after = {n: (s, s.inst, s.inst.state if s.inst else None, s.inst.priority if s.inst else None)
+                 for n, s in d.vrrp.shells.items()}
+        assert after == before and d.states() == {"A": "MASTER", "B": "MASTER", "D": "MASTER"}
+        assert FakeAddrs.held["d1"] == held and segment.sockets == sockets and d.vrrp._demux == demux
+        assert d.vrrp.view.config.instance("A").priority == {"d1": 200, "d2": 100}
+        assert d.vrrp.snapshot()["groups"] == {} and d.vrrp._hooks == {} and not d.vrrp._background
+        names = {ev for _, ev, _ in d.log.events}
+        assert not names & {"vrrp.instance_removed", "vrrp.instance_replaced", "vrrp.reload", "vrrp.priority"}
+        assert all(s not in segment.closed for s in d.vrrp.shells.values())
+        # the same reload once the socket opens is applied whole
+        segment.broken = set()
+        assert await d.vrrp.update(new)
+        assert list(d.vrrp.shells) == ["A", "B", "C"] and d.vrrp.shells["A"].inst is before["A"][1]
+        await wait_for("D released, C started", lambda: "10.0.0.103/24 dev eth0" not in FakeAddrs.held["d1"]
+                       and d.states().get("C") in ("BACKUP", "MASTER"))
+    finally:
+        await d.vrrp.stop(graceful=False)
+

@@ -76,6 +76,14 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
+class OpenFailed(RuntimeError):
+    """An instance could not be opened (`instance`: which); the message says why."""
+
+    def __init__(self, message: str, instance: str) -> None:
+        super().__init__(message)
+        self.instance = instance
+
+
 def _why(view: NodeView, name: str, e: Exception) -> str:
     """A start failure, naming the instance when there are several."""
     text = str(e).removeprefix("VRRP did not start: ")
@@ -122,15 +130,17 @@ class Instances:
     # ----------------------------------------------------------------------------------- building
 
     def _shell(self, view: NodeView, name: str) -> VrrpShell:
+        """A new shell with a log of its own (`_logs` takes it when it runs: a replaced instance's old shell
+        keeps logging as it was until it has handed over)."""
         group = view.config.group_of(name)
-        log = self._logs.setdefault(name, BoundLog(self._log))
-        log.fields = {"instance": name, **({"group": group.name} if group else {})}
+        log = BoundLog(self._log, instance=name, **({"group": group.name} if group else {}))
         return VrrpShell(view, log=log, name=name, on_state=partial(self._state, name), on_change=self._on_change,
                          group=self._hooks_of(group), links=False,
                          notify_env={"HAVS_INSTANCE": name, "HAVS_GROUP": group.name if group else ""},
                          address_cache=self.addresses)
 
     def _hooks_of(self, group: SyncGroup | None) -> _Hooks | None:
+        # the hooks look their group up by name when called: made before the group exists, they wait for it
         if group is None:
             return None
         return self._hooks.setdefault(group.name, _Hooks(self, group.name))
@@ -166,8 +176,8 @@ class Instances:
             demux = self._demux[key] = Demux(VrrpSocket(shell._hb_if, shell.src, peers=shell._peers()))  # type: ignore[arg-type]
         return demux
 
-    async def _open(self, shells: list[VrrpShell]) -> None:
-        """Open every shell and its socket, or none (RuntimeError naming the instance)."""
+    async def _open(self, shells: list[VrrpShell], view: NodeView | None = None) -> None:
+        """Open every shell and its socket, or none (OpenFailed naming the instance of `view`, default ours)."""
         opened: list[VrrpShell] = []
         try:
             for shell in shells:
@@ -176,7 +186,7 @@ class Instances:
                     opened.append(shell)
                     self._demux_for(shell)
                 except (OSError, ValueError, RuntimeError) as e:
-                    raise RuntimeError(_why(self.view, shell.name, e)) from e
+                    raise OpenFailed(_why(view or self.view, shell.name, e), shell.name) from e
         except RuntimeError:
             for shell in opened:
                 await shell.close()
@@ -199,6 +209,7 @@ class Instances:
         shells = [self._shell(self.view, v.name) for v in self.view.config.vrrp]
         await self._open(shells)
         self.shells = {s.name: s for s in shells}
+        self._logs = {s.name: s._log for s in shells}
         self._sync_groups(self.view)
         try:
             self._links.open()
@@ -293,10 +304,11 @@ class Instances:
                 and identity(old, name) == identity(new, name)
                 and all(old.ifname(r) == new.ifname(r) for r in roles))
 
-    def _check(self, view: NodeView, name: str) -> str | None:
-        """Why instance `name` of `view` could not start (checked before anything is touched), or None."""
+    def _check(self, view: NodeView, name: str, new: bool = True) -> str | None:
+        """Why instance `name` of `view` could not run (checked before anything is touched), or None: its
+        keys, and when it is `new` (added, or a new identity) its interfaces."""
         cfg = view.config.instance(name)
-        roles = [cfg.interface, *(fa.interface for fa in cfg.addresses), *cfg.track_interfaces]
+        roles = [cfg.interface, *(fa.interface for fa in cfg.addresses), *cfg.track_interfaces] if new else []
         for role in roles:
             if not interface_exists(view.ifname(role)):
                 return f"no interface {view.ifname(role)} (role {role})"
@@ -307,24 +319,37 @@ class Instances:
         return None
 
     async def update(self, view: NodeView) -> bool:
-        """Apply a reload by instance name. False (nothing changed, logged): an added or replaced instance
-        could not start; the daemon then restarts the child with the new config or keeps the old one."""
+        """Apply a reload by instance name, or nothing: False (logged) when an added, replaced or changed
+        instance could not run (its heartbeat interface, its keys, its sockets), with every running instance
+        left exactly as it was (state, addresses, settings, groups); the daemon keeps the running config."""
         if not view.config.vrrp:
             return False
         old = self.view
         names = [v.name for v in view.config.vrrp]
         removed = [n for n in self.shells if n not in names]
-        added = [n for n in names if n not in self.shells]
         replaced = [n for n in names if n in self.shells and identity(old, n) != identity(view, n)]
-        for name in added + replaced:
-            if (why := self._check(view, name)) is not None:
+        changed = [n for n in names if n in self.shells and n not in replaced and not self._unchanged(old, view, n)]
+        # everything that can fail, before anything is touched: the checks, then the new shells and sockets
+        for name in [n for n in names if n not in self.shells or n in replaced or n in changed]:
+            if (why := self._check(view, name, new=name not in changed)) is not None:
                 self._log.error("vrrp.reload_failed", instance=name, error=why)
                 return False
+        hooks = set(self._hooks)
+        fresh = {n: self._shell(view, n) for n in names if n not in self.shells or n in replaced}
+        try:
+            await self._open(list(fresh.values()), view)
+        except OpenFailed as e:
+            for name in set(self._hooks) - hooks:  # hooks of a group that was to be new
+                del self._hooks[name]
+            self._log.error("vrrp.reload_failed", instance=e.instance, error=str(e))
+            return False
+        # nothing can fail from here on
         self.view = view
         self.addresses.ttl = 0.9 * min(v.advert_interval for v in view.config.vrrp)
         self._sync_groups(view)
         for name in removed:
             self._log.info("vrrp.instance_removed", instance=name)
+            self._logs.pop(name, None)
             self._spawn(self.shells.pop(name).stop(graceful=True))
         for name in names:
             shell = self.shells.get(name)
@@ -333,37 +358,36 @@ class Instances:
             group = view.config.group_of(name)
             self._logs[name].fields = {"instance": name, **({"group": group.name} if group else {})}
             shell.notify.env["HAVS_GROUP"] = group.name if group else ""
-            if self._unchanged(old, view, name):
+            if name not in changed:
                 shell.view, shell.group = view, self._hooks_of(group)
-                continue
-            if not shell.update(view, self._hooks_of(group)):
+            elif not shell.update(view, self._hooks_of(group)):  # not expected: the identity is the same
                 replaced.append(name)
+                fresh[name] = self._shell(view, name)
         for name in replaced:
             self._log.info("vrrp.instance_replaced", instance=name)
-            self._spawn(self._replace(self.shells[name], self._shell(view, name)))
-        failed = False
-        for name in added:
-            shell = self._shell(view, name)
-            try:
-                await self._open([shell])
-            except RuntimeError as e:
-                self._log.error("vrrp.reload_failed", instance=name, error=str(e))
-                failed = True
-                continue
-            self.shells[name] = shell
-            self._begin(shell)
+            self._spawn(self._replace(self.shells[name], fresh[name]))
+        for name, shell in fresh.items():
+            if name not in replaced:  # added
+                self.shells[name] = shell
+                self._logs[name] = shell._log
+                self._begin(shell)
         self.shells = {n: self.shells[n] for n in names if n in self.shells}  # config order
         self.set_priority_decrement(self.decrements)
-        return not failed
+        return True
 
     async def _replace(self, old: VrrpShell, new: VrrpShell) -> None:
-        """A new identity: the old instance hands over and releases its addresses, then the new one starts."""
+        """A new identity: the old instance hands over and releases its addresses, then the new one (opened
+        by `update`, unless a late in-place refusal made it) starts."""
         self.shells[new.name] = new
+        self._logs[new.name] = new._log
         await old.stop(graceful=True)
         try:
-            await self._open([new])
-        except RuntimeError as e:
+            if new.src is None:
+                await self._open([new])
+            if self.shells.get(new.name) is new:
+                self._begin(new)  # a socket the old one closed as its last user is opened again here
+            else:
+                await new.close()  # removed or replaced again while the old one handed over
+        except (RuntimeError, OSError) as e:
             self._log.error("vrrp.reload_failed", instance=new.name, error=str(e))
-            return
-        if self.shells.get(new.name) is new:
-            self._begin(new)
+            await new.close()
