@@ -340,7 +340,7 @@ async def test_reload_by_name_leaves_the_unchanged_alone(segment: Segment) -> No
         await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))
 
 
-async def test_a_reload_naming_a_missing_interface_changes_nothing(segment: Segment) -> None:
+async def test_a_reload_naming_a_missing_heartbeat_interface_changes_nothing(segment: Segment) -> None:
     d = Director(ACTIVE_ACTIVE, "d1")
     await d.vrrp.start()
     try:
@@ -490,3 +490,40 @@ vrrp_sync_groups: [{name: G, instances: [A, C]}]
     finally:
         await d.vrrp.stop(graceful=False)
 
+
+async def test_a_missing_tracked_interface_is_fault_at_start_and_on_reload_alike(segment: Segment) -> None:
+    tracked = ACTIVE_ACTIVE.replace("client: eth0}", "client: eth0, uplink: nosuch3}").replace(
+        "    rt_priority: 7\n", "    rt_priority: 7\n    track_interfaces: [uplink]\n")
+    d = Director(tracked, "d1")
+    await d.vrrp.start()  # at start: B runs, in FAULT, and A is not held up
+    try:
+        await wait_for("A MASTER, B FAULT", lambda: d.states() == {"A": "MASTER", "B": "FAULT"})
+        assert d.vrrp.snapshot()["instances"][1]["faulty_interfaces"] == ["nosuch3"]
+    finally:
+        await d.vrrp.stop(graceful=False)
+    d = Director(ACTIVE_ACTIVE, "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("both MASTER", lambda: d.states() == {"A": "MASTER", "B": "MASTER"})
+        a_core = d.vrrp.shells["A"].inst
+        # on reload: an added instance tracking it starts in FAULT; the running ones go on
+        added = tracked.replace("    track_interfaces: [uplink]\n", "") + """\
+  - name: C
+    router_id: 53
+    advert_interval: 0.05
+    interface: hb
+    track_interfaces: [uplink]
+    addresses: [{address: 10.0.0.102/24, interface: client}]
+"""
+        assert await d.vrrp.update(view(added, "d1"))
+        assert d.states() == {"A": "MASTER", "B": "MASTER", "C": "FAULT"} and d.vrrp.shells["A"].inst is a_core
+        assert not d.log.named("vrrp.reload_failed")
+        # in place: A tracking it now goes FAULT at its next tick, not at the next 5 s poll (links are watched)
+        assert d.vrrp._links_open and shell_mod.LINK_POLL >= 5
+        a_tracks = added.replace("    garp: {burst: 1, refresh: 0}\n", "    garp: {burst: 1, refresh: 0}\n"
+                                 "    track_interfaces: [uplink]\n", 1)
+        assert await d.vrrp.update(view(a_tracks, "d1"))
+        await wait_for("A FAULT", lambda: d.states()["A"] == "FAULT", timeout=1.0)
+        assert d.vrrp.shells["A"].inst is a_core and not d.log.named("vrrp.reload_failed")
+    finally:
+        await d.vrrp.stop(graceful=False)

@@ -14,7 +14,9 @@ quorum on the VIP's services must be able to move the gateway's instance with it
 A reload (`update`) goes by instance name: an unchanged instance is left alone (state, addresses, timers),
 a changed one is reconfigured in place, or — a new router id, interface or addresses — stopped gracefully
 (addresses released, handed over) and started anew; a removed one is stopped gracefully, an added one
-started.
+started. All or nothing: every check (heartbeat interfaces, keys) and every new shell and socket comes first,
+and a failure leaves every running instance as it was. A missing tracked or address interface is no
+failure, at start as on reload: that instance runs in FAULT until the interface appears.
 """
 
 from __future__ import annotations
@@ -306,12 +308,12 @@ class Instances:
 
     def _check(self, view: NodeView, name: str, new: bool = True) -> str | None:
         """Why instance `name` of `view` could not run (checked before anything is touched), or None: its
-        keys, and when it is `new` (added, or a new identity) its interfaces."""
+        keys, and when it is `new` (added, or a new identity) its heartbeat interface (no socket, no advert
+        source without it). A missing tracked or address interface is no reason: the instance runs in FAULT
+        until the interface appears, as at start (and as keepalived does)."""
         cfg = view.config.instance(name)
-        roles = [cfg.interface, *(fa.interface for fa in cfg.addresses), *cfg.track_interfaces] if new else []
-        for role in roles:
-            if not interface_exists(view.ifname(role)):
-                return f"no interface {view.ifname(role)} (role {role})"
+        if new and not interface_exists(view.ifname(cfg.interface)):
+            return f"no interface {view.ifname(cfg.interface)} (role {cfg.interface})"
         try:
             auth_params(cfg.auth_hmac, cfg.advert_interval)
         except ValueError as e:

@@ -120,8 +120,7 @@ class VrrpShell:
     def track(self) -> tuple[str, ...]:
         """The heartbeat link, the links the addresses live on, and any extra: a director that cannot
         reach the clients or the real servers must not stay MASTER."""
-        return tuple(dict.fromkeys([self._hb_if, *(i for i, _ in self.floating),
-                                    *map(self.view.ifname, self.cfg.track_interfaces)]))
+        return _track_of(self.view, self.name)
 
     @property
     def _interval(self) -> float:
@@ -295,6 +294,8 @@ class VrrpShell:
             self._log.info("vrrp.reload", applied=False, reason=str(e))
             return False
         self.notify.notify = self.cfg.notify
+        if self.track != _track_of(old, self.name):
+            self._polled = 0.0  # tracked links changed (one may be missing: FAULT): read them at the next tick
         self.dispatch(actions)
         self._log.info("vrrp.reload", applied=True, priority=self.effective_priority,
                        interval=self.cfg.advert_interval, auth=_auth_summary(self.inst))
@@ -439,6 +440,12 @@ class VrrpShell:
         if self.demux is not None and self.demux.unmatched:
             snap["unmatched_router_id"] = self.demux.unmatched
         return snap
+
+
+def _track_of(view: NodeView, name: str) -> tuple[str, ...]:
+    cfg = view.config.instance(name)
+    return tuple(dict.fromkeys([view.ifname(cfg.interface), *(view.ifname(fa.interface) for fa in cfg.addresses),
+                                *map(view.ifname, cfg.track_interfaces)]))
 
 
 def _auth_summary(inst: VrrpInstance | None) -> dict[str, Any] | None:
