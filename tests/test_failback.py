@@ -53,7 +53,7 @@ def advert(priority: int) -> Advertisement:
 
 def shell_with_core(**vrrp: Any) -> tuple[VrrpShell, ListLog, list[Any]]:
     log = ListLog()
-    shell = VrrpShell(view(**vrrp), log=log)
+    shell = VrrpShell(view(**vrrp), log=log, name="VI_1")
     shell.src = OURS
     shell.inst = VrrpInstance(shell.params(), 0.0)
     dispatched: list[Any] = []

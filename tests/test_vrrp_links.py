@@ -40,7 +40,7 @@ def shell(interval: float = 1.0) -> tuple[VrrpShell, Inst, Log]:
         "vrrp": {"router_id": 51, "interface": "server", "advert_interval": interval,
                  "addresses": [{"address": "192.168.0.108/24", "interface": "client"}]}})
     log = Log()
-    s = VrrpShell(NodeView(name="lvs1", node=cfg.nodes["lvs1"], config=cfg), log=log)
+    s = VrrpShell(NodeView(name="lvs1", node=cfg.nodes["lvs1"], config=cfg), log=log, name="VI_1")
     inst = Inst()
     s.inst = inst  # type: ignore[assignment]
     s.dispatch = lambda actions: None  # type: ignore[method-assign]

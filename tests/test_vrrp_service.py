@@ -48,12 +48,28 @@ def view(**vrrp: Any) -> NodeView:
 
 
 def test_tracks_heartbeat_address_and_extra_interfaces_once() -> None:
-    svc = VrrpShell(view(track_interfaces=["mgmt", "client"]), log=ListLog())
+    svc = VrrpShell(view(track_interfaces=["mgmt", "client"]), log=ListLog(), name="VI_1")
     assert svc.track == ("eth1", "eth0", "eth9")
 
 
+def test_the_shell_runs_the_instance_it_is_named_and_nothing_else() -> None:
+    cfg = view().config.model_dump()
+    second = {**cfg["vrrp"][0], "name": "VI_2", "router_id": 52, "priority": {"lvs1": 77},
+              "addresses": [{"address": "192.168.0.109/24", "interface": "client"}]}
+    c = Config.model_validate({**cfg, "vrrp": [cfg["vrrp"][0], second]})
+    two = NodeView(name="lvs1", node=c.nodes["lvs1"], config=c)
+    svc = VrrpShell(two, log=ListLog(), name="VI_2")
+    snap = svc.snapshot()
+    assert (svc.cfg.name, snap["router_id"], snap["priority"], snap["addresses"]) == (
+        "VI_2", 52, 77, ["192.168.0.109/24 dev eth0"])
+    with pytest.raises(KeyError):
+        VrrpShell(two, log=ListLog(), name="VI_3")  # no fallback to the first instance
+    with pytest.raises(TypeError):
+        VrrpShell(two, log=ListLog())  # type: ignore[call-arg]
+
+
 def test_priority_decrement_floors_at_one_and_shows_in_snapshot() -> None:
-    svc = VrrpShell(view(), log=ListLog())
+    svc = VrrpShell(view(), log=ListLog(), name="VI_1")
     svc.set_priority_decrement(50)
     assert svc.effective_priority == 100
     svc.set_priority_decrement(500)
@@ -68,7 +84,7 @@ def test_an_ipv6_instance_is_accepted_and_is_one_family() -> None:
     cfg = view().config.model_dump()
     cfg["vrrp"][0]["addresses"] = [{"address": "2001:db8::1/64", "interface": "client"}]
     c = Config.model_validate(cfg)
-    svc = VrrpShell(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog())
+    svc = VrrpShell(NodeView(name="lvs1", node=c.nodes["lvs1"], config=c), log=ListLog(), name="VI_1")
     assert svc.family == 6
     assert svc.snapshot()["addresses"] == ["2001:db8::1/64 dev eth0"]
 
@@ -157,7 +173,7 @@ def test_snapshot_never_waits_for_the_child() -> None:
 
 async def test_effects_worker_survives_a_failing_effect() -> None:
     log = ListLog()
-    shell = VrrpShell(view(), log=log)
+    shell = VrrpShell(view(), log=log, name="VI_1")
     worker = asyncio.get_running_loop().create_task(shell._effects_worker())
 
     async def boom() -> None:

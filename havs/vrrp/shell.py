@@ -61,24 +61,22 @@ class GroupHooks(Protocol):
     def any_faulty(self, name: str) -> bool: ...
 
 
-def identity(view: NodeView, name: str | None = None) -> tuple[object, ...]:
-    """What a reload cannot change without a new instance."""
-    cfg = view.config.instance(name) if name is not None else view.config.vrrp[0]
+def identity(view: NodeView, name: str) -> tuple[object, ...]:
+    """What a reload cannot change without a new instance (instance `name` of `view`)."""
+    cfg = view.config.instance(name)
     return (cfg.router_id, cfg.version, view.ifname(cfg.interface), tuple(cfg.unicast_peers), cfg.v3_checksum,
             tuple((view.ifname(fa.interface), fa.address) for fa in cfg.addresses), view.node.unicast_src)
 
 
 class VrrpShell:
-    def __init__(self, view: NodeView, *, log: Any, name: str | None = None, on_state: OnState | None = None,
+    def __init__(self, view: NodeView, *, log: Any, name: str, on_state: OnState | None = None,
                  on_change: Callable[[], None] | None = None, group: GroupHooks | None = None,
                  links: bool = True, notify_env: dict[str, str] | None = None,
                  address_cache: AddressCache | None = None) -> None:
-        """`name`: the instance (default the first); `links`: watch link events here (else the caller feeds
-        `on_link`, one watcher for every instance); `address_cache`: what the interfaces hold, shared by
-        every instance's MASTER checks."""
-        if not view.config.vrrp:
-            raise ValueError(f"node {view.name}: the config has no vrrp section")
-        self.name = name if name is not None else view.config.vrrp[0].name
+        """`name`: the instance of `view` this shell runs (KeyError if there is none); `links`: watch link
+        events here (else the caller feeds `on_link`, one watcher for every instance); `address_cache`: what
+        the interfaces hold, shared by every instance's MASTER checks."""
+        self.name = name
         self.view = view
         cfg = self.cfg
         self._log = log
