@@ -131,12 +131,11 @@ class FakeVrrp:
     def update(self, view: Any) -> bool:
         """As the real one (protocol 2): every change in place by instance name, identities too (an instance
         with a new router id or interface is handed over and restarted inside the process); it refuses a
-        view without VRRP, and an instance whose interfaces do not exist (`interface_exists`, as the daemon's
+        view without VRRP, and an instance whose heartbeat interface does not exist (`interface_exists`, as the daemon's
         tests patch it) or that it is told it cannot start (`refuses`)."""
         import havs.vrrp_supervisor as supervisor
 
-        interfaces = {view.ifname(r) for v in view.config.vrrp
-                      for r in (v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces)}
+        interfaces = {view.ifname(v.interface) for v in view.config.vrrp}  # the rest: that instance in FAULT
         if not FakeVrrp.answers or not self.view.config.vrrp or not view.config.vrrp or FakeVrrp.refuses or \
                 not all(supervisor.interface_exists(name) for name in interfaces):
             return False

@@ -115,7 +115,7 @@ def test_reload_plan_names_added_and_removed_servers_and_a_vrrp_change_against_t
     assert c.reload(new, {}).vrrp_changed
     c.vrrp_view = new
     assert not c.reload(new, {}).vrrp_changed
-    assert c.vrrp_interfaces(new) == ["eth0", "eth1"]
+    assert c.vrrp_interfaces(new) == ["eth1"]  # the heartbeat: a missing tracked or address link is FAULT
 
 
 def test_reload_plan_says_what_else_the_daemon_must_do() -> None:

@@ -205,7 +205,7 @@ async def test_a_reload_whose_vrrp_part_cannot_start_keeps_vrrp_running(env: Pat
     await until(lambda: log.named("daemon.ready"))
     running = d.vrrp.process
     monkeypatch.setattr(havs.vrrp_supervisor, "interface_exists", lambda name: name != "eth7")
-    write(env, (REPO / "etc/havs.yaml").read_text().replace("client: eth0", "client: eth7", 1))
+    write(env, (REPO / "etc/havs.yaml").read_text().replace("server: eth1", "server: eth7", 1))  # the heartbeat link
     await d.control.handle({"command": "reload"})
     await until(lambda: log.named("config.reloaded"))
     assert log.named("config.vrrp_not_applied")[0]["interfaces"] == ["eth7"]

@@ -157,7 +157,7 @@ def test_reload_plan_names_the_instances_that_changed() -> None:
     bare = TWO.split("vrrp:")[0] + "virtual_services:" + TWO.split("virtual_services:")[1]
     plan = c.reload(view(bare), {})
     assert plan.vrrp_changed and plan.vrrp_instances == ("VI_A", "VI_C", "GW") and not plan.resync
-    assert c.vrrp_interfaces(view()) == ["eth0", "eth1"] and c.vrrp_interfaces(view(bare)) == []
+    assert c.vrrp_interfaces(view()) == ["eth1"] and c.vrrp_interfaces(view(bare)) == []
 
 
 def test_a_restarted_vrrp_process_starts_every_instance_as_a_backup() -> None:
@@ -337,10 +337,10 @@ async def test_failback_follows_the_connection_sync_instance_only() -> None:
     await fb.stop()
 
 
-async def test_an_added_instance_tracking_a_missing_interface_keeps_every_running_instance(
+async def test_an_added_instance_on_a_missing_heartbeat_interface_keeps_every_running_instance(
         env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the VRRP process refuses to add an instance whose tracked interface does not exist (as one whose
-    # heartbeat interface does not): restarting it would release every instance's addresses for nothing
+    # the VRRP process refuses to add an instance whose heartbeat interface does not exist (a tracked one
+    # missing: that instance runs in FAULT): restarting it would release every instance's addresses for nothing
     import havs.vrrp_supervisor
 
     log = ListLog()
@@ -352,8 +352,7 @@ async def test_an_added_instance_tracking_a_missing_interface_keeps_every_runnin
     added = TWO.replace(nodes, "{client: eth0, server: eth1, uplink: eth9}").replace("vrrp_sync_groups:", """\
   - name: VI_C
     router_id: 54
-    interface: server
-    track_interfaces: [uplink]
+    interface: uplink
     addresses: [{address: 192.168.0.110/24, interface: client}]
 vrrp_sync_groups:""")
     write(env, added)

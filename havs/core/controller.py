@@ -250,12 +250,13 @@ class Controller:
         )
 
     def vrrp_interfaces(self, view: NodeView) -> list[str]:
-        """The interfaces `view`'s VRRP instances need (heartbeat, floating addresses, tracked, connection
-        sync): the VRRP process refuses to add an instance when one is missing, so the supervisor checks
-        them before it would restart every instance for it."""
+        """The interfaces `view`'s VRRP needs to run at all: each instance's heartbeat interface (the VRRP
+        process refuses an instance without it: no socket, no advert source) and the connection-sync one
+        (the daemon's sync threads). A missing tracked or address interface is not here: as keepalived, the
+        process runs that instance in FAULT until the interface appears."""
         roles: set[str] = set()
         for v in view.config.vrrp:
-            roles.update([v.interface, *(fa.interface for fa in v.addresses), *v.track_interfaces])
+            roles.add(v.interface)
             if v.connection_sync is not None:
                 roles.add(v.connection_sync.interface)
         return sorted({view.ifname(role) for role in roles})
