@@ -9,10 +9,14 @@ IPv6 (RFC 9568): the family follows `src` (the interface's link-local address); 
 with hop limit 255 and traffic class 0xc0; a raw IPv6 socket delivers no IP header, so the hop limit and
 the destination come from ancillary data (IPV6_RECVHOPLIMIT, IPV6_RECVPKTINFO). We compute and check the
 checksum ourselves (core.wire), as for IPv4.
+
+Each datagram carries its kernel receive time (SO_TIMESTAMPNS, in the same recvmsg: no extra syscall), so
+the heartbeat can tell the core when an advert really arrived, not when a busy loop got round to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -34,7 +38,10 @@ IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
 IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
-_ANCBUF = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)  # in6_pktinfo + hop limit
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # also the cmsg type (SCM_TIMESTAMPNS)
+_TIMESPEC = struct.Struct("@ll")
+_ANCBUF4 = socket.CMSG_SPACE(_TIMESPEC.size)
+_ANCBUF = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4) + _ANCBUF4  # in6_pktinfo + hop limit + timestamp
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -44,6 +51,7 @@ class Received:
     src: IP
     dst: IP
     ttl: int  # the hop limit for IPv6
+    stamp: float | None = None  # kernel receive time, wall-clock seconds (SO_TIMESTAMPNS); None: unknown
 
 
 class VrrpSocket:
@@ -63,6 +71,7 @@ class VrrpSocket:
             raise ValueError(f"VRRP source {src}, peers and group must share one family")
         self.ifindex = socket.if_nametoindex(ifname)
         self._sock = self._open_v4() if src.version == 4 else self._open_v6()
+        self.drained = True  # the last receive() emptied the queue (ended on EAGAIN, not on `limit`)
 
     def _open_v4(self) -> socket.socket:
         ifname, src, group = self.ifname, self.src, self.group
@@ -72,6 +81,7 @@ class VrrpSocket:
             s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode())
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_NETWORK_CONTROL)
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+            _timestamps(s)
             try:
                 s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)  # beyond rmem_max: CAP_NET_ADMIN
             except PermissionError:
@@ -96,6 +106,7 @@ class VrrpSocket:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            _timestamps(s)
             try:
                 s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
             except PermissionError:
@@ -134,16 +145,19 @@ class VrrpSocket:
 
     def receive(self, limit: int = 1 << 30) -> list[Received]:
         """Datagrams queued now (at most `limit` read, so a flood cannot hold the caller's loop), minus our
-        own and, in unicast mode, anyone but the peers."""
+        own and, in unicast mode, anyone but the peers. `drained` says whether the queue was emptied."""
         out: list[Received] = []
+        self.drained = False
         for _ in range(limit):
             try:
                 if self.src.version == 6:
                     data, anc, _flags, addr = self._sock.recvmsg(65535, _ANCBUF)
                     got = _parse_ipv6(data, anc, addr)
                 else:
-                    got = _parse_ipv4(self._sock.recv(65535))
+                    data, anc, _flags, _addr = self._sock.recvmsg(65535, _ANCBUF4)
+                    got = _parse_ipv4(data, _stamp(anc))
             except (BlockingIOError, InterruptedError):
+                self.drained = True
                 return out
             if got is None or got.src == self.src:
                 continue
@@ -156,7 +170,20 @@ class VrrpSocket:
         self._sock.close()
 
 
-def _parse_ipv4(data: bytes) -> Received | None:
+def _timestamps(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # without receive times the heartbeat takes "when read"
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def _stamp(anc: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, value in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(value)
+            return sec + nsec * 1e-9
+    return None
+
+
+def _parse_ipv4(data: bytes, stamp: float | None = None) -> Received | None:
     # raw IPv4 sockets deliver the IP header; that is where TTL and the addresses come from
     if len(data) < 20 or data[0] >> 4 != 4:
         return None
@@ -169,6 +196,7 @@ def _parse_ipv4(data: bytes) -> Received | None:
         src=ipaddress.IPv4Address(data[12:16]),
         dst=ipaddress.IPv4Address(data[16:20]),
         ttl=data[8],
+        stamp=stamp,
     )
 
 
@@ -189,4 +217,4 @@ def _parse_ipv6(data: bytes, anc: list[tuple[int, int, bytes]], addr: tuple[obje
         src = ipaddress.IPv6Address(str(addr[0]).split("%")[0])
     except ValueError:
         return None
-    return Received(payload=data, src=src, dst=dst, ttl=hops)
+    return Received(payload=data, src=src, dst=dst, ttl=hops, stamp=_stamp(anc))

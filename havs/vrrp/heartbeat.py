@@ -9,6 +9,14 @@ instance of its router id (byte 1 of every VRRP header, v2 and v3, signed or not
 of every protocol-112 packet to every raw socket on the interface, so N sockets would make every instance
 read, and the loop wake for, every other instance's adverts (and a flood would cost N times over), and N
 multicast memberships would say the same thing. keepalived also keeps one socket per interface and family.
+
+What is queued goes before a deadline: when a deadline comes (or the socket is readable with one already
+past), the adverts already in the socket are fed to the cores first and a deadline fires only if it is
+still due after them. On a saturated CPU the loop runs late, and the master's advert sitting unread in the
+socket must not lose to Master_Down (a false takeover, undone by that very advert a few ms later). Each
+advert is given to its core at its kernel receive time, so the deadline it sets is counted from when it
+arrived, not from when a late loop read it; with no advert queued a deadline fires exactly as before (one
+non-blocking recv, EAGAIN, per deadline). A due deadline waits for at most one read batch.
 """
 
 from __future__ import annotations
@@ -59,16 +67,20 @@ class Demux:
         self.heartbeats: dict[int, Heartbeat] = {}
         self.unmatched = 0
         self._reading = False
+        self._floor = float("-inf")  # no advert read from here on arrived before this (loop time)
 
     def add(self, router_id: int, heartbeat: Heartbeat) -> None:
         self.heartbeats[router_id] = heartbeat
+        heartbeat.demux = self
         if not self._reading:
             asyncio.get_running_loop().add_reader(self.sock.fileno(), self.on_readable)
             self._reading = True
 
     def remove(self, router_id: int) -> bool:
         """Forget one instance; True when nobody uses the socket any more (the caller closes it)."""
-        self.heartbeats.pop(router_id, None)
+        gone = self.heartbeats.pop(router_id, None)
+        if gone is not None:
+            gone.demux = None  # a timer of its that still wakes must not read a socket that may be closed
         if not self.heartbeats and self._reading:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self._reading = False
@@ -82,20 +94,39 @@ class Demux:
         self.sock.close()
 
     def on_readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        fed: dict[int, Heartbeat] = {}
+        self._pump(asyncio.get_running_loop().time())
+
+    def on_deadline(self, now: float) -> None:
+        """A heartbeat's deadline came: whatever is already queued goes first."""
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Feed one batch of queued adverts, then fire the deadlines that are still due at `now`."""
         beats = self.heartbeats
-        only = next(iter(beats.values())) if len(beats) == 1 else None
-        for r in self.sock.receive(limit=READ_BATCH):
-            now = loop.time()
-            for hb in list(beats.values()):
-                hb.fire_if_due(now)  # an advert that is due goes before the rest of a flood
-            hb = only or (beats.get(r.payload[1]) if len(r.payload) > 1 else None)
-            if hb is None:
-                self.unmatched += 1
-                continue
-            hb.on_packet(r, now)
-            fed[id(hb)] = hb
+        got = self.sock.receive(limit=READ_BATCH)
+        fed: dict[int, Heartbeat] = {}
+        if got:
+            only = next(iter(beats.values())) if len(beats) == 1 else None
+            floor, to_mono = self._floor, None
+            for r in got:
+                hb = only or (beats.get(r.payload[1]) if len(r.payload) > 1 else None)
+                if hb is None:
+                    self.unmatched += 1
+                    continue
+                at = now
+                if r.stamp is not None:  # when it arrived, within what we know: after `floor`, not after now
+                    if to_mono is None:
+                        to_mono = time.monotonic() - time.time()
+                    at = min(now, max(floor, hb.inst.since, r.stamp + to_mono))
+                hb.on_packet(r, at)
+                fed[id(hb)] = hb
+        fired = False
+        for hb in list(beats.values()):
+            fired = hb.fire_if_due(now) or fired
+        # what is read later arrived after this read emptied the queue; and no core is fed a time earlier
+        # than one a deadline has already been given (a wall-clock step cannot put an advert in the past)
+        if fired or getattr(self.sock, "drained", False):
+            self._floor = now
         for hb in fed.values():
             hb.after_batch()
 
@@ -103,7 +134,7 @@ class Demux:
 class Heartbeat:
     """One started instance's deadline timer, advert sender and receiver (fed by its `Demux`). `dispatch` is
     the shell's (the actions a received advert or a due deadline produce); `after_batch` runs after each
-    read batch that had adverts for it; `on_tick` whenever the deadline fires."""
+    read batch that had adverts for it; `on_tick` whenever the deadline timer wakes."""
 
     def __init__(self, sock: VrrpSocket, src: IP, inst: VrrpInstance, *, checksum: wire.ChecksumMode,
                  warn: RateLimitedLog, dispatch: Callable[[Sequence[Action]], None],
@@ -118,22 +149,33 @@ class Heartbeat:
         self._on_tick = on_tick
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.demux: Demux | None = None  # set by `Demux.add`: its socket is drained before a deadline fires
 
     def on_packet(self, r: Received, now: float) -> None:
         # keepalived skips the TTL rule for unicast peers (they may be routed)
         self._dispatch(self.inst.receive_bytes(r.payload, src=r.src, dst=r.dst,
                                                ttl=None if self.sock.unicast else r.ttl, now=now, wall=time.time()))
 
-    def fire_if_due(self, now: float) -> None:
-        if self._timer is not None and self._timer_at is not None and now >= self._timer_at:
+    def fire_if_due(self, now: float) -> bool:
+        """Fire the deadline if it has come by `now` (a loop time); True if it fired."""
+        at = self._timer_at
+        if at is None or now < at:
+            return False
+        if self._timer is not None:
             self._timer.cancel()
-            self._on_timer(self._timer_at)
-
-    def _on_timer(self, at: float) -> None:
         self._timer = self._timer_at = None
         self._on_tick()
+        self._dispatch(self.inst.handle_timer(now))
+        return True
+
+    def _woke(self, at: float) -> None:
+        self._on_tick()
         # the loop may wake a hair early (clock resolution); the deadline has come by definition
-        self._dispatch(self.inst.handle_timer(max(asyncio.get_running_loop().time(), at)))
+        now = max(asyncio.get_running_loop().time(), at)
+        if self.demux is not None:
+            self.demux.on_deadline(now)  # the adverts already queued first, then whatever is still due
+        else:
+            self.fire_if_due(now)
 
     def rearm(self) -> None:
         at = self.inst.get_timer()
@@ -141,7 +183,7 @@ class Heartbeat:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer, at) if at is not None else None
+        self._timer = asyncio.get_running_loop().call_at(at, self._woke, at) if at is not None else None
         self._timer_at = at
 
     def cancel(self) -> None:
