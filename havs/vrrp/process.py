@@ -24,7 +24,6 @@ the peer's master-down timer fires.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -35,7 +34,6 @@ from typing import Any
 
 from havs.core.model import NodeView
 from havs.vrrp import protocol
-from havs.vrrp.child import NICE
 from havs.vrrp.protocol import (
     HoldPreemption,
     ProtocolError,
@@ -59,19 +57,6 @@ def child_view(view: NodeView) -> dict[str, Any]:
     10,000 real servers is megabytes of JSON; sent whole it also cost the child seconds to validate."""
     trimmed = view.model_copy(update={"config": view.config.model_copy(update={"virtual_services": []})})
     return trimmed.model_dump(mode="json", context=SECRETS)
-
-
-def prioritise(pid: int) -> None:
-    """The child's nice -10 from its first instruction, not only once `Start` has told it its policy: its
-    cold start (interpreter, pydantic, pyroute2: ~500 modules) otherwise shares the CPU evenly with the
-    daemon's first health rounds (UML lab, one CPU, 502 checked servers: 16 s from `config.loaded` to the
-    child ready, the probes running all along; 2 servers: 4.5 s). Only ever raised, never lowered;
-    not allowed (no CAP_SYS_NICE nor `LimitNICE`): the child tries again itself once started."""
-    with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, pid) > NICE:
-            os.setpriority(os.PRIO_PROCESS, pid, NICE)
-
-
 START_TIMEOUT = 60.0  # a cold start imports asyncio and pyroute2: seconds on a slow machine
 REPLY_TIMEOUT = 5.0
 PUSH_WINDOW = 2.0  # alive(): a snapshot pushed within this long (the child pushes every 0.5 s)
@@ -213,7 +198,6 @@ class VrrpProcess:
             child.close()
         self._sock = parent
         self._last_push = time.monotonic()
-        prioritise(self._proc.pid)
 
     def _stop_timeout(self) -> float:
         interval = max((v.advert_interval for v in self.view.config.vrrp), default=1.0)
