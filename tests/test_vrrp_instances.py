@@ -527,3 +527,28 @@ async def test_a_missing_tracked_interface_is_fault_at_start_and_on_reload_alike
         assert d.vrrp.shells["A"].inst is a_core and not d.log.named("vrrp.reload_failed")
     finally:
         await d.vrrp.stop(graceful=False)
+
+
+async def test_a_renamed_instance_keeps_hearing_its_peer_and_its_old_self_hands_over(segment: Segment) -> None:
+    # a rename is a removal and an addition with the same router id on the same socket: the new instance must
+    # not be displaced from the socket's demultiplexer by the old one's stop (deaf, it would take over)
+    d1, d2 = await pair(ACTIVE_ACTIVE)
+    renamed = ACTIVE_ACTIVE.replace("  - name: A\n", "  - name: A2\n")
+    try:
+        await wait_for("converged", lambda: d1.states() == {"A": "MASTER", "B": "BACKUP"}
+                       and d2.states() == {"A": "BACKUP", "B": "MASTER"})
+        assert await d2.vrrp.update(view(renamed, "d2"))  # on the backup
+        await asyncio.sleep(10 * INTERVAL)  # well past A2's Master_Down were it deaf
+        assert d2.states() == {"A2": "BACKUP", "B": "MASTER"}
+        demux = d2.vrrp.shells["A2"].demux
+        assert demux is not None and demux.heartbeats[51] is d2.vrrp.shells["A2"]._heartbeat
+        assert await d1.vrrp.update(view(renamed, "d1"))  # on the master: the old A hands over, A2 preempts back
+        await wait_for("A2 MASTER on d1 again", lambda: d1.states() == {"A2": "MASTER", "B": "BACKUP"}
+                       and d2.states() == {"A2": "BACKUP", "B": "MASTER"})
+        await asyncio.sleep(10 * INTERVAL)
+        assert d1.states() == {"A2": "MASTER", "B": "BACKUP"} and d2.states() == {"A2": "BACKUP", "B": "MASTER"}
+        assert not d1.vrrp._background and not d2.vrrp._background  # the old A's handover is over
+        assert "10.0.0.100/24 dev eth0" in FakeAddrs.held["d1"]
+        assert "10.0.0.100/24 dev eth0" not in FakeAddrs.held["d2"]
+    finally:
+        await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))

@@ -76,10 +76,12 @@ class Demux:
             asyncio.get_running_loop().add_reader(self.sock.fileno(), self.on_readable)
             self._reading = True
 
-    def remove(self, router_id: int) -> bool:
-        """Forget one instance; True when nobody uses the socket any more (the caller closes it)."""
-        gone = self.heartbeats.pop(router_id, None)
-        if gone is not None:
+    def remove(self, router_id: int, heartbeat: Heartbeat | None = None) -> bool:
+        """Forget one instance (`heartbeat`, when given: only if it is still the one of `router_id`, never a
+        successor's); True when nobody uses the socket any more (the caller closes it)."""
+        gone = self.heartbeats.get(router_id)
+        if gone is not None and heartbeat in (None, gone):
+            del self.heartbeats[router_id]
             gone.demux = None  # a timer of its that still wakes must not read a socket that may be closed
         if not self.heartbeats and self._reading:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())

@@ -126,6 +126,10 @@ class Instances:
         self.decrements: dict[str, int] = {}
         self.preempt_hold = ""
         self._background: set[asyncio.Task[None]] = set()  # stops of removed instances, restarts of replaced
+        # graceful stops in progress by (socket, router id): the demultiplexer has one slot per router id, so a
+        # new instance with that id on that socket (a rename, a replacement, ids swapped) begins after them
+        self._leaving: dict[tuple[SocketKey, int], asyncio.Task[None]] = {}
+        self._closing = False  # stop() has begun: nothing begins any more
         # every MASTER checks its addresses once an interval: one read of an interface serves them all
         self.addresses = AddressCache(ttl=0.9 * min(v.advert_interval for v in view.config.vrrp))
 
@@ -223,6 +227,7 @@ class Instances:
 
     async def stop(self, graceful: bool) -> None:
         """Every instance at once (a MASTER's handover waits for its successor, in parallel)."""
+        self._closing = True
         await asyncio.gather(*(s.stop(graceful) for s in self.shells.values()))
         for task in list(self._background):
             if not graceful:
@@ -236,10 +241,45 @@ class Instances:
                 demux.close()
         self._demux.clear()
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
+
+    def _retire(self, shell: VrrpShell) -> asyncio.Task[None]:
+        """Stop `shell` gracefully in the background; its router id on its socket stays taken until then."""
+        task = self._spawn(shell.stop(graceful=True))
+        if shell.inst is not None and shell.demux is not None:
+            key = (shell.socket_key, shell.inst.params.router_id)
+            self._leaving[key] = task
+            task.add_done_callback(lambda t: self._leaving.pop(key) if self._leaving.get(key) is t else None)
+        return task
+
+    def _begin_or_wait(self, shell: VrrpShell) -> None:
+        if (shell.socket_key, shell.cfg.router_id) in self._leaving:
+            self._spawn(self._begin_when_free(shell))
+        else:
+            self._begin(shell)
+
+    async def _begin_when_free(self, new: VrrpShell, after: asyncio.Task[None] | None = None) -> None:
+        """Begin `new` (opened here unless `update` did) once `after` (the stop of the instance it replaces: its
+        addresses released first) is over and no stopping instance holds its router id on its socket, if it is
+        still the instance of its name by then."""
+        try:
+            if after is not None:
+                await asyncio.wait([after])
+            if new.src is None:
+                await self._open([new])
+            while (task := self._leaving.get((new.socket_key, new.cfg.router_id))) is not None:
+                await asyncio.wait([task])
+            if self.shells.get(new.name) is new and not self._closing:
+                self._begin(new)  # a socket the old one closed as its last user is opened again here
+            else:
+                await new.close()  # removed or replaced again while the old one handed over
+        except (RuntimeError, OSError) as e:
+            self._log.error("vrrp.reload_failed", instance=new.name, error=str(e))
+            await new.close()
 
     # ----------------------------------------------------------------------------------- the groups
 
@@ -352,7 +392,7 @@ class Instances:
         for name in removed:
             self._log.info("vrrp.instance_removed", instance=name)
             self._logs.pop(name, None)
-            self._spawn(self.shells.pop(name).stop(graceful=True))
+            self._retire(self.shells.pop(name))
         for name in names:
             shell = self.shells.get(name)
             if shell is None or name in replaced:
@@ -365,31 +405,16 @@ class Instances:
             elif not shell.update(view, self._hooks_of(group)):  # not expected: the identity is the same
                 replaced.append(name)
                 fresh[name] = self._shell(view, name)
-        for name in replaced:
+        for name in replaced:  # a new identity: the old instance hands over and releases, then the new starts
             self._log.info("vrrp.instance_replaced", instance=name)
-            self._spawn(self._replace(self.shells[name], fresh[name]))
+            old = self._retire(self.shells[name])
+            self.shells[name], self._logs[name] = fresh[name], fresh[name]._log
+            self._spawn(self._begin_when_free(fresh[name], old))
         for name, shell in fresh.items():
             if name not in replaced:  # added
                 self.shells[name] = shell
                 self._logs[name] = shell._log
-                self._begin(shell)
+                self._begin_or_wait(shell)
         self.shells = {n: self.shells[n] for n in names if n in self.shells}  # config order
         self.set_priority_decrement(self.decrements)
         return True
-
-    async def _replace(self, old: VrrpShell, new: VrrpShell) -> None:
-        """A new identity: the old instance hands over and releases its addresses, then the new one (opened
-        by `update`, unless a late in-place refusal made it) starts."""
-        self.shells[new.name] = new
-        self._logs[new.name] = new._log
-        await old.stop(graceful=True)
-        try:
-            if new.src is None:
-                await self._open([new])
-            if self.shells.get(new.name) is new:
-                self._begin(new)  # a socket the old one closed as its last user is opened again here
-            else:
-                await new.close()  # removed or replaced again while the old one handed over
-        except (RuntimeError, OSError) as e:
-            self._log.error("vrrp.reload_failed", instance=new.name, error=str(e))
-            await new.close()

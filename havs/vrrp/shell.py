@@ -234,7 +234,7 @@ class VrrpShell:
         if self._announcer is not None:
             self._announcer.close()
         if self.demux is not None and self.inst is not None:
-            if self.demux.remove(self.inst.params.router_id):
+            if self.demux.remove(self.inst.params.router_id, self._heartbeat):
                 self.demux.close()  # the last instance on it
             self.demux = None
         await self._addrs.close()
