@@ -552,3 +552,20 @@ async def test_a_renamed_instance_keeps_hearing_its_peer_and_its_old_self_hands_
         assert "10.0.0.100/24 dev eth0" not in FakeAddrs.held["d2"]
     finally:
         await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))
+
+
+async def test_a_replaced_faulty_member_takes_its_fault_out_of_the_group(segment: Segment) -> None:
+    d = Director(DUAL_STACK, "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("both MASTER alone", lambda: d.states() == {"V4": "MASTER", "V6": "MASTER"})
+        d.vrrp._on_link(LinkEvent("eth6", 6, up=False))
+        assert d.states() == {"V4": "FAULT", "V6": "FAULT"}
+        # V6's address moves to a link that is up: a new identity, a new V6 that is not faulty
+        moved = DUAL_STACK.replace("six: eth6}", "six: eth6, six2: eth8}").replace("interface: six}",
+                                                                                   "interface: six2}")
+        assert await d.vrrp.update(view(moved, "d1"))
+        await wait_for("the group runs again", lambda: d.states() == {"V4": "MASTER", "V6": "MASTER"})
+        assert d.vrrp.snapshot()["groups"] == {"G": "MASTER"}
+    finally:
+        await d.vrrp.stop(graceful=False)

@@ -198,8 +198,9 @@ class VrrpShell:
         self.faulty = frozenset(self._down)
         now = loop.time()
         if self.group is not None:
-            if self.faulty:
-                self.group.fault(self.name, True, "interface_down")
+            if self.faulty or self.group.any_faulty(self.name):
+                # its own verdict either way: a replaced member's predecessor may have left its fault behind
+                self.group.fault(self.name, bool(self.faulty), "interface_down" if self.faulty else "interface_up")
             if self.group.any_faulty(self.name):  # a member's link is down: start with the group, in FAULT
                 self.dispatch(self.inst.fault(now, "interface_down" if self.faulty else "sync_group"))
                 return
