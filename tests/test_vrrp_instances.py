@@ -554,6 +554,20 @@ async def test_a_renamed_instance_keeps_hearing_its_peer_and_its_old_self_hands_
         await asyncio.gather(d1.vrrp.stop(graceful=False), d2.vrrp.stop(graceful=False))
 
 
+async def test_an_instance_the_groups_fault_held_recovers_when_a_reload_takes_it_out_of_the_group(
+        segment: Segment) -> None:
+    d = Director(DUAL_STACK, "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("both MASTER alone", lambda: d.states() == {"V4": "MASTER", "V6": "MASTER"})
+        d.vrrp._on_link(LinkEvent("eth6", 6, up=False))  # V6's own link: V4 is held in FAULT by the group
+        assert d.states() == {"V4": "FAULT", "V6": "FAULT"}
+        assert await d.vrrp.update(view(DUAL_STACK.split("vrrp_sync_groups:")[0], "d1"))  # no group any more
+        await wait_for("V4 runs alone, V6 stays FAULT", lambda: d.states() == {"V4": "MASTER", "V6": "FAULT"})
+    finally:
+        await d.vrrp.stop(graceful=False)
+
+
 async def test_a_replaced_faulty_member_takes_its_fault_out_of_the_group(segment: Segment) -> None:
     d = Director(DUAL_STACK, "d1")
     await d.vrrp.start()

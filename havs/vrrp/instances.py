@@ -29,7 +29,8 @@ from functools import partial
 from typing import Any
 
 from havs.core.model import NodeView, SyncGroup
-from havs.core.vrrp_group import Force, GroupAction, GroupChanged, VrrpGroup
+from havs.core.vrrp_group import REASON, Force, GroupAction, GroupChanged, VrrpGroup
+from havs.core.vrrp_model import FAULT
 from havs.edge.links import LinkEvent, LinkWatcher
 from havs.edge.vrrp_socket import VrrpSocket
 from havs.vrrp.announcer import AddressCache
@@ -405,6 +406,11 @@ class Instances:
             elif not shell.update(view, self._hooks_of(group)):  # not expected: the identity is the same
                 replaced.append(name)
                 fresh[name] = self._shell(view, name)
+        now = _now()
+        for shell in self.shells.values():
+            inst = shell.inst
+            if shell.group is None and inst is not None and inst.state == FAULT and not shell.faulty:
+                shell.dispatch(inst.recover(now, REASON))  # a group's fault held it, and it is in none any more
         for name in replaced:  # a new identity: the old instance hands over and releases, then the new starts
             self._log.info("vrrp.instance_replaced", instance=name)
             old = self._retire(self.shells[name])
