@@ -301,3 +301,12 @@ def test_forces_that_make_no_sense_are_counted_no_ops() -> None:
     assert inst.force(MASTER, 0.0) == [Ignored(INIT, "sync_master")]  # not started
     with pytest.raises(ValueError):
         inst.force(INIT, 0.0)
+
+
+def test_a_group_made_with_a_faulty_member_faults_the_running_others() -> None:
+    # a reload groups a MASTER with an instance whose own link is down: the group is FAULT, so both are
+    g = VrrpGroup("G", ["A", "B"], 1.0, {"A": MASTER, "B": FAULT}, faulty=["B"])
+    assert g.state == FAULT
+    assert g.settle() == [Force("A", FAULT)]
+    assert VrrpGroup("G", ["A", "B"], 1.0, {"A": MASTER, "B": MASTER}).settle() == []
+    assert VrrpGroup("G", ["A", "B"], 1.0, {"A": INIT, "B": FAULT}, faulty=["B"]).settle() == []

@@ -583,3 +583,18 @@ async def test_a_replaced_faulty_member_takes_its_fault_out_of_the_group(segment
         assert d.vrrp.snapshot()["groups"] == {"G": "MASTER"}
     finally:
         await d.vrrp.stop(graceful=False)
+
+
+async def test_a_reload_that_groups_a_master_with_a_faulty_instance_faults_both(segment: Segment) -> None:
+    agreeing = ACTIVE_ACTIVE.replace("priority: {d1: 100, d2: 200}", "priority: {d1: 200, d2: 100}").replace(
+        "client: eth0}", "client: eth0, uplink: nosuch3}").replace(
+        "    rt_priority: 7\n", "    rt_priority: 7\n    track_interfaces: [uplink]\n")
+    d = Director(agreeing, "d1")
+    await d.vrrp.start()
+    try:
+        await wait_for("A MASTER, B FAULT", lambda: d.states() == {"A": "MASTER", "B": "FAULT"})
+        assert await d.vrrp.update(view(agreeing + "vrrp_sync_groups: [{name: G, instances: [A, B]}]\n", "d1"))
+        assert d.states() == {"A": "FAULT", "B": "FAULT"} and d.vrrp.snapshot()["groups"] == {"G": "FAULT"}
+        assert d.changes[-1] == ("A", "MASTER", "FAULT", "sync_group", "G")
+    finally:
+        await d.vrrp.stop(graceful=False)

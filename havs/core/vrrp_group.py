@@ -91,6 +91,14 @@ class VrrpGroup:
                     if self.states[m] == FAULT]
         return []
 
+    def settle(self) -> list[GroupAction]:
+        """A group made from running members (a reload): a faulty member's FAULT takes the others now, not at
+        its next link event (meanwhile the group is FAULT and a member MASTER: the peer's group can be left
+        with one member that follows us and one that wants MASTER, and take neither)."""
+        if not self.faulty:
+            return []
+        return [Force(m, FAULT) for m in self.members if self.states[m] not in (FAULT, INIT, RESIGNING)]
+
     @property
     def any_faulty(self) -> bool:
         return bool(self.faulty)

@@ -152,12 +152,13 @@ class Instances:
             return None
         return self._hooks.setdefault(group.name, _Hooks(self, group.name))
 
-    def _sync_groups(self, view: NodeView) -> None:
+    def _sync_groups(self, view: NodeView) -> list[VrrpGroup]:
         """Groups of `view`: one whose members are unchanged keeps its state; a new or changed one starts
-        from its members' states as they are (and their faults)."""
+        from its members' states as they are (and their faults). Returns the new or changed ones."""
         now = _now()
         old = self.groups
         self.groups = {}
+        made: list[VrrpGroup] = []
         for g in view.config.vrrp_sync_groups:
             kept = old.get(g.name)
             if kept is not None and kept.members == tuple(g.instances):
@@ -166,6 +167,7 @@ class Instances:
                 states = {m: str(s.inst.state) for m in g.instances if (s := self.shells.get(m)) and s.inst}
                 faulty = [m for m in g.instances if (s := self.shells.get(m)) is not None and s.faulty]
                 self.groups[g.name] = VrrpGroup(g.name, g.instances, now, states, faulty)
+                made.append(self.groups[g.name])
             runner = self._group_notify.get(g.name)
             if runner is None:
                 runner = NotifyRunner(g.notify, BoundLog(self._log, group=g.name), view.name, {"HAVS_GROUP": g.name})
@@ -175,6 +177,7 @@ class Instances:
         for name in set(self._group_notify) - set(self.groups):
             self._spawn(self._group_notify.pop(name).stop(wait=True))
             self._hooks.pop(name, None)
+        return made
 
     def _demux_for(self, shell: VrrpShell) -> Demux:
         key = shell.socket_key
@@ -389,7 +392,7 @@ class Instances:
         # nothing can fail from here on
         self.view = view
         self.addresses.ttl = 0.9 * min(v.advert_interval for v in view.config.vrrp)
-        self._sync_groups(view)
+        made = self._sync_groups(view)
         for name in removed:
             self._log.info("vrrp.instance_removed", instance=name)
             self._logs.pop(name, None)
@@ -411,6 +414,8 @@ class Instances:
             inst = shell.inst
             if shell.group is None and inst is not None and inst.state == FAULT and not shell.faulty:
                 shell.dispatch(inst.recover(now, REASON))  # a group's fault held it, and it is in none any more
+        for group in made:
+            self.apply(group, group.settle())
         for name in replaced:  # a new identity: the old instance hands over and releases, then the new starts
             self._log.info("vrrp.instance_replaced", instance=name)
             old = self._retire(self.shells[name])
