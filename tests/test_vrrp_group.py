@@ -310,3 +310,11 @@ def test_a_group_made_with_a_faulty_member_faults_the_running_others() -> None:
     assert g.settle() == [Force("A", FAULT)]
     assert VrrpGroup("G", ["A", "B"], 1.0, {"A": MASTER, "B": MASTER}).settle() == []
     assert VrrpGroup("G", ["A", "B"], 1.0, {"A": INIT, "B": FAULT}, faulty=["B"]).settle() == []
+
+
+def test_an_instance_that_is_no_member_cannot_fault_or_move_the_group() -> None:
+    # a removed member's shell still polls its links while it hands over: its fault is not the group's
+    g = VrrpGroup("G", ["A", "B"], 1.0, {"A": MASTER, "B": MASTER})
+    assert g.fault("C", True, 2.0, "interface_down") == [] and not g.any_faulty
+    assert g.want_master("C", True, 2.0) == [] and g.wants == set()
+    assert g.fault("A", True, 2.0, "interface_down") == [Force("A", FAULT, "interface_down"), Force("B", FAULT)]

@@ -78,6 +78,8 @@ class VrrpGroup:
     def fault(self, member: str, faulty: bool, now: float, reason: str) -> list[GroupAction]:
         """`member`'s own tracked links are down (`faulty`) or all up again; `reason` is the member's own
         (interface_down, interface_up): the others are forced with REASON."""
+        if member not in self.states:  # a removed member's shell, still handing over: not ours
+            return []
         was = bool(self.faulty)
         self._cause = reason
         (self.faulty.add if faulty else self.faulty.discard)(member)
@@ -104,6 +106,8 @@ class VrrpGroup:
         return bool(self.faulty)
 
     def want_master(self, member: str, want: bool, now: float) -> list[GroupAction]:
+        if member not in self.states:
+            return []
         (self.wants.add if want else self.wants.discard)(member)
         if not want or self.faulty:
             return []
