@@ -245,3 +245,29 @@ def test_received_carries_the_kernel_receive_time() -> None:
           (socket.IPPROTO_IPV6, vrrp_socket.IPV6_HOPLIMIT, struct.pack("@i", 255)), *anc]
     got6 = vrrp_socket._parse_ipv6(b"x", v6, ("fe80::a%eth1", 0, 0, 3))
     assert got6 is not None and got6.stamp == pytest.approx(1_700_000_000.25)
+
+
+def test_a_read_error_is_said_and_master_down_still_fires() -> None:
+    """A socket error on read (none is expected from a raw socket, but one may come) is an error event, and
+    no timer is lost: with nothing heard the backup still takes over at Master_Down."""
+
+    class FailingSock(QueueSock):
+        def receive(self, limit: int = 1 << 30) -> list[Received]:
+            out = super().receive(limit)
+            self.error = OSError(105, "No buffer space available")
+            return out
+
+    async def main() -> None:
+        log = ListLog()
+        b = Backup(FailingSock())
+        b.hb.warn = RateLimitedLog(log)
+        try:
+            deadline = await b.follow()
+            await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()) + 0.02)
+            assert [to for _, to in b.changes] == ["BACKUP", "MASTER"]
+            said = [(level, kw["error"]) for level, event, kw in log.events if event == "vrrp.receive_failed"]
+            assert said[:1] == [("error", "No buffer space available")]
+        finally:
+            b.close()
+
+    run(main())

@@ -148,6 +148,7 @@ class VrrpSocket:
         own and, in unicast mode, anyone but the peers. `drained` says whether the queue was emptied."""
         out: list[Received] = []
         self.drained = False
+        self.error: OSError | None = None  # the error that ended this read, if one did
         for _ in range(limit):
             try:
                 if self.src.version == 6:
@@ -158,6 +159,9 @@ class VrrpSocket:
                     got = _parse_ipv4(data, _stamp(anc))
             except (BlockingIOError, InterruptedError):
                 self.drained = True
+                return out
+            except OSError as e:  # a raw socket reports none in practice; if one comes, say it, lose no timer
+                self.error = e
                 return out
             if got is None or got.src == self.src:
                 continue

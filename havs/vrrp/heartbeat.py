@@ -106,6 +106,9 @@ class Demux:
         """Feed one batch of queued adverts, then fire the deadlines that are still due at `now`."""
         beats = self.heartbeats
         got = self.sock.receive(limit=READ_BATCH)
+        if (error := getattr(self.sock, "error", None)) is not None and beats:
+            hb = next(iter(beats.values()))  # one socket, one warning (rate-limited); the deadlines still fire
+            hb.warn("receive", "vrrp.receive_failed", level="error", error=error.strerror or str(error))
         fed: dict[int, Heartbeat] = {}
         if got:
             only = next(iter(beats.values())) if len(beats) == 1 else None
