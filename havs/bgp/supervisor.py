@@ -37,7 +37,7 @@ from havs.core.ipvs_table import IpvsTable
 from havs.core.model import NodeView
 
 if TYPE_CHECKING:  # imported when BGP starts: pyroute2 is ~20 MB of RSS a daemon without BGP never uses
-    from havs.edge.addresses import Addresses
+    from havs.edge.addresses import OwnLoopAddresses
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # a director must accept a mid-flow packet of a connection another director started: ECMP moved the flow
@@ -59,7 +59,7 @@ class BgpSupervisor:
         self.view: NodeView | None = None
         self.bird: BirdProcess | None = None
         self.control: BirdControl | None = None
-        self._addresses: Addresses | None = None
+        self._addresses: OwnLoopAddresses | None = None
         self.wanted: dict[IPAddress, Verdict] = {}
         self.announced: set[IPAddress] = set()
         self.on_lo: set[IPAddress] = set()
@@ -71,12 +71,13 @@ class BgpSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def addresses(self) -> Addresses:
-        """The VIPs' loopback addresses over rtnetlink, made on first use (only with `bgp:`)."""
+    def addresses(self) -> OwnLoopAddresses:
+        """The VIPs' loopback addresses over rtnetlink, made on first use (only with `bgp:`), on a loop of
+        their own: the daemon runs on uvloop, which pyroute2's netlink socket cannot use."""
         if self._addresses is None:
-            from havs.edge.addresses import Addresses
+            from havs.edge.addresses import OwnLoopAddresses
 
-            self._addresses = Addresses()
+            self._addresses = OwnLoopAddresses()
         return self._addresses
 
     @property

@@ -7,9 +7,14 @@ its own and cannot be called from inside a running one, which is where the VRRP 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import ipaddress
 import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -155,6 +160,49 @@ class Addresses:
                 continue
             (tentative if flags & IFA_F_TENTATIVE else ready).append(ip)
         return (ready or tentative or [None])[0]
+
+
+T = TypeVar("T")
+
+
+class OwnLoopAddresses:
+    """`Addresses` on a standard asyncio loop in a thread of its own, for a caller on uvloop (the daemon):
+    pyroute2's async socket is a datagram endpoint on an AF_NETLINK socket, which uvloop refuses ("cannot
+    open a UDP handle, invalid family 16"). The VRRP child runs asyncio's own loop and uses `Addresses`."""
+
+    def __init__(self) -> None:
+        self._inner = Addresses()
+        self._closed = False
+        self._loop = asyncio.SelectorEventLoop()  # not new_event_loop(): under uvloop's policy that is uvloop
+        self._thread = threading.Thread(target=self._run, name="havs-netlink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def open(self) -> OwnLoopAddresses:
+        await self._call(self._inner.open())
+        return self
+
+    async def add(self, ifname: str, address: Interface) -> bool:
+        return await self._call(self._inner.add(ifname, address))
+
+    async def remove(self, ifname: str, address: Interface) -> bool:
+        return await self._call(self._inner.remove(ifname, address))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True  # a second close must not wait on a loop that no longer runs
+        try:
+            await self._call(self._inner.close())
+        finally:
+            with contextlib.suppress(RuntimeError):  # stopped already
+                self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def _family(address: Interface) -> int:
