@@ -11,12 +11,12 @@ the child, but it takes the lock a blocking send on another thread (a reload's u
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from havs.core.controller import Controller
 from havs.core.model import NodeView
+from havs.edge.links import interface_exists
 from havs.failback import Failback
 
 OnState = Callable[[str, str, str, str], None]  # (instance, from, to, reason)
@@ -41,14 +41,6 @@ class VrrpProcess(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
     def alive(self) -> bool: ...
-
-
-def interface_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return False
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -28,6 +28,15 @@ _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _RTA = struct.Struct("=HH")  # length, type
 
 
+def interface_exists(ifname: str) -> bool:
+    """Whether this namespace has an interface of that name now."""
+    try:
+        socket.if_nametoindex(ifname)
+        return True
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class LinkEvent:
     ifname: str

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 from havs.core.model import NodeView, SyncGroup
 from havs.core.vrrp_group import REASON, Force, GroupAction, GroupChanged, VrrpGroup
 from havs.core.vrrp_model import FAULT
-from havs.edge.links import LinkEvent, LinkWatcher
+from havs.edge.links import LinkEvent, LinkWatcher, interface_exists
 from havs.edge.vrrp_socket import VrrpSocket
 from havs.vrrp.announcer import AddressCache
 from havs.vrrp.auth_keys import auth_params
@@ -92,14 +91,6 @@ def _why(view: NodeView, name: str, e: Exception) -> str:
     text = str(e).removeprefix("VRRP did not start: ")
     return f"VRRP did not start: {text}" if len(view.config.vrrp) == 1 else \
         f"VRRP did not start: instance {name}: {text}"
-
-
-def interface_exists(ifname: str) -> bool:
-    try:
-        socket.if_nametoindex(ifname)
-        return True
-    except OSError:
-        return False
 
 
 def rt_priority(view: NodeView) -> int:
