@@ -16,7 +16,7 @@ import contextlib
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from havs.bgp.bird import BirdProcess
 from havs.bgp.control import BirdControl
@@ -35,9 +35,7 @@ from havs.core.bgp import (
 from havs.core.desired import Desired
 from havs.core.ipvs_table import IpvsTable
 from havs.core.model import NodeView
-
-if TYPE_CHECKING:  # imported when BGP starts: pyroute2 is ~20 MB of RSS a daemon without BGP never uses
-    from havs.edge.addresses import OwnLoopAddresses
+from havs.edge.addresses import Addresses
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # a director must accept a mid-flow packet of a connection another director started: ECMP moved the flow
@@ -59,7 +57,7 @@ class BgpSupervisor:
         self.view: NodeView | None = None
         self.bird: BirdProcess | None = None
         self.control: BirdControl | None = None
-        self._addresses: OwnLoopAddresses | None = None
+        self._addresses: Addresses | None = None
         self.wanted: dict[IPAddress, Verdict] = {}
         self.announced: set[IPAddress] = set()
         self.on_lo: set[IPAddress] = set()
@@ -71,13 +69,11 @@ class BgpSupervisor:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def addresses(self) -> OwnLoopAddresses:
-        """The VIPs' loopback addresses over rtnetlink, made on first use (only with `bgp:`), on a loop of
-        their own: the daemon runs on uvloop, which pyroute2's netlink socket cannot use."""
+    def addresses(self) -> Addresses:
+        """The VIPs' loopback addresses over rtnetlink, made on first use (only with `bgp:`), on the daemon's
+        loop (uvloop or asyncio's)."""
         if self._addresses is None:
-            from havs.edge.addresses import OwnLoopAddresses
-
-            self._addresses = OwnLoopAddresses()
+            self._addresses = Addresses()
         return self._addresses
 
     @property
