@@ -235,3 +235,28 @@ def test_requests_before_open_are_refused() -> None:
             await Addresses().link_up("lo")
 
     asyncio.run(main())
+
+
+def test_closing_while_a_request_awaits_its_answer_ends_it_within_the_timeout(run: Callable[..., Any]) -> None:
+    async def main() -> None:
+        kernel = FakeKernel()
+
+        async def never(kind: int, seq: int) -> list[bytes]:
+            return []
+
+        server = await serving(kernel, never)
+        addrs = kernel.addresses(timeout=0.2)
+        try:
+            pending = asyncio.ensure_future(addrs.link_up("eth9"))
+            await asyncio.sleep(0.05)
+            await addrs.close()
+            with pytest.raises(AddressError) as e:
+                await asyncio.wait_for(pending, 1.0)
+            assert e.value.errno == errno.ETIMEDOUT
+            with pytest.raises(RuntimeError, match="open"):
+                await addrs.link_up("eth9")  # closed: refused, not a read of a closed fd
+        finally:
+            server.cancel()
+            kernel.close()
+
+    run(main())

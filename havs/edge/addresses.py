@@ -84,6 +84,10 @@ class Addresses:
 
     async def close(self) -> None:
         if self._sock is not None:
+            # a request still awaiting its answer stops watching the fd (then times out), so the loop never
+            # watches a closed fd whose number the next socket may reuse
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
 
