@@ -41,6 +41,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from havs.core.check_schedule import CheckSchedule
 from havs.core.health import (
     AgentWeightChanged,
     HealthChanged,
@@ -55,17 +56,19 @@ from havs.core.health_target import Key as Key
 from havs.core.health_target import Target as Target
 from havs.core.health_target import ok_codes
 from havs.core.model import VirtualService
-from havs.edge.probe import ConnectionPool, HttpProbe, probe_http, probe_tcp
+from havs.edge.checker import Checker, HttpCheck, TcpCheck
+from havs.edge.probe import ConnectionPool, HttpProbe, probe_http
 
 # first checks at start, per second at most (while that fits in one interval): no herd of connects
 FIRST_ROUND_RATE = 1000.0
 OVERLOAD_LOG_EVERY = 5.0  # seconds between health.overload lines: overload hits every server at once
 
 
-def make_probe(target: Target, pool: ConnectionPool,
-               loop: asyncio.AbstractEventLoop | None = None) -> Callable[[], Awaitable[ProbeResult]]:
-    """The probe coroutine factory for one target (a check of type `none` has none). `loop`: the loop the
-    probes will run on, handed to them so that no check looks it up (edge/probe.py says why)."""
+def make_probe(target: Target, pool: ConnectionPool, loop: asyncio.AbstractEventLoop,
+               checker: Checker) -> HttpCheck | TcpCheck | Callable[[], Awaitable[ProbeResult]]:
+    """The check of one target: plain HTTP and TCP run by `checker` (raw sockets, edge/checker.py), HTTPS
+    by the transport probe on `loop` with its kept-alive connection in `pool` (a check of type `none` has
+    none)."""
     check = target.check
     source = str(check.source_address) if check.source_address else None
     if target.port == 0:
@@ -73,8 +76,7 @@ def make_probe(target: Target, pool: ConnectionPool,
             return ProbeResult(False, "error: no port to check (set check.connect_port)", 0.0)
         return no_port
     if check.type == "tcp":
-        return functools.partial(probe_tcp, target.address, target.port, timeout=check.timeout,
-                                 source_address=source, loop=loop)
+        return TcpCheck(checker, target.key, target.address, target.port, check.timeout, source)
     probe = HttpProbe(
         target.address,
         target.port,
@@ -92,33 +94,37 @@ def make_probe(target: Target, pool: ConnectionPool,
         source_address=source,
         tag=target.key,  # one kept-alive connection per (service, server), even with a shared connect_address
     )
-    return functools.partial(probe_http, probe, pool, loop)
+    if probe.tls:
+        return functools.partial(probe_http, probe, pool, loop)
+    return HttpCheck(checker, target.key, probe)
+
+
+Probe = Callable[[], Awaitable[ProbeResult]]  # a coroutine probe: HTTPS, or a test's stand-in
+FAST = (HttpCheck, TcpCheck)  # run by the Checker on the shell's one timer
 
 
 class _Loop:
-    """One real server's state, probe and task."""
+    """One real server: its state, its probe and the check in flight."""
 
-    __slots__ = ("early_at", "health", "probe", "target", "task", "wake")
+    __slots__ = ("done", "due", "early_at", "health", "probe", "started", "target", "task")
 
-    def __init__(self, target: Target, health: ServerHealth, probe: Callable[[], Awaitable[ProbeResult]] | None):
+    def __init__(self, target: Target, health: ServerHealth, probe: HttpCheck | TcpCheck | Probe | None,
+                 done: Callable[[ProbeResult, float], None] | None = None) -> None:
         self.target = target
         self.health = health
         self.probe = probe
-        self.task: asyncio.Task[None] | None = None
-        self.wake: asyncio.Future[None] | None = None  # set while the loop sleeps between checks
+        self.task: asyncio.Task[None] | None = None  # a coroutine probe's check in flight
+        self.done = done  # the Checker's callback for this server's checks (made once, not per check)
+        self.due = 0.0  # when the check in flight was planned for
+        self.started = 0.0  # when it really started (out of the queue)
         self.early_at = -math.inf  # when the last early check was granted
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class HealthService:
     """Runs the checks of every real server of `services`.
 
-    `start()` (inside the running loop) launches the probe loops; `update(services)` on reload keeps
-    unchanged servers' state and timers, re-targets changed checks without losing state, starts new
+    `start()` (inside the running loop) schedules the checks; `update(services)` on reload keeps
+    unchanged servers' state and timetable, re-targets changed checks without losing state, starts new
     servers (down until `rise` passes, checked at once) and stops removed ones; `stop()` cancels
     everything and closes kept-alive connections. `initial` is the start policy (module docstring).
     Real servers whose check type is `none` are reported up at once (reason `no check`).
@@ -144,7 +150,12 @@ class HealthService:
         self._on_result = on_result  # every probe's result (metrics: latency histograms)
         self._initial: Initial = initial
         self._rand = rand
-        self._pool = ConnectionPool(on_peer_close=self._peer_closed)
+        self._pool = ConnectionPool(on_peer_close=self._pool_peer_closed)  # HTTPS's kept-alive connections
+        self._checker: Checker | None = None  # plain HTTP and TCP checks (created on the running loop)
+        self._schedule: CheckSchedule[Key] = CheckSchedule(max_in_flight)
+        self._ev: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the one timer: next start or deadline
+        self._timer_at = math.inf
         self._loops: dict[Key, _Loop] = {}
         self._running = False
         self._targets = self._collect(services)
@@ -157,10 +168,12 @@ class HealthService:
         self._overload_logged_at = -math.inf
         self._overload = overload
         self._lag = LagWindow()
-        self.max_in_flight = max_in_flight
-        self._slots: asyncio.Semaphore | None = None  # created on the running loop (start)
         self._gc_freeze = gc_freeze
         self._freeze_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._schedule.max_in_flight
 
     # -- lifecycle
 
@@ -168,10 +181,13 @@ class HealthService:
         if self._running:
             return
         self._running = True
-        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._ev = ev = asyncio.get_running_loop()
+        self._checker = Checker(ev, on_peer_close=self._peer_closed, on_error=self._check_error)
+        now = ev.time()
         for key, target in self._targets.items():
-            self._add(target, at_start=key not in self._added_by_reload)
+            self._add(target, now, at_start=key not in self._added_by_reload)
         self._added_by_reload.clear()
+        self._arm(now)
         self._schedule_freeze()
 
     def update(self, services: Iterable[VirtualService], *, at_start: bool = False) -> None:
@@ -187,25 +203,36 @@ class HealthService:
                 self._added_by_reload |= new
             self._added_by_reload &= targets.keys()
             return
+        assert self._ev is not None
+        now = self._ev.time()
         for key in [k for k in self._loops if k not in targets]:
             self._remove(key)
         for key, target in targets.items():
             current = self._loops.get(key)
             if current is None:
-                self._add(target, at_start=at_start)
+                self._add(target, now, at_start=at_start)
             elif current.target != target:
-                self._retarget(current, target)
+                self._retarget(current, target, now)
+        self._arm(now)
         self._schedule_freeze()
 
     async def stop(self) -> None:
         self._running = False
         if self._freeze_timer is not None:
             self._freeze_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
         tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for key in self._loops:
+            self._schedule.drop(key)
         self._loops.clear()
+        if self._checker is not None:
+            self._checker.close()
+            self._checker = None
         self._pool.close()
 
     # -- queries
@@ -241,8 +268,8 @@ class HealthService:
 
     def _schedule_freeze(self) -> None:
         """Once the first round of checks has opened its connections, move the long-lived objects
-        (tasks, connections, parsers) out of the cyclic GC's generations: at 10,000 servers the full
-        collections that rescan them cost ~30–50 µs per check. Unfreezing first lets cycles left
+        (connections, parsers, per-server state) out of the cyclic GC's generations: at 10,000 servers the
+        full collections that rescan them cost ~30–50 µs per check. Unfreezing first lets cycles left
         over from a previous config be collected."""
         if not self._gc_freeze or not self._loops:
             return
@@ -267,8 +294,11 @@ class HealthService:
                 targets[target.key] = target
         return targets
 
-    def _add(self, target: Target, *, at_start: bool) -> None:
-        now = asyncio.get_running_loop().time()
+    def _probe_for(self, target: Target) -> HttpCheck | TcpCheck | Probe:
+        assert self._checker is not None and self._ev is not None
+        return make_probe(target, self._pool, self._ev, self._checker)
+
+    def _add(self, target: Target, now: float, *, at_start: bool) -> None:
         initial = self._initial if at_start else "down"
         health = ServerHealth(target.server, Timing.of(target.check), service=target.service,
                               initial=initial, now=now)
@@ -276,7 +306,8 @@ class HealthService:
             self._loops[target.key] = _Loop(target, health, None)
             self._observe(self._loops[target.key], ProbeResult(True, "no check", 0.0), now, force=True)
             return
-        loop = _Loop(target, health, make_probe(target, self._pool, asyncio.get_running_loop()))
+        loop = _Loop(target, health, self._probe_for(target))
+        loop.done = functools.partial(self._finished, loop)
         self._loops[target.key] = loop
         if not at_start:
             first = 0.0  # added by a reload: nobody has checked it, check it now
@@ -286,107 +317,153 @@ class HealthService:
             first = self._rand() * min(spread, max(health.timing.interval, health.timing.fast_interval))
         else:
             first = self._rand() * health.timing.interval  # taken as up meanwhile: spread the load
-        self._start_task(loop, first)
-
-    def _start_task(self, loop: _Loop, first: float) -> None:
-        loop.task = asyncio.get_running_loop().create_task(self._run(loop, first),
-                                                           name=f"health {loop.target.server}")
+        self._schedule.plan(target.key, now + first)
 
     def _remove(self, key: Key) -> None:
         loop = self._loops.pop(key)
+        self._schedule.drop(key)
+        self._stop_check(loop)
+        self._drop_connection(loop)
+
+    def _stop_check(self, loop: _Loop) -> None:
         if loop.task is not None:
             loop.task.cancel()
-        self._drop_connection(loop.probe)
+            loop.task = None
+        if self._checker is not None:
+            self._checker.cancel(loop.target.key)
 
-    def _retarget(self, loop: _Loop, target: Target) -> None:
+    def _retarget(self, loop: _Loop, target: Target, now: float) -> None:
         """Same server, new check settings: keep the verdict, swap the probe. Switching checking on keeps
         the verdict too (a live server is not pulled while its first checks run) and checks at once."""
         was_none, is_none = loop.target.check.type == "none", target.check.type == "none"
-        self._drop_connection(loop.probe)
+        self._drop_connection(loop)
         loop.target = target
         loop.health.retime(Timing.of(target.check))
         if is_none:
-            if loop.task is not None:
-                loop.task.cancel()
-                loop.task = None
+            self._schedule.drop(target.key)
+            self._stop_check(loop)
             loop.probe = None
             if not was_none:
-                now = asyncio.get_running_loop().time()
                 self._observe(loop, ProbeResult(True, "no check", 0.0), now, force=True)
             return
-        loop.probe = make_probe(target, self._pool, asyncio.get_running_loop())
+        loop.probe = self._probe_for(target)
+        if loop.done is None:
+            loop.done = functools.partial(self._finished, loop)
         if was_none:
-            self._start_task(loop, 0.0)
+            self._schedule.plan(target.key, now)
 
-    def _drop_connection(self, probe: Callable[[], Awaitable[ProbeResult]] | None) -> None:
+    def _drop_connection(self, loop: _Loop) -> None:
+        """Close the kept-alive connection made with the old settings (a check in flight runs to its end)."""
+        probe = loop.probe
         if isinstance(probe, functools.partial) and probe.args and isinstance(probe.args[0], HttpProbe):
             self._pool.discard(probe.args[0].key)
+        elif self._checker is not None:
+            self._checker.discard(loop.target.key)
 
-    async def _run(self, loop: _Loop, first: float) -> None:
-        # clock reads are few on purpose: where a syscall is dear (one slow CPU, no vDSO under UML),
-        # each is a measurable share of a check (bench_load prints syscalls per check)
-        ev = asyncio.get_running_loop()
-        slots = self._slots
-        assert slots is not None
-        now = ev.time()
-        due = now + first
-        while True:
-            woke = await self._sleep(ev, loop, due, now)
-            waited = slots.locked()
-            async with slots:  # queued, not timing: the probe's clock starts when it runs
-                started = ev.time() if waited else woke
-                probe = loop.probe
-                assert probe is not None
-                try:
-                    result = await probe()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a probe must not raise; if one does, it is a failed check, not a dead loop
-                    self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
-                    result = ProbeResult(False, f"error: {exc!r}", ev.time() - started)
-            self.checks_run += 1
-            now = ev.time()
-            lag = 0.0
-            if result.reason == "timeout" and self._overload is not None:
-                # how late the timeout's own timer ran, and the worst lateness seen while the check ran
-                late = result.latency - loop.target.check.timeout
-                self._lag.record(now, late)
-                lag = max(late, self._lag.worst(started, now))
-            self._observe(loop, result, now, lag=lag)
-            # the next check counts from when this one was due (no drift), or from an early wake-up; never
-            # from the past: a director that fell behind (checks queued on a busy CPU) does not pile up a
-            # backlog, and its timers' lateness stays the loop's own lag, not the backlog's age
-            due = max(min(due, woke) + loop.health.next_interval(self._rand()), now)
+    # -- the one timer
 
-    async def _sleep(self, ev: asyncio.AbstractEventLoop, loop: _Loop, when: float, now: float) -> float:
-        """Sleep until `when` (`now`: the clock just read), unless `_peer_closed` cuts it short (same cost
-        as `asyncio.sleep`: one future, one timer; `call_later`, as uvloop's `call_at` reads the clock
-        again). Returns the time it woke; how late that was is the loop's lag (`LagWindow`)."""
-        loop.wake = wake = ev.create_future()
-        timer = ev.call_later(when - now, _wake, wake)
+    def _arm(self, now: float) -> None:
+        """Make sure the timer fires by the schedule's next wake-up (an earlier timer stays: it finds
+        nothing due and re-arms; re-arming later would cost a clock read each time)."""
+        at = self._schedule.next_wake()
+        if at is None or at >= self._timer_at or not self._running:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._ev is not None
+        # a start planned in the past waited for a free slot: how long is the queue's age, not the loop's lag
+        self._timer_at = at = max(at, now)
+        self._timer = self._ev.call_later(at - now, self._tick)
+
+    def _tick(self) -> None:
+        """Expire what is past its deadline (after reading what already arrived), start what is due."""
+        assert self._ev is not None
+        now = self._ev.time()
+        self._lag.record(now, now - self._timer_at)  # how late this director's loop ran the timer
+        self._timer, self._timer_at = None, math.inf
+        schedule, checker = self._schedule, self._checker
+        expired = schedule.expired(now)
+        if expired and checker is not None:
+            checker.poll(now)  # the last look: an answer that sat unread is read, not timed out
+            for key in expired:
+                checker.expire(key, now)
+        for key, planned in schedule.due(now):
+            self._begin(key, planned, now)
+        self._arm(now)
+
+    def _begin(self, key: Key, planned: float, now: float) -> None:
+        loop = self._loops.get(key)
+        probe = loop.probe if loop is not None else None
+        if loop is None or probe is None:
+            self._schedule.finished(key)
+            return
+        loop.due, loop.started = planned, now
+        if isinstance(probe, FAST):
+            self._schedule.begin(key, now + probe.timeout)
+            assert loop.done is not None
+            probe.start(now, loop.done)
+        else:
+            self._schedule.begin(key, None)  # it times itself
+            assert self._ev is not None
+            loop.task = self._ev.create_task(self._run_probe(loop, probe), name=f"health {loop.target.server}")
+
+    async def _run_probe(self, loop: _Loop, probe: Probe) -> None:
+        ev = self._ev
+        assert ev is not None
         try:
-            await wake
-        finally:
-            loop.wake = None
-            timer.cancel()
-        now = ev.time()
-        self._lag.record(now, now - when)
-        return now
+            result = await probe()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a probe must not raise; if one does, it is a failed check, not a dead service
+            self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
+            result = ProbeResult(False, f"error: {exc!r}", ev.time() - loop.started)
+        loop.task = None
+        self._finished(loop, result, ev.time())
 
-    def _peer_closed(self, probe_key: tuple[Any, ...]) -> None:
-        """The pool saw a server close our idle connection: check it now, unless an early check was
-        already granted within the last interval."""
-        loop = self._loops.get(probe_key[-1])  # the probe's tag is its target's key (make_probe)
-        if loop is None or loop.wake is None or loop.wake.done():
+    def _finished(self, loop: _Loop, result: ProbeResult, now: float) -> None:
+        key = loop.target.key
+        if self._loops.get(key) is not loop:
+            return  # removed while it ran
+        schedule = self._schedule
+        schedule.finished(key)
+        self.checks_run += 1
+        lag = 0.0
+        if result.reason == "timeout" and self._overload is not None:
+            # how late the deadline was acted on, and the worst lateness seen while the check ran
+            late = result.latency - loop.target.check.timeout
+            self._lag.record(now, late)
+            lag = max(late, self._lag.worst(loop.started, now))
+        self._observe(loop, result, now, lag=lag)
+        if loop.probe is not None and schedule.planned(key) is None:
+            # the next check counts from when this one was due (no drift), never from the past: a director
+            # that fell behind (checks queued on a busy CPU) piles up no backlog, and its timer's lateness
+            # stays the loop's own lag, not the backlog's age
+            schedule.plan(key, max(loop.due + loop.health.next_interval(self._rand()), now))
+        self._arm(now)
+
+    def _peer_closed(self, key: Any) -> None:
+        """A server closed our idle kept-alive connection: check it now, unless an early check was already
+        granted within the last interval."""
+        loop = self._loops.get(key)
+        schedule = self._schedule
+        if loop is None or loop.probe is None or schedule.is_running(key) or self._ev is None:
             return  # gone, or mid-check: the check in flight sees the close itself
-        now = loop.wake.get_loop().time()
+        now = self._ev.time()
         if now - loop.early_at < loop.health.timing.interval:
             return
         loop.early_at = now
         self.early_checks += 1
         self._log.debug("health.early_check", server=loop.target.server, service=loop.target.service,
                         reason="idle connection closed by the server")
-        loop.wake.set_result(None)
+        schedule.plan(key, now)
+        self._arm(now)
+
+    def _pool_peer_closed(self, probe_key: tuple[Any, ...]) -> None:
+        self._peer_closed(probe_key[-1])  # the HTTPS probe's tag is its target's key (make_probe)
+
+    def _check_error(self, key: Any, exc: BaseException) -> None:
+        self._log.error("health.check_error", server=key[1] if isinstance(key, tuple) else str(key),
+                        error=repr(exc))
 
     def _observe(self, loop: _Loop, result: ProbeResult, now: float, force: bool = False, lag: float = 0.0) -> None:
         h = loop.health

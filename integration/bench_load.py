@@ -207,13 +207,14 @@ class Figures:
     cpu_per_s: float = 0.0
     rss: float = 0.0
     syscalls_per_check: float | None = None
-    top_syscalls: str = ""
+    syscalls: list[tuple[str, int]] = field(default_factory=list)  # strace's table: name, calls
+    checks_traced: int = 0
     overload: str = ""
     load: list[str] = field(default_factory=list)
 
 
-def strace_calls(pids: list[int], seconds: float) -> tuple[int, str]:
-    """Total syscalls of `pids` over `seconds` (strace -c), and the top five by count."""
+def strace_calls(pids: list[int], seconds: float) -> tuple[int, list[tuple[str, int]]]:
+    """Total syscalls of `pids` over `seconds` (strace -c), and each syscall's count, most first."""
     argv = ["strace", "-c", "-f", "-S", "calls"]
     for p in pids:
         argv += ["-p", str(p)]
@@ -224,15 +225,15 @@ def strace_calls(pids: list[int], seconds: float) -> tuple[int, str]:
         _, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-        return 0, "strace hung"
+        return 0, [("strace hung", 0)]
     total, top = 0, []
     for line in err.splitlines():
         parts = line.split()
         if len(parts) >= 5 and parts[-1] == "total":
             total = int(parts[3])
-        elif len(parts) >= 5 and parts[0][0].isdigit() and len(top) < 5:
-            top.append(f"{parts[-1]} {parts[3]}")
-    return total, ", ".join(top)
+        elif len(parts) >= 5 and parts[0][0].isdigit():
+            top.append((parts[-1], int(parts[3])))
+    return total, top
 
 
 def run_impl(impl: str, n: int, seconds: float, counter: Path, measure: bool) -> Figures:
@@ -278,8 +279,9 @@ def run_impl(impl: str, n: int, seconds: float, counter: Path, measure: bool) ->
         text = log.read_text(errors="replace")
         fig.overload = f"{len(re.findall(r'health.overload', text))} overload lines" if impl == "havs" else ""
         k2 = read_count(counter)
-        calls, fig.top_syscalls = strace_calls(pids, STRACE_SECONDS)
+        calls, fig.syscalls = strace_calls(pids, STRACE_SECONDS)
         k3 = read_count(counter)
+        fig.checks_traced = k3 - k2
         fig.syscalls_per_check = calls / (k3 - k2) if k3 > k2 else None
         return fig
     finally:
@@ -307,6 +309,7 @@ def report(big: list[Figures], small: list[Figures]) -> str:
     row("healthy servers removed after", lambda f: str(f.removed_after), "0")
     row(f"checks/s of {n} offered", lambda f: f"{f.checks_per_s:.0f} ({f.checks_per_s / n:.0%})", ">= 95%")
     row("CPU seconds per second", lambda f: f"{f.cpu_per_s:.3f}", "<= keepalived")
+    row("CPU ms per check", lambda f: f"{1000 * f.cpu_per_s / f.checks_per_s:.2f}" if f.checks_per_s else "-", "")
     row("syscalls per check (strace -c)",
         lambda f: f"{f.syscalls_per_check:.1f}" if f.syscalls_per_check else "-", "")
     row(f"RSS all processes, {n} servers, MB", lambda f: f"{f.rss:.0f}", "")
@@ -316,7 +319,8 @@ def report(big: list[Figures], small: list[Figures]) -> str:
     widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     for f in big:
-        lines.append(f"{f.impl} top syscalls: {f.top_syscalls}")
+        per = ", ".join(f"{name} {calls / f.checks_traced:.2f}" for name, calls in f.syscalls if f.checks_traced)
+        lines.append(f"{f.impl} syscalls per check: {per}")
         if f.overload:
             lines.append(f"havs: {f.overload}")
     return "\n".join(lines)

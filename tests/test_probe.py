@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from havs.core.health import ProbeResult
-from havs.edge.probe import C_PARSER, ConnectionPool, HttpProbe, parse_agent_weight, probe_http, probe_tcp
+from havs.edge.probe import C_PARSER, ConnectionPool, HttpProbe, parse_agent_weight, probe_http
 
 LOOPBACK = "127.0.0.1"
 # TODO(lead): a conftest `pytest_asyncio_loop_factories` hook would replace the policy override below
@@ -204,32 +204,33 @@ def test_the_c_parser_is_in_use() -> None:
     assert C_PARSER
 
 
-@pytest.mark.parametrize(
-    ("path", "kw", "ok", "reason"),
-    [
-        ("/ok", {}, True, "ok"),
-        ("/ok", {"method": "HEAD"}, True, "ok"),
-        ("/status/500", {}, False, "status 500"),
-        ("/status/204", {}, True, "ok"),
-        ("/status/302", {}, True, "ok"),
-        ("/status/302", {"ok_status": frozenset({200})}, False, "status 302"),
-        ("/status/503", {"ok_status": range(500, 600)}, True, "ok"),
-        ("/nothing-here", {}, False, "status 404"),
-        ("/ok", {"expect_body": r"hel+o\s+w"}, True, "ok"),
-        ("/ok", {"expect_body": "goodbye"}, False, "body mismatch"),
-        ("/status/500", {"expect_body": "hello"}, False, "status 500"),
-        ("/chunked", {"expect_body": "hello world"}, True, "ok"),
-        ("/until-close", {"expect_body": "hello world"}, True, "ok"),
-        ("/short", {}, False, "closed"),
-        ("/slow", {"timeout": 0.2}, False, "timeout"),
-        ("/trickle", {"timeout": 0.3}, False, "timeout"),
-        ("/silent", {"timeout": 0.2}, False, "timeout"),
-        ("/reset", {}, False, "reset"),
-        ("/garbage", {}, False, "garbage"),
-        ("/continue", {"expect_body": "hello world"}, True, "ok"),
-        ("/continue-forever", {"timeout": 1.0}, False, "garbage: more than 8 interim (1xx) responses"),
-    ],
-)
+# (path, probe options, ok, reason): shared with the raw-socket checker's tests (tests/test_checker.py)
+HTTP_OUTCOMES: list[tuple[str, dict, bool, str]] = [
+    ("/ok", {}, True, "ok"),
+    ("/ok", {"method": "HEAD"}, True, "ok"),
+    ("/status/500", {}, False, "status 500"),
+    ("/status/204", {}, True, "ok"),
+    ("/status/302", {}, True, "ok"),
+    ("/status/302", {"ok_status": frozenset({200})}, False, "status 302"),
+    ("/status/503", {"ok_status": range(500, 600)}, True, "ok"),
+    ("/nothing-here", {}, False, "status 404"),
+    ("/ok", {"expect_body": r"hel+o\s+w"}, True, "ok"),
+    ("/ok", {"expect_body": "goodbye"}, False, "body mismatch"),
+    ("/status/500", {"expect_body": "hello"}, False, "status 500"),
+    ("/chunked", {"expect_body": "hello world"}, True, "ok"),
+    ("/until-close", {"expect_body": "hello world"}, True, "ok"),
+    ("/short", {}, False, "closed"),
+    ("/slow", {"timeout": 0.2}, False, "timeout"),
+    ("/trickle", {"timeout": 0.3}, False, "timeout"),
+    ("/silent", {"timeout": 0.2}, False, "timeout"),
+    ("/reset", {}, False, "reset"),
+    ("/garbage", {}, False, "garbage"),
+    ("/continue", {"expect_body": "hello world"}, True, "ok"),
+    ("/continue-forever", {"timeout": 1.0}, False, "garbage: more than 8 interim (1xx) responses"),
+]
+
+
+@pytest.mark.parametrize(("path", "kw", "ok", "reason"), HTTP_OUTCOMES)
 async def test_http_outcomes(
     server: Server, no_leaks: ConnectionPool, path: str, kw: dict, ok: bool, reason: str
 ) -> None:
@@ -342,12 +343,9 @@ async def test_without_pool_each_check_connects(server: Server, no_leaks: Connec
     assert server.connections == 3
 
 
-async def test_refused_and_tcp(server: Server, no_leaks: ConnectionPool) -> None:
-    port = _free_port()
-    assert (await probe_http(HttpProbe(LOOPBACK, port), no_leaks)).reason == "refused"
-    assert (await probe_tcp(LOOPBACK, port)).reason == "refused"
-    ok = await probe_tcp(LOOPBACK, server.port, timeout=0.5)
-    assert ok.ok and ok.reason == "ok"
+async def test_refused(server: Server, no_leaks: ConnectionPool) -> None:
+    # (TCP checks: the raw-socket checker, tests/test_checker.py)
+    assert (await probe_http(HttpProbe(LOOPBACK, _free_port()), no_leaks)).reason == "refused"
 
 
 async def test_source_address_and_connect_errors(server: Server, no_leaks: ConnectionPool) -> None:
@@ -355,12 +353,14 @@ async def test_source_address_and_connect_errors(server: Server, no_leaks: Conne
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen.append(writer.get_extra_info("peername")[0])
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_response(200, b"ok"))
+        await writer.drain()
         writer.close()
 
     srv = await asyncio.start_server(peer, LOOPBACK, 0)
     port = srv.sockets[0].getsockname()[1]
-    assert (await probe_tcp(LOOPBACK, port, source_address="127.0.0.7")).ok
-    await asyncio.sleep(0.02)
+    assert (await probe_http(HttpProbe(LOOPBACK, port, source_address="127.0.0.7"))).ok
     assert seen == ["127.0.0.7"]
     srv.close()
     await srv.wait_closed()
@@ -381,7 +381,7 @@ async def test_local_shortage_is_inconclusive(server: Server, no_leaks: Connecti
         with contextlib.suppress(OSError):
             while True:
                 fillers.append(os.dup(0))
-        results = [await probe_tcp(LOOPBACK, server.port), await probe_http(_probe(server, "/ok"), no_leaks)]
+        results = [await probe_http(_probe(server, "/ok"), no_leaks)]
     finally:
         for fd in fillers:
             os.close(fd)
@@ -390,7 +390,7 @@ async def test_local_shortage_is_inconclusive(server: Server, no_leaks: Connecti
     for result in results:
         assert not result.ok and result.inconclusive and result.reason == "local: too many open files", result
     assert (await probe_http(_probe(server, "/ok"), no_leaks)).ok
-    refused = await probe_tcp(LOOPBACK, _free_port())
+    refused = await probe_http(HttpProbe(LOOPBACK, _free_port()), no_leaks)
     assert refused.reason == "refused" and not refused.inconclusive
 
 
@@ -466,10 +466,7 @@ async def test_memory_is_flat_over_100k_failed_checks(no_leaks: ConnectionPool, 
 
     async def batch(n: int) -> None:
         for _ in range(n // 200):
-            results = await asyncio.gather(
-                *(probe_http(http, no_leaks) for _ in range(100)),
-                *(probe_tcp(LOOPBACK, port, timeout=0.5) for _ in range(100)),
-            )
+            results = await asyncio.gather(*(probe_http(http, no_leaks) for _ in range(200)))
             assert all(r.reason == "refused" for r in results)
 
     await batch(10_000)  # warm up allocator pools and caches
@@ -490,16 +487,15 @@ async def test_no_probe_timer_outlives_a_probe(server: Server, no_leaks: Connect
     await probe_http(_probe(server, "/slow", timeout=0.1), no_leaks)
     await probe_http(_probe(server, "/garbage"), no_leaks)
     await probe_http(HttpProbe(LOOPBACK, _free_port()), no_leaks)
-    await probe_tcp(LOOPBACK, server.port)
     scheduled = getattr(loop, "_scheduled", None)  # asyncio's timer heap (uvloop has none to look at)
     if scheduled is not None:
-        mine = ("_HttpConnection", "_connect_done")
+        mine = ("_HttpConnection",)
         assert [h for h in scheduled if not h.cancelled() and any(m in repr(h) for m in mine)] == []
 
 
 async def test_a_connect_that_never_completes_times_out_alone(no_leaks: ConnectionPool) -> None:
     """A server whose accept queue is full drops our SYNs: the check's one timer ends the connect with
-    `timeout` at the deadline (HTTP: by cancelling the connect; TCP: its own wait), the task that ran the
+    `timeout` at the deadline by cancelling the connect, the task that ran the
     check is not left cancelled, and no descriptor is left behind."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((LOOPBACK, 0))
@@ -517,10 +513,9 @@ async def test_a_connect_that_never_completes_times_out_alone(no_leaks: Connecti
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         http = await probe_http(HttpProbe(LOOPBACK, port, timeout=0.3), no_leaks)
-        tcp = await probe_tcp(LOOPBACK, port, timeout=0.3)
         took = loop.time() - t0
-        assert (http.reason, tcp.reason) == ("timeout", "timeout"), (http, tcp)
-        assert 0.55 <= took < 1.5, took
+        assert http.reason == "timeout", http
+        assert 0.28 <= took < 1.0, took
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
         await asyncio.sleep(0)  # a cancellation left pending on this task would be raised here
