@@ -376,20 +376,25 @@ class HealthService:
         self._timer = self._ev.call_later(at - now, self._tick)
 
     def _tick(self) -> None:
-        """Expire what is past its deadline (after reading what already arrived), start what is due."""
+        """Expire what is past its deadline (after reading what already arrived), start what is due. The
+        timer is re-armed whatever happens: it is every server's only clock."""
         assert self._ev is not None
         now = self._ev.time()
         self._lag.record(now, now - self._timer_at)  # how late this director's loop ran the timer
         self._timer, self._timer_at = None, math.inf
         schedule, checker = self._schedule, self._checker
-        expired = schedule.expired(now)
-        if expired and checker is not None:
-            checker.poll(now)  # the last look: an answer that sat unread is read, not timed out
-            for key in expired:
-                checker.expire(key, now)
-        for key, planned in schedule.due(now):
-            self._begin(key, planned, now)
-        self._arm(now)
+        try:
+            expired = schedule.expired(now)
+            if expired and checker is not None:
+                checker.poll(now)  # the last look: an answer that sat unread is read, not timed out
+                for key in expired:
+                    checker.expire(key, now)
+            for key, planned in schedule.due(now):
+                self._begin(key, planned, now)
+        except Exception as exc:
+            self._log.error("health.schedule_error", error=repr(exc))
+        finally:
+            self._arm(now)
 
     def _begin(self, key: Key, planned: float, now: float) -> None:
         loop = self._loops.get(key)
@@ -397,6 +402,15 @@ class HealthService:
         if loop is None or probe is None:
             self._schedule.finished(key)
             return
+        try:
+            self._start(loop, probe, planned, now)
+        except Exception as exc:  # a check that cannot start is a failed check of this director, not a lost server
+            self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
+            if self._schedule.is_running(key) and not (self._checker and self._checker.running(key)):
+                self._finished(loop, ProbeResult(False, f"error: {exc!r}", 0.0, inconclusive=True), now)
+
+    def _start(self, loop: _Loop, probe: HttpCheck | TcpCheck | Probe, planned: float, now: float) -> None:
+        key = loop.target.key
         loop.due, loop.started = planned, now
         if isinstance(probe, FAST):
             self._schedule.begin(key, now + probe.timeout)
@@ -433,7 +447,10 @@ class HealthService:
             late = result.latency - loop.target.check.timeout
             self._lag.record(now, late)
             lag = max(late, self._lag.worst(loop.started, now))
-        self._observe(loop, result, now, lag=lag)
+        try:
+            self._observe(loop, result, now, lag=lag)
+        except Exception as exc:  # whatever failed in there, this server's next check is still planned
+            self._log.error("health.observe_error", server=loop.target.server, error=repr(exc))
         if loop.probe is not None and schedule.planned(key) is None:
             # the next check counts from when this one was due (no drift), never from the past: a director
             # that fell behind (checks queued on a busy CPU) piles up no backlog, and its timer's lateness
@@ -485,7 +502,10 @@ class HealthService:
                 self._log.warning("health.local_error", server=h.server, service=h.service, reason=result.reason,
                                   inconclusive_checks=self.inconclusive_checks)
         if self._on_result is not None:
-            self._on_result(loop.target.key, result)
+            try:
+                self._on_result(loop.target.key, result)
+            except Exception as exc:  # a metrics bug must not stop this server's checks
+                self._log.error("health.callback_error", kind="ProbeResult", error=repr(exc))
         if change is not None:
             self._log.info(
                 "health.change", server=change.server, service=change.service, from_=change.from_,

@@ -640,3 +640,41 @@ async def test_a_check_slower_than_its_interval_piles_up_no_backlog(backend: Bac
         assert hs._lag.worst(now - 1.0, now) < 0.05, hs._lag.worst(now - 1.0, now)
     finally:
         await hs.stop()
+
+
+async def test_failing_callbacks_or_check_starts_never_stop_the_checking(backend: Backend) -> None:
+    """Every server's checks hang on one timer: a metrics subscriber that raises, or a check that cannot
+    start, costs that result (logged at error level), never the timetable."""
+    log = Log()
+    events: list[HealthChanged] = []
+    results: list[ProbeResult] = []
+
+    def broken_metrics(_key: Any, result: ProbeResult) -> None:
+        results.append(result)
+        raise RuntimeError("metrics bug")
+
+    check = {"type": "tcp", "rise": 1}
+    hs = HealthService([service(backend.port, check=check)], log=log, on_change=events.append,
+                       on_result=broken_metrics)
+    hs.start()
+    try:
+        await until(lambda: len(results) >= 5)
+        assert [e.to for e in events] == ["up"]  # the verdict went on regardless
+        assert any(name == "health.callback_error" for name, _ in log.events)
+        checker = hs._checker
+        assert checker is not None
+
+        def cannot_start(*_args: Any) -> None:
+            raise RuntimeError("checker bug")
+
+        checker.tcp = cannot_start  # type: ignore[method-assign]
+        runs = hs.checks_run
+        await until(lambda: hs.checks_run >= runs + 5)  # still scheduled, each start failing
+        assert any(name == "health.probe_error" for name, _ in log.events)
+        assert results[-1].inconclusive and "checker bug" in results[-1].reason
+        assert hs.states()[("TCP 127.0.0.100:80", f"127.0.0.1:{backend.port}")].is_up  # inconclusive, not down
+        del checker.tcp  # the real method again
+        seen = len(results)
+        await until(lambda: any(r.reason == "ok" for r in results[seen:]))
+    finally:
+        await hs.stop()

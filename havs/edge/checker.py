@@ -203,6 +203,8 @@ class _Conn:
             # the server closed the kept-alive connection while it idled: one fresh try
             done, self.done = self.done, None
             self.close(rst=True)
+            if self.checker._active.get(self.key) is self:
+                del self.checker._active[self.key]
             self.checker._connect(self.key, self.probe, self.start, now, done)
             return
         self._finish(failed(reason, now - self.start), now, rst=True)
@@ -341,12 +343,20 @@ class Checker:
             try:
                 conn.event(ev, now)
             except Exception as exc:  # a bug must cost one check, not the events of the whole batch
-                if conn.done is not None:
-                    conn._finish(ProbeResult(False, f"error: {exc!r}", now - conn.start), now, rst=True)
-                else:
-                    conn.close(rst=True)
-                if self.on_error is not None:
-                    self.on_error(conn.key, exc)
+                self._failed_event(conn, exc, now)
+
+    def _failed_event(self, conn: _Conn, exc: Exception, now: float) -> None:
+        try:
+            if conn.done is not None:
+                conn._finish(ProbeResult(False, f"error: {exc!r}", now - conn.start), now, rst=True)
+            else:
+                conn.close(rst=True)
+                if self._active.get(conn.key) is conn:
+                    del self._active[conn.key]
+            if self.on_error is not None:
+                self.on_error(conn.key, exc)
+        except Exception:  # the owner's callbacks failed twice: the batch goes on regardless
+            pass
 
     def _ready(self) -> None:
         self.poll(self.loop.time())
