@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from havs.startup import EarlySignals
 
     early = EarlySignals.install()  # before the heavy imports: a SIGHUP now must not kill the daemon
-    from havs.daemon import Daemon  # the daemon pulls in asyncio, aiohttp, pyroute2: only when needed
+    from havs.daemon import Daemon  # the daemon pulls in asyncio, uvloop, aiohttp's parser: only when needed
     from havs.edge.probe import install_uvloop
     from havs.log import resolve_format, setup_logging
     from havs.startup import raise_open_files_limit

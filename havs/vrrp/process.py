@@ -57,7 +57,7 @@ def child_view(view: NodeView) -> dict[str, Any]:
     10,000 real servers is megabytes of JSON; sent whole it also cost the child seconds to validate."""
     trimmed = view.model_copy(update={"config": view.config.model_copy(update={"virtual_services": []})})
     return trimmed.model_dump(mode="json", context=SECRETS)
-START_TIMEOUT = 60.0  # a cold start imports asyncio and pyroute2: seconds on a slow machine
+START_TIMEOUT = 60.0  # a cold start imports the interpreter's asyncio and havs: seconds on a slow machine
 REPLY_TIMEOUT = 5.0
 PUSH_WINDOW = 2.0  # alive(): a snapshot pushed within this long (the child pushes every 0.5 s)
 RESTART_BACKOFF = (0.0, 1.0, 2.0, 5.0)  # seconds before restart attempts 1, 2, 3, 4+

@@ -97,7 +97,7 @@ class VrrpShell:
         self.last_tick = time.monotonic()
         self.demux: Demux | None = None
         self._addrs = Addresses()
-        self._netlink = asyncio.Lock()  # pyroute2's async socket takes one request at a time (EBUSY otherwise)
+        self._netlink = asyncio.Lock()  # one address request at a time: adds and removes keep their order
         self._announcer: Announcer | None = None
         self._heartbeat: Heartbeat | None = None  # the deadline timer, the advert sender
         self._effects: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
