@@ -1,8 +1,13 @@
-"""The health-check shell: one probe loop per real server, feeding the pure hysteresis in core.health.
+"""The health-check shell: every real server's checks on one timer, feeding the pure hysteresis in
+core.health.
 
-Each loop probes, hands the result and the loop's clock to `ServerHealth.observe`, reports a
-`HealthChanged` (log line `health.change` + `on_change`), and sleeps until the next check — the fast
-interval while the server is changing state, with jitter drawn here and passed to the core.
+`core.check_schedule.CheckSchedule` keeps the timetable; the shell sleeps on one timer until its next
+wake-up, expires what passed its deadline and starts what is due. Plain HTTP and TCP checks run on the
+raw-socket checker (edge/checker.py: no task, future, timer or transport per check; it says why), HTTPS
+on the transport probe (edge/probe.py) as a task. Each result and the clock go to
+`ServerHealth.observe`; a `HealthChanged` is reported (log line `health.change` + `on_change`); the next
+check is planned by the core (`next_due`): the fast interval while the server is changing state, with
+jitter drawn here, counted from when the check was due after an answer and from its end after none.
 
 Where a server starts (keepalived's `alpha` is the reference for the choice):
 - at start (the constructor's services, or `update(..., at_start=True)`), as `initial` says: `up`
@@ -12,23 +17,25 @@ Where a server starts (keepalived's `alpha` is the reference for the choice):
   over the fast interval (so each server's first check comes within one fast interval of the start);
 - added by a reload (`update(services)`, the default): down until `rise` passing checks, its first
   check sent at once. Nobody has checked it yet: it must not take clients before it has been.
-Servers that a reload keeps keep their state, counts and timers. `states()` reports a server that has
+Servers that a reload keeps keep their state, counts and timetable. `states()` reports a server that has
 no verdict yet with `is_up` False when it starts down, so the desired table leaves it out.
 
 Overload is not failure (a checker that competes for a slow CPU must not remove healthy servers):
 - at most `max_in_flight` checks run at once; the rest queue, and a check's timeout starts when it leaves
-  the queue (the probe measures from its connect or request write, never from when it was due);
-- every timer a loop wakes from records how late it fired (`LagWindow`); a check that timed out while the
+  the queue;
+- a deadline first reads what already arrived, so an answer left unread by a late loop passes;
+- every wake-up of the timer records how late it fired (`LagWindow`); a check that timed out while the
   loop itself lagged past `overload.lag` is inconclusive (`health.overload`, `overload_checks`), at most
   `overload.max_consecutive` times in a row per server, so a server that really dies is still removed;
+- after a check with no answer the next one waits its interval from then, not from when it was due;
 - first checks at start are spread over a window that grows with the number of servers
   (`FIRST_ROUND_RATE`), up to one interval.
 
-Kept-alive HTTP connections live in one `ConnectionPool` shared by all loops. When a server closes
-its idle connection (its web process died: the kernel closes the socket at once), the pool says so
-and that server's loop checks it right away instead of at the end of its interval — at most once per
-interval, so a server that closes idle connections by design (a keep-alive timeout shorter than the
-interval) costs one extra check per interval, not a tight loop.
+Kept-alive connections stay open between checks (the checker's, and HTTPS's `ConnectionPool`). When a
+server closes its idle connection (its web process died: the kernel closes the socket at once), the
+shell checks it right away instead of at the end of its interval — at most once per interval, so a
+server that closes idle connections by design (a keep-alive timeout shorter than the interval) costs one
+extra check per interval, not a tight loop.
 """
 
 from __future__ import annotations
@@ -187,7 +194,7 @@ class HealthService:
         for key, target in self._targets.items():
             self._add(target, now, at_start=key not in self._added_by_reload)
         self._added_by_reload.clear()
-        self._arm(now)
+        self._arm(ev.time())  # a fresh reading: building 10,000 loops takes long enough to look like lag
         self._schedule_freeze()
 
     def update(self, services: Iterable[VirtualService], *, at_start: bool = False) -> None:
@@ -213,7 +220,7 @@ class HealthService:
                 self._add(target, now, at_start=at_start)
             elif current.target != target:
                 self._retarget(current, target, now)
-        self._arm(now)
+        self._arm(self._ev.time())
         self._schedule_freeze()
 
     async def stop(self) -> None:
@@ -388,13 +395,30 @@ class HealthService:
             if expired and checker is not None:
                 checker.poll(now)  # the last look: an answer that sat unread is read, not timed out
                 for key in expired:
-                    checker.expire(key, now)
+                    try:
+                        checker.expire(key, now)
+                    except Exception as exc:
+                        self._abandon(key, now, exc)
             for key, planned in schedule.due(now):
-                self._begin(key, planned, now)
+                try:
+                    self._begin(key, planned, now)
+                except Exception as exc:
+                    self._abandon(key, now, exc)
         except Exception as exc:
             self._log.error("health.schedule_error", error=repr(exc))
         finally:
             self._arm(now)
+
+    def _abandon(self, key: Key, now: float, exc: Exception) -> None:
+        """Whatever failed for this server's check, it is stopped and its next one planned: no server is
+        left marked running, never to be checked again."""
+        self._log.error("health.schedule_error", server=key[1], error=repr(exc))
+        if self._checker is not None:
+            self._checker.cancel(key)
+        loop = self._loops.get(key)
+        self._schedule.finished(key)
+        if loop is not None and loop.probe is not None and self._schedule.planned(key) is None:
+            self._schedule.plan(key, now + loop.health.timing.interval)
 
     def _begin(self, key: Key, planned: float, now: float) -> None:
         loop = self._loops.get(key)
@@ -451,11 +475,13 @@ class HealthService:
             self._observe(loop, result, now, lag=lag)
         except Exception as exc:  # whatever failed in there, this server's next check is still planned
             self._log.error("health.observe_error", server=loop.target.server, error=repr(exc))
+        if self._checker is not None and not isinstance(loop.probe, HttpCheck):
+            self._checker.discard(key)  # retargeted mid-check: the old HTTP connection is not kept
         if loop.probe is not None and schedule.planned(key) is None:
-            # the next check counts from when this one was due (no drift), never from the past: a director
-            # that fell behind (checks queued on a busy CPU) piles up no backlog, and its timer's lateness
-            # stays the loop's own lag, not the backlog's age
-            schedule.plan(key, max(loop.due + loop.health.next_interval(self._rand()), now))
+            # never in the past: a director that fell behind (checks queued on a busy CPU) piles up no
+            # backlog, and its timer's lateness stays the loop's own lag, not the backlog's age
+            first_round = min(len(self._targets) / FIRST_ROUND_RATE, loop.health.timing.interval)
+            schedule.plan(key, loop.health.next_due(loop.due, now, self._rand(), first_round))
         self._arm(now)
 
     def _peer_closed(self, key: Any) -> None:

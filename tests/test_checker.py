@@ -363,3 +363,58 @@ async def test_memory_and_descriptors_are_flat_over_many_failed_checks(ck: Harne
         growth = (int(f.read().split()[1]) - before) * os.sysconf("SC_PAGE_SIZE")
     assert growth < 1024 * 1024, f"RSS grew by {growth} bytes over 20,000 failed checks"
     assert _open_fds() <= fds and len(ck.checker) == 0
+
+
+async def test_the_last_look_reads_every_waiting_answer_not_one_batch() -> None:
+    """More answers wait unread than one epoll_wait returns (1,100 > 1,024): the deadline's last look reads
+    them all, none is failed as `timeout`."""
+    n = 1100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    ready = threading.Event()
+    port: list[int] = []
+    srv_loop = asyncio.new_event_loop()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await r.readuntil(b"\r\n\r\n")
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except Exception:
+            w.transport.abort()
+
+    def run() -> None:
+        asyncio.set_event_loop(srv_loop)
+        s = srv_loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096))
+        port.append(s.sockets[0].getsockname()[1])
+        ready.set()
+        srv_loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    ready.wait(5)
+    loop = asyncio.get_running_loop()
+    ck = Checker(loop)
+    results: dict[int, str] = {}
+    probe = HttpProbe("127.0.0.1", port[0], timeout=5.0)
+    try:
+        now = loop.time()
+        for i in range(n):
+            ck.http(i, probe, now, lambda r, _n, i=i: results.__setitem__(i, r.reason))
+        # let every connect complete and every request go out, then stall while all answers arrive
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if all(c.state >= 2 for c in ck._active.values()):  # _READING or later
+                break
+        results.clear()
+        time.sleep(1.0)  # this loop is late: the answers wait unread ... then the deadline comes
+        now = loop.time()
+        ck.poll(now)  # _tick's last look
+        for i in range(n):
+            ck.expire(i, now)
+        timeouts = sum(1 for r in results.values() if r == "timeout")
+        assert timeouts == 0, f"{timeouts} of {n} answered checks failed as timeout"
+    finally:
+        ck.close()
+        srv_loop.call_soon_threadsafe(srv_loop.stop)
+        t.join(5)

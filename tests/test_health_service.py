@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -678,3 +679,105 @@ async def test_failing_callbacks_or_check_starts_never_stop_the_checking(backend
         await until(lambda: any(r.reason == "ok" for r in results[seen:]))
     finally:
         await hs.stop()
+
+
+# ---------------------------------------------------------- review of the one-timer shell (stranded checks)
+
+async def _slow_keepalive_server(delay: float) -> tuple[asyncio.Server, int, list[int]]:
+    """Answers each request after `delay`, keeps the connection open forever."""
+    opened: list[int] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        opened.append(1)
+        try:
+            while True:
+                await r.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(delay)
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            opened.append(-1)
+            w.transport.abort()
+
+    srv = await asyncio.start_server(handle, LOOPBACK, 0)
+    return srv, srv.sockets[0].getsockname()[1], opened
+
+
+async def test_an_http_check_retargeted_to_tcp_mid_check_keeps_no_connection_alive() -> None:
+    """The HTTP check in flight ends after the reload: its kept-alive connection must not stay open
+    (TCP checks never use it)."""
+    srv, port, opened = await _slow_keepalive_server(0.15)
+    http = {"type": "http", "interval": 0.3, "timeout": 0.3, "rise": 1, "fall": 1, "jitter": 0}
+    hs = HealthService([service(port, check=http)], log=Log(), on_change=lambda _e: None, rand=lambda: 0.0)
+    hs.start()
+    try:
+        await until(lambda: sum(opened) == 1)  # the first HTTP check is in flight
+        hs.update([service(port, check={**http, "type": "tcp"})])
+        await until(lambda: hs.checks_run >= 4)  # the HTTP answer, then TCP checks
+        assert hs._checker is not None
+        assert hs._checker.idle == 0, "old HTTP connection still kept alive under a TCP check"
+    finally:
+        await hs.stop()
+        srv.close()
+
+
+async def test_a_failing_expiry_strands_no_check_of_the_same_tick() -> None:
+    """One check's expiry raising must not leave it, or the other checks expired in the same tick, marked
+    running and never checked again."""
+    listeners = [socket.create_server((LOOPBACK, 0), backlog=16) for _ in range(2)]  # never accept/answer
+    ports = [s.getsockname()[1] for s in listeners]
+    chk = {"type": "http", "interval": 0.1, "timeout": 0.1, "rise": 1, "fall": 1, "jitter": 0}
+    servers = [{"address": LOOPBACK, "port": p} for p in ports]
+    results: list[tuple[Any, ProbeResult]] = []
+    hs = HealthService([service(ports[0], check=chk, servers=servers)], log=Log(), on_change=lambda _e: None,
+                       on_result=lambda k, r: results.append((k, r)), rand=lambda: 0.0)
+    hs.start()
+    try:
+        checker = hs._checker
+        assert checker is not None
+        real = checker.expire
+        calls = 0
+
+        def expire_once_broken(key: Any, now: float) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("one-off bug in one check's expiry")
+            real(key, now)
+
+        checker.expire = expire_once_broken  # type: ignore[method-assign]
+        await asyncio.sleep(1.0)
+        keys = list(hs._loops)
+        per_key = {k: sum(1 for kk, _ in results if kk == k) for k in keys}
+        assert all(n >= 3 for n in per_key.values()), (per_key, [hs._schedule.is_running(k) for k in keys])
+    finally:
+        await hs.stop()
+        for s in listeners:
+            s.close()
+
+
+async def test_a_long_start_is_not_taken_for_loop_lag() -> None:
+    """start() spends time building loops (10,000 servers: ~0.15 s): the timer it arms counts from after
+    that, so a dead server's timeouts are not set aside as overload for it."""
+    listener = socket.create_server((LOOPBACK, 0), backlog=16)  # accepts (kernel) but never answers
+    port = listener.getsockname()[1]
+    chk = {"type": "http", "interval": 0.5, "timeout": 0.2, "rise": 1, "fall": 1, "jitter": 0}
+    first = [True]
+
+    def rand() -> float:
+        if first[0]:  # stands for 10,000 servers' set-up work inside start()
+            first[0] = False
+            time.sleep(0.15)
+        return 0.1
+
+    events: list[HealthChanged] = []
+    hs = HealthService([service(port, check=chk)], log=Log(), on_change=events.append, initial="up", rand=rand)
+    hs.start()
+    try:
+        await until(lambda: hs.checks_run >= 1, timeout=2.0)
+        assert hs.overload_checks == 0, f"false lag: {hs._lag.worst(0, asyncio.get_running_loop().time()):.3f}s"
+    finally:
+        await hs.stop()
+        listener.close()

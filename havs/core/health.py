@@ -179,6 +179,23 @@ class ServerHealth:
     def next_check_at(self, now: float, fraction: float = 0.5) -> float:
         return now + self.next_interval(fraction)
 
+    def next_due(self, due: float, now: float, fraction: float = 0.5, first_round: float = 0.0) -> float:
+        """When the next check starts, after the one due at `due` ended at `now` (its result observed).
+        An answer counts the interval from when that check was due (no drift), never into the past. No
+        answer (a timeout, or a check this director could not run) counts it from now: a server, or a
+        director, that cannot keep up gets room instead of a back-to-back stream of new connections, each
+        queued behind the ones given up on (measured in the UML soak: with fast re-checks back to back,
+        a start-up burst that overran the real servers kept every check timing out for a minute).
+        `first_round`: while the server has no verdict yet, its checks are at least this far apart (the
+        shell's start-up spread: N servers' rise checks at the fast interval would be a herd)."""
+        gap = self.next_interval(fraction)
+        if self.state == "unknown" and first_round > gap:
+            gap = first_round
+        last = self.last
+        if last is not None and (last.inconclusive or last.reason == "timeout"):
+            return now + gap
+        return max(due + gap, now)
+
 
 # ---------------------------------------------------------------------------------------------- overload
 

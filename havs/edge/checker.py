@@ -54,6 +54,7 @@ _MASK = _EPOLLIN | _EPOLLOUT | _EPOLLRDHUP | select.EPOLLET
 _READABLE = _EPOLLIN | _EPOLLRDHUP | _EPOLLERR | _EPOLLHUP
 _LINGER_RST = struct.pack("ii", 1, 0)
 _RECV = 65536
+_BATCH = 1024  # events per epoll_wait; more are read in further calls
 _SOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _SOL_SOCKET, _SO_LINGER, _SO_ERROR = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_ERROR
 
@@ -329,21 +330,22 @@ class Checker:
         ep = self._ep
         if ep is None:
             return
-        try:
-            events = ep.poll(0)
-        except OSError:
-            return
-        if not events:
-            return
         conns = self._conns
-        # resolve first: a connection closed in this batch may see its descriptor reused by a new one
-        for conn, ev in [(conns.get(fd), ev) for fd, ev in events]:
-            if conn is None or conn.sock is None:
-                continue
+        while True:
             try:
-                conn.event(ev, now)
-            except Exception as exc:  # a bug must cost one check, not the events of the whole batch
-                self._failed_event(conn, exc, now)
+                events = ep.poll(0, _BATCH)
+            except OSError:
+                return
+            # resolve first: a connection closed in this batch may see its descriptor reused by a new one
+            for conn, ev in [(conns.get(fd), ev) for fd, ev in events]:
+                if conn is None or conn.sock is None:
+                    continue
+                try:
+                    conn.event(ev, now)
+                except Exception as exc:  # a bug must cost one check, not the events of the whole batch
+                    self._failed_event(conn, exc, now)
+            if len(events) < _BATCH:
+                return  # all read (a deadline's last look must see every answer, not the first batch)
 
     def _failed_event(self, conn: _Conn, exc: Exception, now: float) -> None:
         try:
