@@ -6,8 +6,8 @@ wake-up, expires what passed its deadline and starts what is due. Plain HTTP and
 raw-socket checker (edge/checker.py: no task, future, timer or transport per check; it says why), HTTPS
 on the transport probe (edge/probe.py) as a task. Each result and the clock go to
 `ServerHealth.observe`; a `HealthChanged` is reported (log line `health.change` + `on_change`); the next
-check is planned by the core (`next_due`): the fast interval while the server is changing state, with
-jitter drawn here, counted from when the check was due after an answer and from its end after none.
+check is planned by the core (`next_due`): the interval, fast while the server is changing state, with
+jitter drawn here, counted from the end of the check (a slow server is checked less often).
 
 Where a server starts (keepalived's `alpha` is the reference for the choice):
 - at start (the constructor's services, or `update(..., at_start=True)`), as `initial` says: `up`
@@ -27,7 +27,7 @@ Overload is not failure (a checker that competes for a slow CPU must not remove 
 - every wake-up of the timer records how late it fired (`LagWindow`); a check that timed out while the
   loop itself lagged past `overload.lag` is inconclusive (`health.overload`, `overload_checks`), at most
   `overload.max_consecutive` times in a row per server, so a server that really dies is still removed;
-- after a check with no answer the next one waits its interval from then, not from when it was due;
+- the next check counts its interval from the end of the last one, so slow answers slow the checks down;
 - first checks at start are spread over a window that grows with the number of servers
   (`FIRST_ROUND_RATE`), up to one interval.
 
@@ -113,7 +113,7 @@ FAST = (HttpCheck, TcpCheck)  # run by the Checker on the shell's one timer
 class _Loop:
     """One real server: its state, its probe and the check in flight."""
 
-    __slots__ = ("done", "due", "early_at", "health", "probe", "started", "target", "task")
+    __slots__ = ("done", "early_at", "health", "probe", "started", "target", "task")
 
     def __init__(self, target: Target, health: ServerHealth, probe: HttpCheck | TcpCheck | Probe | None,
                  done: Callable[[ProbeResult, float], None] | None = None) -> None:
@@ -122,7 +122,6 @@ class _Loop:
         self.probe = probe
         self.task: asyncio.Task[None] | None = None  # a coroutine probe's check in flight
         self.done = done  # the Checker's callback for this server's checks (made once, not per check)
-        self.due = 0.0  # when the check in flight was planned for
         self.started = 0.0  # when it really started (out of the queue)
         self.early_at = -math.inf  # when the last early check was granted
 
@@ -149,7 +148,7 @@ class HealthService:
         rand: Callable[[], float] = random.random,
         gc_freeze: bool = True,
         overload: Overload | None = Overload(),  # noqa: B008 (frozen, shared safely)
-        max_in_flight: int = 256,
+        max_in_flight: int = 64,
     ) -> None:
         self._log = log
         self._on_change = on_change
@@ -399,9 +398,9 @@ class HealthService:
                         checker.expire(key, now)
                     except Exception as exc:
                         self._abandon(key, now, exc)
-            for key, planned in schedule.due(now):
+            for key, _planned in schedule.due(now):
                 try:
-                    self._begin(key, planned, now)
+                    self._begin(key, now)
                 except Exception as exc:
                     self._abandon(key, now, exc)
         except Exception as exc:
@@ -420,22 +419,22 @@ class HealthService:
         if loop is not None and loop.probe is not None and self._schedule.planned(key) is None:
             self._schedule.plan(key, now + loop.health.timing.interval)
 
-    def _begin(self, key: Key, planned: float, now: float) -> None:
+    def _begin(self, key: Key, now: float) -> None:
         loop = self._loops.get(key)
         probe = loop.probe if loop is not None else None
         if loop is None or probe is None:
             self._schedule.finished(key)
             return
         try:
-            self._start(loop, probe, planned, now)
+            self._start(loop, probe, now)
         except Exception as exc:  # a check that cannot start is a failed check of this director, not a lost server
             self._log.error("health.probe_error", server=loop.target.server, error=repr(exc))
             if self._schedule.is_running(key) and not (self._checker and self._checker.running(key)):
                 self._finished(loop, ProbeResult(False, f"error: {exc!r}", 0.0, inconclusive=True), now)
 
-    def _start(self, loop: _Loop, probe: HttpCheck | TcpCheck | Probe, planned: float, now: float) -> None:
+    def _start(self, loop: _Loop, probe: HttpCheck | TcpCheck | Probe, now: float) -> None:
         key = loop.target.key
-        loop.due, loop.started = planned, now
+        loop.started = now
         if isinstance(probe, FAST):
             self._schedule.begin(key, now + probe.timeout)
             assert loop.done is not None
@@ -481,7 +480,7 @@ class HealthService:
             # never in the past: a director that fell behind (checks queued on a busy CPU) piles up no
             # backlog, and its timer's lateness stays the loop's own lag, not the backlog's age
             first_round = min(len(self._targets) / FIRST_ROUND_RATE, loop.health.timing.interval)
-            schedule.plan(key, loop.health.next_due(loop.due, now, self._rand(), first_round))
+            schedule.plan(key, loop.health.next_due(now, self._rand(), first_round))
         self._arm(now)
 
     def _peer_closed(self, key: Any) -> None:

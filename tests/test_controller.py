@@ -130,7 +130,7 @@ def test_reload_plan_says_what_else_the_daemon_must_do() -> None:
     assert plan.resync and plan.state_dir_moved
     assert plan.restart_needed == ("control_socket", "metrics_listen")
     assert c.reload(view(moved), {}).resync and not c.reload(view(moved), {}).restart_needed
-    bound = moved.replace("state_dir:", "health_max_in_flight: 64\n  state_dir:")
+    bound = moved.replace("state_dir:", "health_max_in_flight: 32\n  state_dir:")
     assert c.reload(view(bound), {}).restart_needed == ("health_max_in_flight",)  # read at start only
 
 

@@ -120,28 +120,24 @@ def test_next_interval_fast_while_changing(script: str, fast: bool) -> None:
     assert h.next_check_at(100.0, 0.5) == pytest.approx(100.0 + base)
 
 
-def test_next_due_counts_from_the_due_time_after_an_answer_and_from_now_after_none() -> None:
+def test_next_due_counts_the_interval_from_the_end_of_the_check() -> None:
     h = ServerHealth("a:1", Timing(rise=2, fall=3, interval=5.0, fast_interval=1.0, jitter=0.0))
     h.observe(ProbeResult(True, "ok", 0.01), 100.01)
-    assert h.next_due(100.0, 100.01) == pytest.approx(101.0)  # fast (changing), from the due time: no drift
+    assert h.next_due(100.01) == pytest.approx(101.01)  # fast while changing
     h.observe(ProbeResult(True, "ok", 3.0), 104.0)
-    assert h.next_due(101.0, 104.0) == pytest.approx(106.0)  # up now: the interval
-    h.observe(ProbeResult(False, "status 503", 6.5), 112.5)
-    assert h.next_due(106.0, 112.5) == pytest.approx(112.5)  # a slow answer: never into the past
+    assert h.next_due(104.0) == pytest.approx(109.0)  # up: the interval after a 3 s answer (period 8 s)
     h.observe(ProbeResult(False, "timeout", 1.0), 114.0)
-    assert h.next_due(113.0, 114.0) == pytest.approx(115.0)  # no answer: a fast interval of room from now
-    h.observe(ProbeResult(False, "local: too many open files", 0.0, inconclusive=True), 115.0)
-    assert h.next_due(115.0, 115.0) == pytest.approx(116.0)  # could not run: room from now too
+    assert h.next_due(114.0) == pytest.approx(115.0)
 
 
 def test_next_due_spaces_the_rise_checks_of_a_server_without_a_verdict() -> None:
     h = ServerHealth("a:1", Timing(rise=2, fall=2, interval=5.0, fast_interval=0.2, jitter=0.0))
     h.observe(ProbeResult(True, "ok", 0.01), 10.0)  # unknown, one pass of two
-    assert h.next_due(10.0, 10.01, first_round=0.5) == pytest.approx(10.5)  # not the herd's 0.2
-    assert h.next_due(10.0, 10.01, first_round=0.1) == pytest.approx(10.2)  # never below the fast interval
+    assert h.next_due(10.0, first_round=0.5) == pytest.approx(10.5)  # not the herd's 0.2
+    assert h.next_due(10.0, first_round=0.1) == pytest.approx(10.2)  # never below the fast interval
     h.observe(ProbeResult(True, "ok", 0.01), 10.5)  # up
     h.observe(ProbeResult(False, "refused", 0.0), 15.5)  # changing, with a verdict: fast again
-    assert h.next_due(15.5, 15.5, first_round=0.5) == pytest.approx(15.7)
+    assert h.next_due(15.5, first_round=0.5) == pytest.approx(15.7)
 
 
 def test_timing_from_check_and_retime_keeps_state() -> None:

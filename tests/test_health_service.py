@@ -612,7 +612,7 @@ def test_settings_health_max_in_flight() -> None:
     from havs.core.model import Settings
 
     default = inspect.signature(HealthService).parameters["max_in_flight"].default
-    assert Settings().health_max_in_flight == default == 256
+    assert Settings().health_max_in_flight == default == 64
     assert Settings(health_max_in_flight=1).health_max_in_flight == 1
     for bad in (0, -5, 100001):
         with pytest.raises(ValidationError, match="health_max_in_flight"):

@@ -28,7 +28,7 @@ class CheckSchedule(Generic[K]):
     __slots__ = ("_after", "_deadline_heap", "_deadlines", "_plan_heap", "_plans", "_running", "_seq", "early",
                  "max_in_flight")
 
-    def __init__(self, max_in_flight: int = 256, early: float = 0.01) -> None:
+    def __init__(self, max_in_flight: int = 64, early: float = 0.01) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.max_in_flight = max_in_flight

@@ -179,22 +179,20 @@ class ServerHealth:
     def next_check_at(self, now: float, fraction: float = 0.5) -> float:
         return now + self.next_interval(fraction)
 
-    def next_due(self, due: float, now: float, fraction: float = 0.5, first_round: float = 0.0) -> float:
-        """When the next check starts, after the one due at `due` ended at `now` (its result observed).
-        An answer counts the interval from when that check was due (no drift), never into the past. No
-        answer (a timeout, or a check this director could not run) counts it from now: a server, or a
-        director, that cannot keep up gets room instead of a back-to-back stream of new connections, each
-        queued behind the ones given up on (measured in the UML soak: with fast re-checks back to back,
-        a start-up burst that overran the real servers kept every check timing out for a minute).
+    def next_due(self, now: float, fraction: float = 0.5, first_round: float = 0.0) -> float:
+        """When the next check starts, after one that ended at `now` (its result observed): the interval
+        (fast while changing) counted from the end of this check, as keepalived's delay_loop is. So a
+        server that answers slowly is checked less often (the period is the interval plus its answer
+        time) instead of being sent new connections at the full rate until its answers pass the timeout:
+        measured in the UML soak, counting from when each check was due let a cheap checker overrun the
+        one web process serving every port, and every check timed out for a minute. For a server that
+        answers in milliseconds the difference is that many milliseconds per interval.
         `first_round`: while the server has no verdict yet, its checks are at least this far apart (the
         shell's start-up spread: N servers' rise checks at the fast interval would be a herd)."""
         gap = self.next_interval(fraction)
         if self.state == "unknown" and first_round > gap:
             gap = first_round
-        last = self.last
-        if last is not None and (last.inconclusive or last.reason == "timeout"):
-            return now + gap
-        return max(due + gap, now)
+        return now + gap
 
 
 # ---------------------------------------------------------------------------------------------- overload

@@ -313,7 +313,7 @@ class Settings(Strict):
     reload_max_removed: Annotated[float, Range(0, 1)] = 0.5
     # at most this many health checks run at once; the rest queue, and a queued check's timeout starts when
     # it runs: a burst (start, a reload, a slow CPU) waits instead of timing out healthy servers
-    health_max_in_flight: Annotated[int, Range(1, 100000)] = 256
+    health_max_in_flight: Annotated[int, Range(1, 100000)] = 64
 
     @field_validator("metrics_listen")
     @classmethod
