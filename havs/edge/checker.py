@@ -406,8 +406,9 @@ class Checker:
 
 
 class CheckOnce:
-    """Run one check through a `Checker` as a coroutine, with a timer of its own for the deadline (for
-    callers outside the health shell's schedule: `havs check`, tests)."""
+    """Run one check through a `Checker` as a coroutine, with a timer of its own for the deadline: what
+    `HttpCheck()`/`TcpCheck()` do when awaited outside the health shell's schedule (a check wrapped or
+    replaced in a test, a one-off check)."""
 
     def __init__(self, checker: Checker) -> None:
         self.checker = checker
