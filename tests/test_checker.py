@@ -389,6 +389,13 @@ async def test_the_last_look_reads_every_waiting_answer_not_one_batch() -> None:
         port.append(s.sockets[0].getsockname()[1])
         ready.set()
         srv_loop.run_forever()
+        # the handlers left (our checker reset their connections): ended here, not at interpreter exit
+        s.close()
+        tasks = asyncio.all_tasks(srv_loop)
+        for task in tasks:
+            task.cancel()
+        srv_loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        srv_loop.close()
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
