@@ -398,7 +398,7 @@ class HealthService:
                         checker.expire(key, now)
                     except Exception as exc:
                         self._abandon(key, now, exc)
-            for key, _planned in schedule.due(now):
+            for key in schedule.due(now):
                 try:
                     self._begin(key, now)
                 except Exception as exc:
@@ -477,8 +477,7 @@ class HealthService:
         if self._checker is not None and not isinstance(loop.probe, HttpCheck):
             self._checker.discard(key)  # retargeted mid-check: the old HTTP connection is not kept
         if loop.probe is not None and schedule.planned(key) is None:
-            # never in the past: a director that fell behind (checks queued on a busy CPU) piles up no
-            # backlog, and its timer's lateness stays the loop's own lag, not the backlog's age
+            # from the end of this check (core: next_due): a director that fell behind piles up no backlog
             first_round = min(len(self._targets) / FIRST_ROUND_RATE, loop.health.timing.interval)
             schedule.plan(key, loop.health.next_due(now, self._rand(), first_round))
         self._arm(now)

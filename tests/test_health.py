@@ -117,7 +117,7 @@ def test_next_interval_fast_while_changing(script: str, fast: bool) -> None:
     assert h.next_interval(0.5) == pytest.approx(base)
     assert h.next_interval(0.0) == pytest.approx(base * 0.8)
     assert h.next_interval(1.0) == pytest.approx(base * 1.2)
-    assert h.next_check_at(100.0, 0.5) == pytest.approx(100.0 + base)
+    assert h.next_due(100.0, 0.5) == pytest.approx(100.0 + base)
 
 
 def test_next_due_counts_the_interval_from_the_end_of_the_check() -> None:

@@ -72,24 +72,20 @@ class CheckSchedule(Generic[K]):
         self._deadlines.pop(key, None)
         self._after.pop(key, None)
 
-    def due(self, now: float) -> list[tuple[K, float]]:
-        """The checks to start now, each with the time it was planned for, in due order, as many as free
-        slots allow. They count as running from here; `begin` gives each its deadline."""
-        out: list[tuple[K, float]] = []
-        heap, plans = self._plan_heap, self._plans
+    def due(self, now: float) -> list[K]:
+        """The checks to start now, in due order, as many as free slots allow. They count as running from
+        here; `begin` gives each its deadline."""
+        out: list[K] = []
         free = self.max_in_flight - len(self._running)
         horizon = now + self.early
-        while heap and free > 0:
-            when, seq, key = heap[0]
-            if plans.get(key, (None, -1))[1] != seq:
-                heapq.heappop(heap)  # replaced or dropped
-                continue
-            if when > horizon:
+        while free > 0:
+            when = self._first_plan()
+            if when is None or when > horizon:
                 break
-            heapq.heappop(heap)
-            del plans[key]
+            key = heapq.heappop(self._plan_heap)[2]
+            del self._plans[key]
             self._running.add(key)
-            out.append((key, when))
+            out.append(key)
             free -= 1
         return out
 
@@ -123,12 +119,7 @@ class CheckSchedule(Generic[K]):
     def next_wake(self) -> float | None:
         """When the shell must next call `expired`/`due`: the earliest deadline, or the earliest plan if a
         slot is free for it (a plan due in the past means at once). None: nothing to do."""
-        best: float | None = None
-        heap = self._deadline_heap
-        while heap and self._deadlines.get(heap[0][2], (None, -1))[1] != heap[0][1]:
-            heapq.heappop(heap)
-        if heap:
-            best = heap[0][0]
+        best = self._first(self._deadline_heap, self._deadlines)
         if len(self._running) < self.max_in_flight:
             when = self._first_plan()
             if when is not None and (best is None or when < best):
@@ -136,11 +127,15 @@ class CheckSchedule(Generic[K]):
         return best
 
     def _first_plan(self) -> float | None:
-        heap, plans = self._plan_heap, self._plans
+        return self._first(self._plan_heap, self._plans)
+
+    @staticmethod
+    def _first(heap: list[tuple[float, int, K]], live: dict[K, tuple[float, int]]) -> float | None:
+        """The earliest time in `heap` still current in `live`, dropping the stale entries (replaced,
+        dropped or finished) on the way."""
         while heap:
             when, seq, key = heap[0]
-            if plans.get(key, (None, -1))[1] != seq:
-                heapq.heappop(heap)
-                continue
-            return when
+            if live.get(key, (None, -1))[1] == seq:
+                return when
+            heapq.heappop(heap)
         return None

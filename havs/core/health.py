@@ -176,9 +176,6 @@ class ServerHealth:
         base = self.timing.fast_interval if self.changing else self.timing.interval
         return base * (1.0 + self.timing.jitter * (2.0 * fraction - 1.0))
 
-    def next_check_at(self, now: float, fraction: float = 0.5) -> float:
-        return now + self.next_interval(fraction)
-
     def next_due(self, now: float, fraction: float = 0.5, first_round: float = 0.0) -> float:
         """When the next check starts, after one that ended at `now` (its result observed): the interval
         (fast while changing) counted from the end of this check, as keepalived's delay_loop is. So a
